@@ -1,0 +1,87 @@
+"""What every neural component shares: a frozen dataclass config, and Hub-layout save/load.
+
+A component is an `nn.Module` whose constructor takes one config dataclass. It is saved as
+`config.json` + `model.safetensors` (huggingface_hub's PyTorchModelHubMixin) and loaded from a local
+folder or a Hub repo id with `strict=True`. Only safetensors and JSON are read: never a pickle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Self
+
+from huggingface_hub import PyTorchModelHubMixin, snapshot_download
+from torch import nn
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class WeightsError(RuntimeError):
+    """Weights that are missing, corrupt, or do not fit the model; the message names the file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Base for component configs: JSON lists come back as tuples, so configs stay hashable and comparable."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(tuple(v) if isinstance(v, list) else v for v in value))
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def resolve_folder(path_or_repo: str | os.PathLike, subfolder: str | None = None, **hub_kwargs: Any) -> Path:
+    """A local folder as is, else a Hub repo id downloaded (and cached) by huggingface_hub, JSON/safetensors/text only."""
+    local = Path(path_or_repo)
+    if local.is_dir():
+        folder = local / subfolder if subfolder else local
+        if not folder.is_dir():
+            raise WeightsError(f"{folder} does not exist (expected a component folder inside {local})")
+        return folder
+    if local.exists() or str(path_or_repo).startswith((".", "/")):
+        raise WeightsError(f"{local} is not a folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
+    if subfolder:
+        patterns = [f"{subfolder}/{p}" for p in patterns]
+    root = Path(snapshot_download(str(path_or_repo), allow_patterns=patterns, **hub_kwargs))
+    return root / subfolder if subfolder else root
+
+
+class HubModule(nn.Module, PyTorchModelHubMixin):
+    """nn.Module + Hub layout. Subclasses set `config_class` and take `config: <that class>` in `__init__`."""
+
+    config_class: type[Config] = Config
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | os.PathLike, *, subfolder: str | None = None, **kwargs: Any) -> Self:
+        """Load config.json + model.safetensors from a folder or a Hub repo id, strictly (every key must match)."""
+        folder = resolve_folder(path_or_repo, subfolder, **kwargs)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (folder / name).is_file():
+                raise WeightsError(f"missing {folder / name} (a component folder holds {CONFIG_NAME} + {WEIGHTS_NAME})")
+        try:
+            config = cls.config_class(**json.loads((folder / CONFIG_NAME).read_text()))
+        except (json.JSONDecodeError, TypeError) as err:
+            raise WeightsError(f"{folder / CONFIG_NAME} is not a valid {cls.config_class.__name__}: {err}") from err
+        model = cls(config)
+        try:
+            from safetensors.torch import load_model
+
+            load_model(model, str(folder / WEIGHTS_NAME), strict=True, device="cpu")
+        except Exception as err:  # safetensors raises several types for corrupt headers and bad keys
+            raise WeightsError(f"cannot load {folder / WEIGHTS_NAME} into {cls.__name__}: {err}") from err
+        return model.eval()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

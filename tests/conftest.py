@@ -1,0 +1,17 @@
+"""Shared test set-up: CPU only, no network, pinned thread count (results differ slightly between 1 and 2 threads)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read once, at import: set before huggingface_hub is imported
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield

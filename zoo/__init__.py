@@ -1,0 +1,1 @@
+"""Diffusion Zoo: registries of interchangeable parts, and the recipes that assemble them into pipelines."""
