@@ -1,0 +1,147 @@
+"""From a name (or a recipe, or a folder of weights) to a working pipeline.
+
+    zoo.build("ldm-clip-kl")                      # embedded trained weights, offline
+    zoo.build("ldm-clip-kl", pretrained=False)    # random initialisation
+    zoo.build("ldm-clip-kl", weights="user/repo") # a Hub repo or a local folder, through huggingface_hub
+    zoo.build("ddpm-cosine", tiny=True)           # every part's tiny variant (tests)
+"""
+
+from __future__ import annotations
+
+import logging
+import typing
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.base import WeightsError, resolve_folder
+from zoo import catalog
+from zoo.pipelines.base import Pipeline
+from zoo.pipelines.latent import LatentPipeline
+from zoo.pipelines.pixel import PixelPipeline
+from zoo.recipes import Recipe
+from zoo.registry import AUTOENCODERS, CONDITIONERS, PIPELINES, SCHEDULES, UNETS, Registry
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_ROOT = Path(__file__).parent / "weights"
+REGISTRIES: dict[str, Registry] = {
+    "schedule": SCHEDULES,
+    "unet": UNETS,
+    "autoencoder": AUTOENCODERS,
+    "conditioner": CONDITIONERS,
+    "spatial": CONDITIONERS,
+}
+
+
+class IncompatiblePartsError(ValueError):
+    """Two parts of a recipe that cannot work together; the message names both and the mismatch."""
+
+
+def available() -> dict[str, str]:
+    """Every pipeline name with a one-line description (and whether trained weights are embedded)."""
+    catalog.load()
+    return {
+        name: description + ("" if embedded_weights(name) else " [random weights: not trained yet]")
+        for name, description in PIPELINES.describe().items()
+    }
+
+
+def recipe(name: str) -> Recipe:
+    catalog.load()
+    return PIPELINES.build(name)
+
+
+def embedded_weights(name: str) -> Path | None:
+    folder = WEIGHTS_ROOT / name
+    return folder if (folder / "recipe.json").is_file() else None
+
+
+def build(
+    name: str | Recipe,
+    *,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+    device: torch.device | str | None = None,
+    tiny: bool = False,
+    **overrides: Any,
+) -> Pipeline:
+    """A pipeline by registered name (or from a recipe), with trained weights when there are any."""
+    catalog.load()
+    if weights is not None:
+        return load_pipeline(weights, device=device)
+    chosen = name if isinstance(name, Recipe) else PIPELINES.build(name)
+    if pretrained and not tiny and not overrides and (folder := embedded_weights(chosen.name)):
+        return load_pipeline(folder, device=device)
+    if pretrained and not tiny:
+        warnings.warn(
+            f"{chosen.name}: no trained weights are embedded for this pipeline (or overrides change its "
+            "architecture), so its parts are randomly initialised: it will draw noise",
+            stacklevel=2,
+        )
+    return assemble(chosen.replace(**overrides) if overrides else chosen, tiny=tiny, device=device)
+
+
+def assemble(chosen: Recipe, *, tiny: bool = False, device: torch.device | str | None = None) -> Pipeline:
+    """Build each part from the registries (random weights), check they fit, and wrap them in a pipeline."""
+    parts = {role: REGISTRIES[role].build(part.name, tiny=tiny, **part.kwargs) for role, part in chosen.parts.items()}
+    check_compatible(chosen, parts)
+    pipeline_class = LatentPipeline if chosen.kind == "latent" else PixelPipeline
+    return pipeline_class(chosen, parts, device=device)
+
+
+def check_compatible(chosen: Recipe, parts: dict[str, Any]) -> None:
+    """The autoencoder's latent channels, the conditioner's width and the map's channels must fit the U-Net."""
+    unet = parts["unet"].config
+    if (ae := parts.get("autoencoder")) is not None and ae.latent_channels != unet.in_channels:
+        raise IncompatiblePartsError(
+            f"{chosen.name}: the autoencoder {chosen.autoencoder.name!r} makes {ae.latent_channels} latent channels "
+            f"but the U-Net {chosen.unet.name!r} takes in_channels={unet.in_channels}; set one to the other"
+        )
+    if chosen.kind == "pixel" and unet.in_channels != 3:
+        raise IncompatiblePartsError(f"{chosen.name}: a pixel U-Net takes 3 channels, got in_channels={unet.in_channels}")
+    cond = parts.get("conditioner")
+    width = cond.dim if cond is not None else None
+    if width != unet.context_dim:
+        raise IncompatiblePartsError(
+            f"{chosen.name}: the conditioner {getattr(chosen.conditioner, 'name', None)!r} gives tokens of width "
+            f"{width} but the U-Net's context_dim is {unet.context_dim}; they must be equal"
+        )
+    spatial = parts.get("spatial")
+    channels = spatial.channels if spatial is not None else 0
+    if channels != unet.concat_channels:
+        raise IncompatiblePartsError(
+            f"{chosen.name}: the spatial conditioner gives {channels} map channels but the U-Net's concat_channels is "
+            f"{unet.concat_channels}: its input is latent channels + map channels, so they must be equal"
+        )
+
+
+def component_class(role: str, name: str) -> type:
+    """The class a registered factory declares it returns: the class whose from_pretrained loads the part."""
+    factory = REGISTRIES[role].get(name)
+    cls = typing.get_type_hints(factory).get("return")
+    if not isinstance(cls, type) or not hasattr(cls, "from_pretrained"):
+        raise TypeError(f"the {role} factory {name!r} must declare its return class (with from_pretrained)")
+    return cls
+
+
+def load_pipeline(source: str | Path, *, device: torch.device | str | None = None) -> Pipeline:
+    """A pipeline saved by `save_pretrained`: a local folder or a Hub repo id (downloaded by huggingface_hub)."""
+    catalog.load()
+    folder = resolve_folder(source)
+    recipe_file = folder / "recipe.json"
+    if not recipe_file.is_file():
+        raise WeightsError(f"missing {recipe_file}: a pipeline folder holds recipe.json and one folder per part")
+    chosen = Recipe.from_json(recipe_file.read_text())
+    parts = {"schedule": SCHEDULES.build(chosen.schedule.name, **chosen.schedule.kwargs)}
+    for role, part in chosen.parts.items():
+        if role != "schedule":
+            parts[role] = component_class(role, part.name).from_pretrained(folder / role)
+    check_compatible(chosen, parts)
+    pipeline_class = LatentPipeline if chosen.kind == "latent" else PixelPipeline
+    pipeline = pipeline_class(chosen, parts, device=device)
+    pipeline.pretrained = True
+    logger.info("loaded %s from %s", chosen.name, folder)
+    return pipeline

@@ -1,0 +1,114 @@
+"""What is in the zoo: every component module (explicit imports) and every pipeline recipe.
+
+`load()` imports the component modules, whose decorators fill the registries, then registers the
+pipelines. It runs once, on the first `zoo.build` / `zoo.available`, so `import zoo` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+from zoo.recipes import Part, Recipe
+from zoo.registry import PIPELINES
+
+LATENT_CHANNELS = 4
+CONTEXT_DIM = 128  # width of the text/class tokens = the U-Net's cross-attention context width
+NUM_CLASSES = 24  # the dataset's class label: shape kind x shape colour (zoo/data/shapes.py)
+NUM_SEG_LABELS = 4  # the dataset's semantic map: background + one label per shape kind
+
+# The conditioning switch (LDM Fig. 3): which conditioner feeds which path into the U-Net.
+CONDITIONINGS: dict[str, dict] = {
+    "clip": {"conditioner": Part("clip", {"hidden_size": CONTEXT_DIM}), "about": "CLIP text tokens, cross-attention"},
+    "bert": {"conditioner": Part("bert", {"hidden_size": CONTEXT_DIM}), "about": "BERT text tokens, cross-attention"},
+    "class": {
+        "conditioner": Part("class", {"num_classes": NUM_CLASSES, "dim": CONTEXT_DIM}),
+        "about": "a class label token, cross-attention",
+    },
+    "seg": {"spatial": Part("seg", {"num_labels": NUM_SEG_LABELS}), "about": "a semantic map, concatenated to z_t"},
+    "clip+seg": {
+        "conditioner": Part("clip", {"hidden_size": CONTEXT_DIM}),
+        "spatial": Part("seg", {"num_labels": NUM_SEG_LABELS}),
+        "about": "CLIP text through cross-attention and a semantic map concatenated, at once",
+    },
+    "none": {"about": "unconditional"},
+}
+AUTOENCODER_KINDS = {"kl": "KL-regularised autoencoder", "vq": "VQ autoencoder"}
+FACTORS = (4, 8)
+LATENT_SCHEDULES = {"linear": "DDPM linear schedule", "cosine": "cosine schedule"}
+
+
+@functools.cache
+def load() -> None:
+    """Import every component module (registering its parts), then register the pipelines. Idempotent."""
+    import components.autoencoders.kl  # noqa: F401
+    import components.autoencoders.vq  # noqa: F401
+    import components.conditioners.bert  # noqa: F401
+    import components.conditioners.class_label  # noqa: F401
+    import components.conditioners.clip  # noqa: F401
+    import components.conditioners.spatial  # noqa: F401
+    import components.samplers.ddim  # noqa: F401
+    import components.samplers.ddpm  # noqa: F401
+    import components.samplers.dpmpp  # noqa: F401
+    import components.schedulers.cosine  # noqa: F401
+    import components.schedulers.linear  # noqa: F401
+    import components.schedulers.scaled_linear  # noqa: F401
+    import components.unets.unet  # noqa: F401
+
+    for schedule in ("linear", "cosine"):
+        PIPELINES.add(f"ddpm-{schedule}", functools.partial(pixel_recipe, schedule), description=pixel_about(schedule))
+    for cond, ae, factor, schedule in itertools.product(CONDITIONINGS, AUTOENCODER_KINDS, FACTORS, LATENT_SCHEDULES):
+        name = latent_name(cond, ae, factor, schedule)
+        about = f"latent diffusion: {CONDITIONINGS[cond]['about']}; {AUTOENCODER_KINDS[ae]} f{factor}; "
+        PIPELINES.add(
+            name, functools.partial(latent_recipe, cond, ae, factor, schedule), description=about + LATENT_SCHEDULES[schedule]
+        )
+
+
+def pixel_about(schedule: str) -> str:
+    return f"pixel-space DDPM, unconditional, 64x64, {schedule} schedule"
+
+
+def pixel_recipe(schedule: str) -> Recipe:
+    return Recipe(
+        name=f"ddpm-{schedule}",
+        description=pixel_about(schedule),
+        kind="pixel",
+        schedule=Part(schedule, {"num_timesteps": 1000}),
+        unet=Part("unet-ddpm", {"in_channels": 3, "out_channels": 3}),
+        sampler="ddim",
+        steps=50,
+    )
+
+
+def latent_name(cond: str, ae: str, factor: int, schedule: str) -> str:
+    """ldm-<conditioner>-<autoencoder>[-f8][-cosine]: f4 and the linear schedule are the defaults."""
+    return f"ldm-{cond}-{ae}" + ("" if factor == 4 else f"-f{factor}") + ("" if schedule == "linear" else f"-{schedule}")
+
+
+def latent_recipe(cond: str, ae: str, factor: int, schedule: str) -> Recipe:
+    spec = CONDITIONINGS[cond]
+    conditioner, spatial = spec.get("conditioner"), spec.get("spatial")
+    unet = {
+        "in_channels": LATENT_CHANNELS,
+        "out_channels": LATENT_CHANNELS,
+        "context_dim": CONTEXT_DIM if conditioner else None,
+        "concat_channels": NUM_SEG_LABELS if spatial else 0,
+    }
+    if factor == 8:  # 8x8 latents: two levels are enough
+        unet["channel_mult"] = (1, 2)
+    name = latent_name(cond, ae, factor, schedule)
+    return Recipe(
+        name=name,
+        description=PIPELINES.describe().get(name, ""),
+        kind="latent",
+        schedule=Part(schedule, {"num_timesteps": 1000}),
+        unet=Part("unet-ldm", unet),
+        autoencoder=Part(f"{ae}-f{factor}", {"latent_channels": LATENT_CHANNELS}),
+        conditioner=conditioner,
+        spatial=spatial.with_kwargs(downsample_factor=factor) if spatial else None,
+        sampler="ddim",
+        steps=25,
+        guidance_scale=3.0 if cond != "none" else 1.0,
+        cfg_dropout=0.1 if cond != "none" else 0.0,
+    )

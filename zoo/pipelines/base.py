@@ -1,0 +1,167 @@
+"""What pixel and latent pipelines share: devices, seeds, image conversion, the sampling call, saving.
+
+The sampling loop itself lives in the samplers (components/samplers), one function per method, which the
+pipelines call with a `model(x_t, t)` closure; this keeps process, network and pipeline separate.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from zoo.recipes import Recipe
+from zoo.registry import SAMPLERS
+
+logger = logging.getLogger(__name__)
+
+Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
+MAX_SEED = 2**63 - 1
+MAX_IMAGES = 16
+
+
+def default_device() -> torch.device:
+    """The GPU when there is one, otherwise the CPU, as accelerate decides."""
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
+def check_seed(seed: int | None) -> int:
+    """A seed for torch's CPU generator; None draws a fresh one (returned, so it can be shown and reused)."""
+    if seed is None:
+        return random.randrange(MAX_SEED)
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be in [0, 2**63 - 1], got {seed}")
+    return int(seed)
+
+
+def check_num_images(num_images: int) -> int:
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= MAX_IMAGES:
+        raise ValueError(f"num_images must be an integer in [1, {MAX_IMAGES}], got {num_images!r}")
+    return num_images
+
+
+def to_tensor(image: Any, size: int | None = None) -> torch.Tensor:
+    """A PIL image, a uint8 HxWx3 array or a float (3, H, W)/(B, 3, H, W) tensor in [-1, 1] -> (B, 3, H, W) in [-1, 1]."""
+    if isinstance(image, torch.Tensor):
+        x = image if image.dim() == 4 else image.unsqueeze(0)
+        if x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
+            raise ValueError(f"an image tensor must be float (3, H, W) or (B, 3, H, W) in [-1, 1], got {tuple(image.shape)}")
+        return x
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise ValueError(f"an image array must be uint8 HxW or HxWxC, got {image.dtype} {image.shape}")
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image, a uint8 array or an image tensor, got {type(image).__name__}")
+    image = image.convert("RGB")
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+    array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+    return (array.permute(2, 0, 1).float() / 127.5 - 1.0).unsqueeze(0)  # (H, W, 3) -> (1, 3, H, W) in [-1, 1]
+
+
+def to_pil(x: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] -> PIL images."""
+    array = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    return [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in array]  # (3, H, W) -> (H, W, 3)
+
+
+class Pipeline:
+    """A recipe's parts, assembled. Subclasses add `generate` and their own `forward_noise`."""
+
+    def __init__(self, recipe: Recipe, parts: dict[str, Any], device: torch.device | str | None = None):
+        self.recipe = recipe
+        self.schedule = parts["schedule"]
+        self.unet: nn.Module = parts["unet"]
+        self.pretrained = False  # set by the builder when trained weights were loaded
+        self.to(device or default_device())
+
+    @property
+    def scheduler(self) -> Any:
+        """The noise schedule (betas, alphas_cumprod, ...), as the foundation issue names it."""
+        return self.schedule
+
+    @property
+    def num_timesteps(self) -> int:
+        return self.schedule.num_timesteps
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"unet": self.unet}
+
+    def to(self, device: torch.device | str) -> Pipeline:
+        self.device = torch.device(device)
+        for module in self.modules().values():
+            module.to(self.device).eval()
+        return self
+
+    def check_steps(self, steps: int) -> int:
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.num_timesteps:
+            raise ValueError(f"steps must be an integer in [1, {self.num_timesteps}] (the schedule's T), got {steps!r}")
+        return steps
+
+    def check_t(self, t: int) -> int:
+        """Forward-noise time in the paper's convention: t = 0 is the clean image, t = T the last step."""
+        if isinstance(t, bool) or not isinstance(t, int | np.integer) or not 0 <= t <= self.num_timesteps:
+            raise ValueError(f"t must be an integer in [0, {self.num_timesteps}], got {t!r}")
+        return int(t)
+
+    def noise(self, shape: Sequence[int], seed: int) -> tuple[torch.Tensor, torch.Generator]:
+        """Starting noise from a CPU generator seeded per call (the same image on every device), then moved."""
+        generator = torch.Generator("cpu").manual_seed(seed)
+        return torch.randn(tuple(shape), generator=generator).to(self.device), generator
+
+    def closed_form(self, x0: torch.Tensor, t: int, seed: int) -> torch.Tensor:
+        """x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), DDPM Eq. 4 (t = 0 returns x_0)."""
+        if t == 0:
+            return x0
+        eps, _ = self.noise(x0.shape, seed)
+        index = torch.full((x0.shape[0],), t - 1, dtype=torch.long, device=self.device)  # 0-based index
+        return self.schedule.q_sample(x0, index, eps)
+
+    @torch.no_grad()
+    def sample(
+        self, model: Callable, x_T: torch.Tensor, *, sampler: str, steps: int, generator: torch.Generator,
+        callback: Callback | None, clip_x0: float | None = None,
+    ) -> torch.Tensor:
+        """Run the registered sampler `sampler` from x_T with the model closure."""
+        sample_fn = SAMPLERS.get(sampler)
+        return sample_fn(
+            model, x_T, self.schedule, steps=self.check_steps(steps), prediction_type=self.recipe.prediction_type,
+            generator=generator, callback=callback, clip_x0=clip_x0,
+        )
+
+    # Saving: the Hub layout, one subfolder per component plus recipe.json.
+    def save_pretrained(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "recipe.json").write_text(self.recipe.to_json())
+        for role, module in self.modules().items():
+            module.save_pretrained(folder / role)
+        return folder
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
+        """Save to a temporary folder and upload it with huggingface_hub; returns the commit URL."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message="Upload Diffusion Zoo pipeline")
+        return str(info)
+
+    def __repr__(self) -> str:
+        weights = "trained" if self.pretrained else "random"
+        return f"{type(self).__name__}({self.recipe.name!r}, {weights} weights, device={self.device})"

@@ -1,0 +1,137 @@
+"""Latent diffusion (Rombach et al. 2022): encode -> diffuse in the autoencoder's latent space -> decode.
+
+Conditioning follows the LDM figure's switch: token sequences (CLIP, BERT, class label) enter the U-Net
+through cross-attention; spatially aligned maps (semantic maps) are concatenated to z_t; both, or none.
+Classifier-free guidance (Ho & Salimans 2022, Eq. 6): eps = eps_uncond + w (eps_cond - eps_uncond).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from zoo.pipelines.base import Callback, Pipeline, check_num_images, check_seed, to_pil, to_tensor
+from zoo.recipes import Recipe
+
+SPACES = ("pixel", "latent")
+
+
+def guided(unet_out_cond: torch.Tensor, unet_out_uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance, Ho & Salimans 2022 Eq. 6: w = 1 is the conditional model, w = 0 the unconditional."""
+    return unet_out_uncond + guidance_scale * (unet_out_cond - unet_out_uncond)
+
+
+class LatentPipeline(Pipeline):
+    """The Stable Diffusion shape of pipeline, at the zoo's size."""
+
+    def __init__(self, recipe: Recipe, parts: dict[str, Any], device: torch.device | str | None = None):
+        self.autoencoder = parts["autoencoder"]
+        self.conditioner = parts.get("conditioner")
+        self.spatial = parts.get("spatial")
+        super().__init__(recipe, parts, device)
+
+    def modules(self) -> dict[str, nn.Module]:
+        found = {"unet": self.unet, "autoencoder": self.autoencoder}
+        found.update({role: m for role in ("conditioner", "spatial") if (m := getattr(self, role)) is not None})
+        return found
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        side = self.recipe.image_size // self.autoencoder.downsample_factor
+        return (self.autoencoder.latent_channels, side, side)
+
+    @property
+    def conditioning(self) -> str:
+        """Which path the condition takes into the U-Net, in words (shown by the app)."""
+        paths = []
+        if self.conditioner is not None:
+            paths.append(f"{self.recipe.conditioner.name} tokens through cross-attention")
+        if self.spatial is not None:
+            paths.append("a semantic map concatenated to z_t")
+        return " and ".join(paths) or "none (unconditional)"
+
+    # The autoencoder, LDM Sec. 3.1: z = scaling_factor * E(x), x = D(z / scaling_factor).
+    @torch.no_grad()
+    def encode(self, image: Any) -> torch.Tensor:
+        x = to_tensor(image, self.recipe.image_size).to(self.device)
+        return self.autoencoder.encode(x) * self.autoencoder.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        return to_pil(self.autoencoder.decode(latents.to(self.device) / self.autoencoder.scaling_factor))
+
+    def unknown_words(self, prompt: str | None) -> list[str]:
+        """Words of `prompt` the text conditioner does not know (empty for other conditioners)."""
+        if not prompt or self.conditioner is None or not hasattr(self.conditioner, "unknown_words"):
+            return []
+        return self.conditioner.unknown_words([prompt])[0]
+
+    def condition(self, prompt: Any, semantic_map: Any, batch: int) -> dict[str, torch.Tensor | None]:
+        """The U-Net's keyword arguments for one condition, repeated over the batch."""
+        kwargs: dict[str, torch.Tensor | None] = {}
+        if self.conditioner is not None:
+            text = self.conditioner.empty_input() if prompt is None or prompt == "" else prompt
+            context, mask = self.conditioner([text] * batch)
+            kwargs.update(context=context.to(self.device), context_mask=mask.to(self.device))
+        if self.spatial is not None:
+            chosen = self.spatial.empty_input() if semantic_map is None else semantic_map
+            maps = self.spatial(chosen)
+            kwargs["concat"] = maps.expand(batch, *maps.shape[1:]).to(self.device)
+        return kwargs
+
+    def denoiser(self, cond: dict, uncond: dict | None, guidance_scale: float):
+        """model(x_t, t) for the sampler: the U-Net, with classifier-free guidance when w != 1."""
+        if uncond is None or guidance_scale == 1.0:
+            return lambda x_t, t: self.unet(x_t, t, **cond)
+
+        both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
+
+        def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            out_uncond, out_cond = self.unet(torch.cat([x_t, x_t]), torch.cat([t, t]), **both).chunk(2)
+            return guided(out_cond, out_uncond, guidance_scale)
+
+        return model
+
+    def generate(
+        self,
+        prompt: Any = None,
+        *,
+        negative_prompt: str | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        guidance_scale: float | None = None,
+        seed: int | None = None,
+        num_images: int = 1,
+        semantic_map: Any = None,
+        callback: Callback | None = None,
+    ) -> list[Image.Image]:
+        """Sample images for a prompt (and/or a semantic map); the same seed gives the same images."""
+        seed, num_images = check_seed(seed), check_num_images(num_images)
+        w = self.recipe.guidance_scale if guidance_scale is None else float(guidance_scale)
+        if not 0.0 <= w <= 30.0:
+            raise ValueError(f"guidance_scale must be in [0, 30], got {w}")
+        if self.spatial is not None and semantic_map is None:
+            raise ValueError(f"{self.recipe.name} is conditioned on a semantic map: pass semantic_map=")
+        has_condition = self.conditioner is not None or self.spatial is not None
+        cond = self.condition(prompt, semantic_map, num_images)
+        uncond = self.condition(negative_prompt, None, num_images) if has_condition and w != 1.0 else None
+        x_T, generator = self.noise((num_images, *self.latent_shape), seed)
+        z0 = self.sample(
+            self.denoiser(cond, uncond, w), x_T, sampler=sampler or self.recipe.sampler,
+            steps=steps or self.recipe.steps, generator=generator, callback=callback,
+        )
+        return self.decode(z0)
+
+    @torch.no_grad()
+    def forward_noise(self, image: Any, t: int, *, seed: int = 0, space: str = "pixel") -> Image.Image:
+        """x_t from the closed form (DDPM Eq. 4) in pixel space, or on z = E(x) then decoded (LDM)."""
+        if space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+        t, seed = self.check_t(t), check_seed(seed)
+        if space == "pixel":
+            x0 = to_tensor(image, self.recipe.image_size).to(self.device)
+            return to_pil(self.closed_form(x0, t, seed))[0]
+        return self.decode(self.closed_form(self.encode(image), t, seed))[0]

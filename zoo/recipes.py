@@ -1,0 +1,92 @@
+"""Recipes: a pipeline as plain data (registered part names + keyword arguments), after LDM's configs.
+
+A recipe holds no import paths, callables or tensors, so it round-trips through JSON, is shown in the app,
+and is saved next to the weights as `recipe.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+PIPELINE_KINDS = ("pixel", "latent")
+PREDICTION_TYPES = ("eps", "x0", "v")
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One registered component: its registry name and the keyword arguments its factory gets."""
+
+    name: str
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def with_kwargs(self, **changes: Any) -> Part:
+        return Part(self.name, {**self.kwargs, **changes})
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Which parts make a pipeline, and its defaults at sampling time."""
+
+    name: str
+    description: str
+    kind: str  # "pixel" | "latent"
+    schedule: Part
+    unet: Part
+    autoencoder: Part | None = None  # latent pipelines only
+    conditioner: Part | None = None  # token conditioning, through cross-attention
+    spatial: Part | None = None  # spatial conditioning, through concatenation to z_t
+    prediction_type: str = "eps"
+    image_size: int = 64
+    sampler: str = "ddim"
+    steps: int = 25
+    guidance_scale: float = 1.0
+    cfg_dropout: float = 0.0  # probability of dropping the condition in training (classifier-free guidance)
+
+    def __post_init__(self) -> None:
+        if self.kind not in PIPELINE_KINDS:
+            raise ValueError(f"recipe {self.name!r}: kind must be one of {PIPELINE_KINDS}, got {self.kind!r}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"recipe {self.name!r}: prediction_type must be one of {PREDICTION_TYPES}")
+        if self.kind == "latent" and self.autoencoder is None:
+            raise ValueError(f"recipe {self.name!r}: a latent pipeline needs an autoencoder")
+        if self.kind == "pixel" and (self.autoencoder or self.conditioner or self.spatial):
+            raise ValueError(f"recipe {self.name!r}: the pixel pipeline is unconditional and has no autoencoder")
+
+    @property
+    def parts(self) -> dict[str, Part]:
+        """The present parts by role: schedule, unet, and any of autoencoder, conditioner, spatial."""
+        roles = ("schedule", "unet", "autoencoder", "conditioner", "spatial")
+        return {role: getattr(self, role) for role in roles if getattr(self, role) is not None}
+
+    def replace(self, **changes: Any) -> Recipe:
+        """A copy with top-level fields replaced; a dict for a part's role merges into that part's kwargs."""
+        resolved = {}
+        for key, value in changes.items():
+            part = getattr(self, key, None) if key in self.parts else None
+            resolved[key] = part.with_kwargs(**value) if isinstance(value, Mapping) and part else value
+        return dataclasses.replace(self, **resolved)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown recipe fields {sorted(unknown)}; known: {sorted(known)}")
+        fields = dict(data)
+        for role in ("schedule", "unet", "autoencoder", "conditioner", "spatial"):
+            if fields.get(role) is not None:
+                fields[role] = Part(fields[role]["name"], dict(fields[role].get("kwargs", {})))
+        return cls(**fields)
+
+    @classmethod
+    def from_json(cls, text: str) -> Recipe:
+        return cls.from_dict(json.loads(text))
