@@ -1,9 +1,9 @@
 """Diffusion Zoo: registries of interchangeable parts, and the recipes that assemble them into pipelines.
 
-    import zoo
-    zoo.available()                                   # {name: one-line description}
-    pipe = zoo.build("ldm-clip-kl")                   # embedded weights, offline
-    pipe.generate("a red circle on a blue background", seed=0)[0].save("x.png")
+import zoo
+zoo.available()                                   # {name: one-line description}
+pipe = zoo.build("ldm-clip-kl")                   # embedded weights, offline
+pipe.generate("a red circle on a blue background", seed=0)[0].save("x.png")
 """
 
 from zoo.build import IncompatiblePartsError, available, build, load_pipeline, recipe

@@ -1,9 +1,9 @@
 """From a name (or a recipe, or a folder of weights) to a working pipeline.
 
-    zoo.build("ldm-clip-kl")                      # embedded trained weights, offline
-    zoo.build("ldm-clip-kl", pretrained=False)    # random initialisation
-    zoo.build("ldm-clip-kl", weights="user/repo") # a Hub repo or a local folder, through huggingface_hub
-    zoo.build("ddpm-cosine", tiny=True)           # every part's tiny variant (tests)
+zoo.build("ldm-clip-kl")                      # embedded trained weights, offline
+zoo.build("ldm-clip-kl", pretrained=False)    # random initialisation
+zoo.build("ldm-clip-kl", weights="user/repo") # a Hub repo or a local folder, through huggingface_hub
+zoo.build("ddpm-cosine", tiny=True)           # every part's tiny variant (tests)
 """
 
 from __future__ import annotations
@@ -101,7 +101,9 @@ def check_compatible(chosen: Recipe, parts: dict[str, Any]) -> None:
             f"but the U-Net {chosen.unet.name!r} takes in_channels={unet.in_channels}; set one to the other"
         )
     if chosen.kind == "pixel" and unet.in_channels != 3:
-        raise IncompatiblePartsError(f"{chosen.name}: a pixel U-Net takes 3 channels, got in_channels={unet.in_channels}")
+        raise IncompatiblePartsError(
+            f"{chosen.name}: a pixel U-Net takes 3 channels, got in_channels={unet.in_channels}"
+        )
     cond = parts.get("conditioner")
     width = cond.dim if cond is not None else None
     if width != unet.context_dim:

@@ -61,7 +61,9 @@ def load() -> None:
         name = latent_name(cond, ae, factor, schedule)
         about = f"latent diffusion: {CONDITIONINGS[cond]['about']}; {AUTOENCODER_KINDS[ae]} f{factor}; "
         PIPELINES.add(
-            name, functools.partial(latent_recipe, cond, ae, factor, schedule), description=about + LATENT_SCHEDULES[schedule]
+            name,
+            functools.partial(latent_recipe, cond, ae, factor, schedule),
+            description=about + LATENT_SCHEDULES[schedule],
         )
 
 
@@ -83,7 +85,9 @@ def pixel_recipe(schedule: str) -> Recipe:
 
 def latent_name(cond: str, ae: str, factor: int, schedule: str) -> str:
     """ldm-<conditioner>-<autoencoder>[-f8][-cosine]: f4 and the linear schedule are the defaults."""
-    return f"ldm-{cond}-{ae}" + ("" if factor == 4 else f"-f{factor}") + ("" if schedule == "linear" else f"-{schedule}")
+    return (
+        f"ldm-{cond}-{ae}" + ("" if factor == 4 else f"-f{factor}") + ("" if schedule == "linear" else f"-{schedule}")
+    )
 
 
 def latent_recipe(cond: str, ae: str, factor: int, schedule: str) -> Recipe:

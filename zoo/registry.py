@@ -53,7 +53,9 @@ class Registry:
 
     def add(self, name: str, factory: Callable[..., Any], *, description: str = "", tiny: dict | None = None) -> None:
         if name in self._entries:
-            raise DuplicateNameError(f"{self.kind} {name!r} is already registered (by {self._entries[name].factory!r})")
+            raise DuplicateNameError(
+                f"{self.kind} {name!r} is already registered (by {self._entries[name].factory!r})"
+            )
         doc = (factory.__doc__ or "").strip().splitlines()
         self._entries[name] = Entry(name, factory, description or (doc[0] if doc else ""), dict(tiny or {}))
 
@@ -61,7 +63,9 @@ class Registry:
         if name not in self._entries:
             close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise UnknownNameError(f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(self.names())}")
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(self.names())}"
+            )
         return self._entries[name]
 
     def get(self, name: str) -> Callable[..., Any]:

@@ -53,11 +53,13 @@ def check_num_images(num_images: int) -> int:
 
 
 def to_tensor(image: Any, size: int | None = None) -> torch.Tensor:
-    """A PIL image, a uint8 HxWx3 array or a float (3, H, W)/(B, 3, H, W) tensor in [-1, 1] -> (B, 3, H, W) in [-1, 1]."""
+    """A PIL image, a uint8 HxWx3 array, or a float (3, H, W) / (B, 3, H, W) tensor -> (B, 3, H, W) in [-1, 1]."""
     if isinstance(image, torch.Tensor):
         x = image if image.dim() == 4 else image.unsqueeze(0)
         if x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
-            raise ValueError(f"an image tensor must be float (3, H, W) or (B, 3, H, W) in [-1, 1], got {tuple(image.shape)}")
+            raise ValueError(
+                f"an image tensor must be float (3, H, W) or (B, 3, H, W) in [-1, 1], got {tuple(image.shape)}"
+            )
         return x
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3):
@@ -108,7 +110,9 @@ class Pipeline:
 
     def check_steps(self, steps: int) -> int:
         if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.num_timesteps:
-            raise ValueError(f"steps must be an integer in [1, {self.num_timesteps}] (the schedule's T), got {steps!r}")
+            raise ValueError(
+                f"steps must be an integer in [1, {self.num_timesteps}] (the schedule's T), got {steps!r}"
+            )
         return steps
 
     def check_t(self, t: int) -> int:
@@ -132,14 +136,27 @@ class Pipeline:
 
     @torch.no_grad()
     def sample(
-        self, model: Callable, x_T: torch.Tensor, *, sampler: str, steps: int, generator: torch.Generator,
-        callback: Callback | None, clip_x0: float | None = None,
+        self,
+        model: Callable,
+        x_T: torch.Tensor,
+        *,
+        sampler: str,
+        steps: int,
+        generator: torch.Generator,
+        callback: Callback | None,
+        clip_x0: float | None = None,
     ) -> torch.Tensor:
         """Run the registered sampler `sampler` from x_T with the model closure."""
         sample_fn = SAMPLERS.get(sampler)
         return sample_fn(
-            model, x_T, self.schedule, steps=self.check_steps(steps), prediction_type=self.recipe.prediction_type,
-            generator=generator, callback=callback, clip_x0=clip_x0,
+            model,
+            x_T,
+            self.schedule,
+            steps=self.check_steps(steps),
+            prediction_type=self.recipe.prediction_type,
+            generator=generator,
+            callback=callback,
+            clip_x0=clip_x0,
         )
 
     # Saving: the Hub layout, one subfolder per component plus recipe.json.

@@ -120,8 +120,12 @@ class LatentPipeline(Pipeline):
         uncond = self.condition(negative_prompt, None, num_images) if has_condition and w != 1.0 else None
         x_T, generator = self.noise((num_images, *self.latent_shape), seed)
         z0 = self.sample(
-            self.denoiser(cond, uncond, w), x_T, sampler=sampler or self.recipe.sampler,
-            steps=steps or self.recipe.steps, generator=generator, callback=callback,
+            self.denoiser(cond, uncond, w),
+            x_T,
+            sampler=sampler or self.recipe.sampler,
+            steps=steps or self.recipe.steps,
+            generator=generator,
+            callback=callback,
         )
         return self.decode(z0)
 

@@ -35,8 +35,13 @@ class PixelPipeline(Pipeline):
         x_T, generator = self.noise((num_images, self.unet.config.in_channels, size, size), seed)
         model = lambda x_t, t: self.unet(x_t, t)  # noqa: E731
         x0 = self.sample(
-            model, x_T, sampler=sampler or self.recipe.sampler, steps=steps or self.recipe.steps,
-            generator=generator, callback=callback, clip_x0=1.0,
+            model,
+            x_T,
+            sampler=sampler or self.recipe.sampler,
+            steps=steps or self.recipe.steps,
+            generator=generator,
+            callback=callback,
+            clip_x0=1.0,
         )
         return to_pil(x0)
 

@@ -1,0 +1,97 @@
+"""`python -m zoo.train <stage> ...`: train one stage, export weights, or run the whole shipped plan.
+
+    python -m zoo.train autoencoder --name kl-f4 --out runs/kl-f4
+    python -m zoo.train clip --out runs/clip
+    python -m zoo.train diffusion --pipeline ldm-clip-kl --autoencoder runs/kl-f4/final \
+        --conditioner runs/clip/final --out runs/ldm-clip-kl
+    python -m zoo.train export --run runs/ldm-clip-kl/final --to zoo/weights/ldm-clip-kl
+    python -m zoo.train plan [--only NAME ...]        # every shipped model, in order, resumable
+
+Every run resumes from <out>/checkpoint when started again with the same --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from zoo.train import plan as shipped
+from zoo.train.export import export
+
+
+def common(parser: argparse.ArgumentParser, *, steps: int, batch: int, lr: float) -> None:
+    parser.add_argument("--out", required=True, help="run folder: checkpoint/, final/, samples-*.png, log.jsonl")
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--samples", type=int, default=50_000, help="size of the pre-generated training set")
+    parser.add_argument("--cache", default="runs/data", help="where the pre-generated training set is cached")
+    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sample-every", type=int, default=1000)
+    parser.add_argument("--checkpoint-every", type=int, default=500)
+    parser.add_argument("--overrides", default="", help="JSON keyword arguments for the part (or recipe)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m zoo.train", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = p.add_subparsers(dest="stage", required=True)
+    ae = sub.add_parser("autoencoder", help="a KL or VQ autoencoder")
+    ae.add_argument("--name", default="kl-f4", help="registered autoencoder name")
+    common(ae, steps=6000, batch=32, lr=5e-4)
+    clip = sub.add_parser("clip", help="a small CLIP model, contrastively; its text tower becomes the conditioner")
+    clip.add_argument("--vision-width", type=int, default=128)
+    clip.add_argument("--vision-layers", type=int, default=3)
+    common(clip, steps=3000, batch=256, lr=5e-4)
+    diffusion = sub.add_parser("diffusion", help="a pixel or latent diffusion model (any registered pipeline)")
+    diffusion.add_argument("--pipeline", required=True)
+    diffusion.add_argument("--autoencoder", help="trained autoencoder folder (latent pipelines)")
+    diffusion.add_argument("--conditioner", help="trained CLIP text-tower folder (CLIP pipelines)")
+    common(diffusion, steps=8000, batch=64, lr=3e-4)
+    exp = sub.add_parser("export", help="copy a trained pipeline into zoo/weights, in float16 safetensors")
+    exp.add_argument("--run", required=True, help="a pipeline folder written by save_pretrained (<run>/final)")
+    exp.add_argument("--to", required=True)
+    exp.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    pl = sub.add_parser("plan", help="every shipped model in order (each stage resumes or is skipped when done)")
+    pl.add_argument("--runs", default="runs")
+    pl.add_argument("--only", nargs="*", help="run only these plan entries")
+    pl.add_argument("--jobs", type=int, default=1, help="stages run at once (1 on a CPU; ~5 on a GPU)")
+    pl.add_argument("--print", action="store_true", help="print the commands instead of running them")
+    pl.add_argument("extra", nargs="*", help="arguments added to every training stage, after --")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args = parser().parse_args(argv)
+    if getattr(args, "threads", 0):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.stage == "export":
+        export(Path(args.run), Path(args.to), dtype=args.dtype)
+    elif args.stage == "plan":
+        if args.print:
+            for name, argv_, _ in shipped.commands(args.runs, args.only):
+                print(f"# {name}\npython -m zoo.train {shlex.join(argv_)}")  # noqa: T201 (the command's output)
+        else:
+            Path(args.runs).mkdir(parents=True, exist_ok=True)
+            shipped.run_plan(args.runs, args.only, args.jobs, args.extra)
+    else:
+        from zoo.train import stages
+
+        {"autoencoder": stages.train_autoencoder, "clip": stages.train_clip, "diffusion": stages.train_diffusion}[
+            args.stage
+        ](args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,86 @@
+"""The U-Net's condition for a training batch, with condition dropout for classifier-free guidance.
+
+Ho & Salimans 2022: with probability `dropout` the condition is replaced by the conditioner's "empty" input,
+so one network learns both eps(z_t, c) and eps(z_t, empty). A frozen text tower (CLIP) is run once per
+distinct caption and its tokens cached; a jointly trained one (BERT) runs every step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from PIL import Image
+
+SAMPLE_PROMPTS = [
+    "a red circle on a blue background",
+    "a small yellow triangle in the top left on a black background",
+    "a large green square in the center on a white background",
+    "a blue circle in the bottom right on a yellow background",
+    "a purple triangle on a orange background",
+    "a small white square in the top right on a red background",
+    "a large black circle on a green background",
+    "an orange triangle in the bottom left on a purple background",
+]
+
+
+class TrainingCondition:
+    def __init__(self, pipe: Any, data: dict, device: torch.device, *, dropout: float):
+        self.pipe, self.data, self.device, self.dropout = pipe, data, device, dropout
+        self.conditioner = getattr(pipe, "conditioner", None)
+        self.spatial = getattr(pipe, "spatial", None)
+        self.is_text = self.conditioner is not None and hasattr(self.conditioner, "unknown_words")
+        self.cache: tuple[torch.Tensor, torch.Tensor, dict[str, int]] | None = None
+        if (
+            self.conditioner is not None
+            and self.is_text
+            and not any(p.requires_grad for p in self.conditioner.parameters())
+        ):
+            self.cache = self.encode_unique(data["captions"])
+
+    @torch.no_grad()
+    def encode_unique(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+        unique = sorted(set(captions)) + [self.conditioner.empty_input()]
+        index = {c: i for i, c in enumerate(unique)}
+        chunks = [self.conditioner(unique[i : i + 512]) for i in range(0, len(unique), 512)]
+        return torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks]), index
+
+    def batch(self, idx: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        drop = torch.rand(len(idx), generator=generator) < self.dropout
+        kwargs: dict[str, torch.Tensor] = {}
+        if self.conditioner is not None:
+            kwargs.update(self.tokens(idx, drop))
+        if self.spatial is not None:
+            kwargs["concat"] = self.maps(idx, drop)
+        return kwargs
+
+    def tokens(self, idx: torch.Tensor, drop: torch.Tensor) -> dict[str, torch.Tensor]:
+        empty = self.conditioner.empty_input()
+        if self.is_text:
+            inputs = [empty if d else self.data["captions"][int(i)] for i, d in zip(idx, drop, strict=True)]
+        else:
+            inputs = [empty if d else int(self.data["class_labels"][i]) for i, d in zip(idx, drop, strict=True)]
+        if self.cache is not None:
+            context, mask, index = self.cache
+            rows = torch.tensor([index[c] for c in inputs])
+            return {"context": context[rows].to(self.device), "context_mask": mask[rows].to(self.device)}
+        context, mask = self.conditioner(inputs)
+        return {"context": context.to(self.device), "context_mask": mask.to(self.device)}
+
+    def maps(self, idx: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        maps = self.data["semantic_maps"][idx].long()
+        maps[drop] = 0  # dropped: an all-background map, the spatial conditioner's empty input
+        return self.spatial(maps.to(self.device)).to(self.device)
+
+    @torch.no_grad()
+    def sample_images(self, pipe: Any, *, seed: int) -> list[Image.Image]:
+        """Eight images to watch training by: fixed prompts (or labels, or maps), fixed seed."""
+        images = []
+        for k, prompt in enumerate(SAMPLE_PROMPTS):
+            kwargs: dict[str, Any] = {"seed": seed + k}
+            if self.spatial is not None:
+                kwargs["semantic_map"] = self.data["semantic_maps"][k].long()
+            if self.conditioner is not None:
+                kwargs["prompt"] = prompt if self.is_text else int(self.data["class_labels"][k])
+            images += pipe.generate(**kwargs)
+        return images

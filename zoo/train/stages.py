@@ -1,0 +1,295 @@
+"""The training stages: autoencoders, the contrastive CLIP model, and diffusion models (pixel and latent).
+
+Each stage is one function `train_<stage>(args) -> Path` that writes `<out>/final` (Hub layout) and
+`<out>/metrics.json`, resuming from `<out>/checkpoint` when the run was stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from zoo.train.data import cached_dataset, to_float
+from zoo.train.loop import LoopConfig, Trainer
+
+logger = logging.getLogger(__name__)
+
+
+def batch_indices(step: int, batch: int, total: int, seed: int) -> torch.Tensor:
+    """Random indices that depend only on (seed, step), so a resumed run sees the batches it would have seen."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.randint(0, total, (batch,), generator=generator)
+
+
+def grid(images: list[Image.Image], columns: int = 8) -> Image.Image:
+    w, h = images[0].size
+    rows = (len(images) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * w, rows * h), (128, 128, 128))
+    for i, image in enumerate(images):
+        sheet.paste(image, ((i % columns) * w, (i // columns) * h))
+    return sheet
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of images in [-1, 1] (peak-to-peak 2)."""
+    mse = ((x.clamp(-1, 1) - y.clamp(-1, 1)) ** 2).mean(dim=(1, 2, 3))
+    return float((10 * torch.log10(4.0 / mse.clamp_min(1e-10))).mean())
+
+
+def write_metrics(out: Path, metrics: dict[str, Any]) -> None:
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    logger.info("metrics %s", metrics)
+
+
+# --------------------------------------------------------------------------------------------- autoencoders
+def train_autoencoder(args: Any) -> Path:
+    """Reconstruction + KL (or codebook) objective on the procedural images; LDM Sec. 3.1 / appendix G."""
+    from components.autoencoders.blocks import estimate_scaling_factor
+
+    from zoo import catalog
+    from zoo.registry import AUTOENCODERS
+
+    catalog.load()
+    out = Path(args.out)
+    data = cached_dataset(args.cache, args.samples, seed=args.data_seed)
+    images = data["images"]
+    torch.manual_seed(args.seed)
+    ae = AUTOENCODERS.build(args.name, **json.loads(args.overrides or "{}"))
+    trainer = Trainer(out, {"autoencoder": ae}, loop_config(args))
+    device = trainer.device
+
+    def step(i: int) -> tuple[torch.Tensor, dict]:
+        x = to_float(images[batch_indices(i, args.batch, len(images), args.seed)]).to(device)
+        return ae.loss(x)
+
+    def sample(path: Path) -> None:
+        x = to_float(images[:16]).to(device)
+        with torch.no_grad():
+            rec = ae.decode(ae.encode(x))
+        grid([*to_images(x), *to_images(rec)]).save(path)
+
+    history = trainer.run(step, sample)
+    with trainer.ema_weights():
+        ae.eval()
+        with torch.no_grad():
+            scale = estimate_scaling_factor(ae, to_float(images[:2048]).to(device))
+            ae.config = ae.config.replace(scaling_factor=float(scale))
+            heldout = cached_dataset(args.cache, 512, seed=args.data_seed + 1, split="all")
+            x = to_float(heldout["images"]).to(device)
+            rec = torch.cat([ae.decode(ae.encode(chunk)) for chunk in x.split(128)])
+        ae.cpu().save_pretrained(out / "final")
+    write_metrics(out, {"psnr_heldout_db": psnr(rec.cpu(), x.cpu()), "scaling_factor": scale, "history": history[-1]})
+    return out / "final"
+
+
+def to_images(x: torch.Tensor) -> list[Image.Image]:
+    from zoo.pipelines.base import to_pil
+
+    return to_pil(x.float())
+
+
+def loop_config(args: Any) -> LoopConfig:
+    return LoopConfig(
+        steps=args.steps,
+        lr=args.lr,
+        warmup=args.warmup,
+        ema_decay=args.ema_decay,
+        sample_every=args.sample_every,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+    )
+
+
+# --------------------------------------------------------------------------------------------------- CLIP
+def clip_model_for(conditioner: Any, image_size: int, *, width: int, layers: int, patch: int) -> Any:
+    """A transformers CLIPModel whose text tower is the conditioner's and whose image tower is a small ViT."""
+    from transformers import CLIPConfig, CLIPModel
+
+    text_config = conditioner.text_model.config.to_dict()
+    vision_config = {
+        "image_size": image_size,
+        "patch_size": patch,
+        "hidden_size": width,
+        "intermediate_size": 4 * width,
+        "num_hidden_layers": layers,
+        "num_attention_heads": max(1, width // 32),
+        "num_channels": 3,
+    }
+    config = CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=width)
+    model = CLIPModel(config)
+    model.text_model.load_state_dict(conditioner.text_model.text_model.state_dict())
+    return model
+
+
+def train_clip(args: Any) -> Path:
+    """Contrastive image-caption pre-training (Radford et al. 2021, the symmetric InfoNCE loss)."""
+    from components.conditioners.clip import CLIPTextConditioner
+
+    from zoo.data.shapes import caption_vocabulary
+
+    out = Path(args.out)
+    data = cached_dataset(args.cache, args.samples, seed=args.data_seed)
+    images, captions = data["images"], data["captions"]
+    torch.manual_seed(args.seed)
+    overrides = json.loads(args.overrides or "{}")
+    conditioner = CLIPTextConditioner.from_config(caption_vocabulary(), **overrides)
+    clip = clip_model_for(conditioner, images.shape[-1], width=args.vision_width, layers=args.vision_layers, patch=8)
+    tokenizer = conditioner.tokenizer
+    trainer = Trainer(out, {"clip": clip}, loop_config(args))
+    device = trainer.device
+
+    def step(i: int) -> tuple[torch.Tensor, dict]:
+        idx = batch_indices(i, args.batch, len(images), args.seed)
+        tokens = tokenizer(
+            [captions[j] for j in idx],
+            padding="max_length",
+            truncation=True,
+            max_length=conditioner.max_length,
+            return_tensors="pt",
+        ).to(device)
+        x = to_float(images[idx]).to(device)
+        result = clip(**tokens, pixel_values=x, return_loss=True)
+        return result.loss, {}
+
+    history = trainer.run(step)
+    with trainer.ema_weights():
+        clip.eval()
+        metrics = zero_shot_accuracy(clip, tokenizer, conditioner.max_length, args, device)
+        clip.cpu().save_pretrained(out / "final-clip")
+        tokenizer.save_pretrained(out / "final-clip")
+        text = CLIPTextConditioner.from_clip_model(clip, tokenizer)
+        text.save_pretrained(out / "final")
+    write_metrics(out, {**metrics, "history": history[-1]})
+    return out / "final"
+
+
+def features(output: Any) -> torch.Tensor:
+    """transformers 5 returns the projected embeddings as `pooler_output`; older versions a tensor."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+@torch.no_grad()
+def zero_shot_accuracy(clip: Any, tokenizer: Any, max_length: int, args: Any, device: torch.device) -> dict:
+    """CLIP zero-shot: pick the caption, among ones differing only in shape colour (or kind), closest to the image."""
+    from zoo.data.shapes import PALETTE, SHAPES
+
+    heldout = cached_dataset(args.cache, 256, seed=args.data_seed + 2, split="all")
+    attributes = heldout["attributes"] if "attributes" in heldout else None
+    if attributes is None:
+        from zoo.data.shapes import ShapesDataset
+
+        dataset = ShapesDataset(256, seed=args.data_seed + 2, split="all")
+        attributes = [dataset[i]["attributes"] for i in range(256)]
+    x = to_float(heldout["images"]).to(device)
+    image_embeds = torch.nn.functional.normalize(features(clip.get_image_features(pixel_values=x)), dim=-1)
+
+    def accuracy(field: str, values: list[str]) -> float:
+        correct = 0
+        for k, a in enumerate(attributes):
+            options = [v for v in values if not (field == "colour" and v == a.background)]
+            swap = [(v, a.shape) if field == "colour" else (a.colour, v) for v in options]
+            texts = [f"a {colour} {shape} on a {a.background} background" for colour, shape in swap]
+            tokens = tokenizer(texts, padding="max_length", max_length=max_length, return_tensors="pt").to(device)
+            text_embeds = torch.nn.functional.normalize(features(clip.get_text_features(**tokens)), dim=-1)
+            choice = options[int((text_embeds @ image_embeds[k]).argmax())]
+            correct += choice == getattr(a, field)
+        return correct / len(attributes)
+
+    return {"zero_shot_colour": accuracy("colour", list(PALETTE)), "zero_shot_shape": accuracy("shape", list(SHAPES))}
+
+
+# ---------------------------------------------------------------------------------------------- diffusion
+def load_part(role: str, name: str, folder: str) -> Any:
+    from zoo.build import component_class
+
+    return component_class(role, name).from_pretrained(folder)
+
+
+def build_for_training(args: Any) -> Any:
+    """The pipeline with random U-Net, and the trained autoencoder / frozen CLIP tower from earlier stages."""
+    from zoo.build import assemble, check_compatible
+    from zoo.pipelines.latent import LatentPipeline
+    from zoo.pipelines.pixel import PixelPipeline
+
+    recipe = __import__("zoo").recipe(args.pipeline)
+    if args.overrides:
+        recipe = recipe.replace(**json.loads(args.overrides))
+    pipe = assemble(recipe, device="cpu")
+    parts = {"schedule": pipe.schedule, **pipe.modules()}
+    if recipe.autoencoder is not None:
+        if not args.autoencoder:
+            raise SystemExit(f"{recipe.name} is a latent pipeline: pass --autoencoder <trained autoencoder folder>")
+        parts["autoencoder"] = load_part("autoencoder", recipe.autoencoder.name, args.autoencoder).requires_grad_(
+            False
+        )
+    if recipe.conditioner is not None and recipe.conditioner.name == "clip":
+        if not args.conditioner:
+            raise SystemExit(f"{recipe.name} uses the CLIP text tower: pass --conditioner <trained CLIP folder>")
+        parts["conditioner"] = load_part("conditioner", "clip", args.conditioner).requires_grad_(False)
+    check_compatible(recipe, parts)
+    cls = LatentPipeline if recipe.kind == "latent" else PixelPipeline
+    return cls(recipe, parts, device="cpu")
+
+
+def train_diffusion(args: Any) -> Path:
+    """L_simple (DDPM Eq. 14, Alg. 1) on cached latents (LDM) or pixels, with condition dropout for CFG."""
+    from components.schedulers.losses import diffusion_loss
+
+    from zoo.train.conditioning import TrainingCondition
+
+    out = Path(args.out)
+    torch.manual_seed(args.seed)
+    pipe = build_for_training(args)
+    recipe = pipe.recipe
+    data = cached_dataset(args.cache, args.samples, seed=args.data_seed)
+    trainables = {role: m for role, m in pipe.modules().items() if any(p.requires_grad for p in m.parameters())}
+    trainer = Trainer(out, trainables, loop_config(args))
+    device = trainer.device
+    pipe.to(device)
+    for module in trainables.values():
+        module.train()
+    x0_all = encode_all(pipe, data["images"], device) if recipe.kind == "latent" else data["images"]
+    condition = TrainingCondition(pipe, data, device, dropout=recipe.cfg_dropout)
+    generator = torch.Generator(device="cpu")
+
+    def step(i: int) -> tuple[torch.Tensor, dict]:
+        idx = batch_indices(i, args.batch, len(x0_all), args.seed)
+        x0 = x0_all[idx].to(device)
+        x0 = to_float(x0) if x0.dtype == torch.uint8 else x0
+        generator.manual_seed(args.seed * 7_919 + i)
+        kwargs = condition.batch(idx, generator)
+        loss = diffusion_loss(
+            pipe.unet,
+            x0,
+            pipe.schedule,
+            prediction_type=recipe.prediction_type,
+            model_kwargs=kwargs,
+        )
+        return loss, {}
+
+    def sample(path: Path) -> None:
+        pipe.to(device)
+        grid(condition.sample_images(pipe, seed=0)).save(path)
+        for module in trainables.values():
+            module.train()
+
+    history = trainer.run(step, sample)
+    with trainer.ema_weights():
+        pipe.to("cpu").save_pretrained(out / "final")
+    write_metrics(out, {"history": history[-1]})
+    return out / "final"
+
+
+@torch.no_grad()
+def encode_all(pipe: Any, images: torch.Tensor, device: torch.device, chunk: int = 256) -> torch.Tensor:
+    """The training set's latents z = scaling_factor * E(x), computed once (the point of LDM: train on z)."""
+    ae = pipe.autoencoder.eval()
+    latents = [
+        ae.encode(to_float(images[i : i + chunk]).to(device)).float().cpu() for i in range(0, len(images), chunk)
+    ]
+    return torch.cat(latents) * ae.scaling_factor
