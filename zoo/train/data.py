@@ -27,9 +27,9 @@ def cached_dataset(cache_dir: Path, num_samples: int, *, seed: int, split: str =
         tensors = load_file(tensors_file)
         return {**tensors, "captions": json.loads(captions_file.read_text())}
     logger.info("generating %d %s samples (seed %d)", num_samples, split, seed)
-    data = pregenerate(num_samples, seed=seed, split=split)
+    data = pregenerate(num_samples, seed=seed, split=split, uint8=True)
     tensors = {
-        "images": ((data["images"].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8),
+        "images": data["images"],
         "semantic_maps": data["semantic_maps"].to(torch.uint8),
         "class_labels": data["class_labels"].long(),
     }

@@ -50,7 +50,6 @@ def write_metrics(out: Path, metrics: dict[str, Any]) -> None:
 def train_autoencoder(args: Any) -> Path:
     """Reconstruction + KL (or codebook) objective on the procedural images; LDM Sec. 3.1 / appendix G."""
     from components.autoencoders.blocks import estimate_scaling_factor
-
     from zoo import catalog
     from zoo.registry import AUTOENCODERS
 
@@ -129,7 +128,6 @@ def clip_model_for(conditioner: Any, image_size: int, *, width: int, layers: int
 def train_clip(args: Any) -> Path:
     """Contrastive image-caption pre-training (Radford et al. 2021, the symmetric InfoNCE loss)."""
     from components.conditioners.clip import CLIPTextConditioner
-
     from zoo.data.shapes import caption_vocabulary
 
     out = Path(args.out)
@@ -176,15 +174,10 @@ def features(output: Any) -> torch.Tensor:
 @torch.no_grad()
 def zero_shot_accuracy(clip: Any, tokenizer: Any, max_length: int, args: Any, device: torch.device) -> dict:
     """CLIP zero-shot: pick the caption, among ones differing only in shape colour (or kind), closest to the image."""
-    from zoo.data.shapes import PALETTE, SHAPES
+    from zoo.data.shapes import PALETTE, SHAPES, pregenerate
 
-    heldout = cached_dataset(args.cache, 256, seed=args.data_seed + 2, split="all")
-    attributes = heldout["attributes"] if "attributes" in heldout else None
-    if attributes is None:
-        from zoo.data.shapes import ShapesDataset
-
-        dataset = ShapesDataset(256, seed=args.data_seed + 2, split="all")
-        attributes = [dataset[i]["attributes"] for i in range(256)]
+    heldout = pregenerate(256, seed=args.data_seed + 2, split="all", uint8=True)
+    attributes = heldout["attributes"]
     x = to_float(heldout["images"]).to(device)
     image_embeds = torch.nn.functional.normalize(features(clip.get_image_features(pixel_values=x)), dim=-1)
 
@@ -239,7 +232,6 @@ def build_for_training(args: Any) -> Any:
 def train_diffusion(args: Any) -> Path:
     """L_simple (DDPM Eq. 14, Alg. 1) on cached latents (LDM) or pixels, with condition dropout for CFG."""
     from components.schedulers.losses import diffusion_loss
-
     from zoo.train.conditioning import TrainingCondition
 
     out = Path(args.out)
