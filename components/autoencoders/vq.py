@@ -16,7 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from components.autoencoders.blocks import AutoencoderConfig, LatentAutoencoder, VectorQuantizer
+from components.autoencoders.blocks import (
+    AutoencoderConfig,
+    LatentAutoencoder,
+    VectorQuantizer,
+    check_float,
+    check_int,
+)
 from zoo.registry import AUTOENCODERS
 
 TINY = {"base_channels": 8, "norm_groups": 4, "num_embeddings": 16}
@@ -31,17 +37,10 @@ class VQAutoencoderConfig(AutoencoderConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if (
-            isinstance(self.num_embeddings, bool)
-            or not isinstance(self.num_embeddings, int)
-            or self.num_embeddings < 2
-        ):
-            raise ValueError(f"num_embeddings must be an int >= 2, got {self.num_embeddings!r}")
-        checks = {"beta": (0.0, math.inf), "usage_decay": (0.0, 1.0), "dead_code_threshold": (0.0, 1.0)}
-        for name, (low, high) in checks.items():
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not low <= value < high:
-                raise ValueError(f"{name} must be a float in [{low}, {high}), got {value!r}")
+        check_int(self, "num_embeddings", minimum=2)
+        check_float(self, "beta", low=0.0, high=math.inf)
+        check_float(self, "usage_decay", low=0.0, high=1.0)
+        check_float(self, "dead_code_threshold", low=0.0, high=1.0)
 
     @property
     def embed_dim(self) -> int:
