@@ -1,0 +1,164 @@
+"""The conditioner contract, and the text-encoder machinery CLIP and BERT share.
+
+A conditioner is an `nn.Module` with a `mode` (LDM, Rombach et al. 2022, Fig. 3: the conditioning switch):
+- "crossattn": `forward(inputs: list) -> (tokens (B, L, D) float, mask (B, L) bool, True = real token)`,
+  `dim` (D, the U-Net's context width), `empty_input()` (the input meaning "no condition", for
+  classifier-free guidance), `unknown_words(texts) -> list[list[str]]` (empty lists for non-text inputs).
+- "concat": `forward(maps) -> (B, channels, h, w)` at the latent grid, `channels`, `empty_input()`.
+Every conditioner has `save_pretrained(folder)` and `from_pretrained(folder_or_repo_id)`, and returns its
+outputs on the device (and in the dtype) of its parameters.
+
+Text conditioners pad every prompt to `max_length` tokens (so conditional and unconditional batches
+concatenate for CFG) and truncate longer prompts to it: `was_truncated(texts)` says which were cut, and
+`forward` logs a warning naming them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import torch
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from components.base import WeightsError
+from components.conditioners import tokenizer as tok
+
+logger = logging.getLogger(__name__)
+
+MODES = ("crossattn", "concat")
+# What a local folder must hold: one file of each group (the first is named when none is there).
+REQUIRED = {
+    "model config": ("config.json",),
+    "model weights (safetensors only)": ("model.safetensors", "model.safetensors.index.json"),
+    "tokenizer": ("tokenizer.json", "vocab.json", "vocab.txt"),
+}
+
+
+def check_batch(inputs: Any, what: str) -> list:
+    """A non-empty list (or tuple) of inputs, one per batch element."""
+    if not isinstance(inputs, (list, tuple)):
+        raise TypeError(f"pass a list of {what}, one per batch element (e.g. [x]), got {type(inputs).__name__}")
+    if len(inputs) == 0:
+        raise ValueError(f"empty batch: pass at least one of {what}")
+    return list(inputs)
+
+
+def check_texts(texts: Any) -> list[str]:
+    texts = check_batch(texts, "strings")
+    bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"a text conditioner takes strings; got {', '.join(sorted(set(bad)))} in the batch")
+    return texts
+
+
+class TextConditioner(nn.Module):
+    """A transformers text encoder + its tokenizer; subclasses set `model_class` and define `encode`."""
+
+    mode = "crossattn"
+    model_class: ClassVar[type[PreTrainedModel]]
+    model_kwargs: ClassVar[dict[str, Any]] = {}  # extra constructor arguments for `model_class.from_pretrained`
+
+    def __init__(self, text_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+        super().__init__()
+        if not isinstance(text_model, self.model_class):
+            wanted, got = self.model_class.__name__, type(text_model).__name__
+            raise TypeError(f"{type(self).__name__} needs a {wanted}, got {got}")
+        if tokenizer.pad_token_id is None:
+            raise ValueError(f"the tokenizer ({type(tokenizer).__name__}) has no pad token: prompts cannot be batched")
+        self.text_model = text_model
+        self.tokenizer = tokenizer
+        self.max_length = min(tokenizer.model_max_length, text_model.config.max_position_embeddings)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define encode(input_ids, attention_mask)")
+
+    @property
+    def dim(self) -> int:
+        return self.text_model.config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.text_model.parameters()).device
+
+    @property
+    def frozen(self) -> bool:
+        """True when no parameter of the text model requires a gradient."""
+        return not any(p.requires_grad for p in self.text_model.parameters())
+
+    def empty_input(self) -> str:
+        """The empty prompt: the unconditional input of classifier-free guidance."""
+        return ""
+
+    def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (B, max_length, dim) and mask (B, max_length), True on real tokens (specials included)."""
+        texts = check_texts(texts)
+        cut = [t for t, was_cut in zip(texts, self.was_truncated(texts), strict=True) if was_cut]
+        if cut:
+            logger.warning("%d prompt(s) truncated to %d tokens: %s", len(cut), self.max_length, cut)
+        batch = self.tokenizer(
+            texts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        input_ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        return self.encode(input_ids, mask), mask.bool()
+
+    def was_truncated(self, texts: list[str]) -> list[bool]:
+        """Per text: True when it has more than max_length tokens, so forward cuts it."""
+        return [n > self.max_length for n in tok.token_counts(self.tokenizer, check_texts(texts))]
+
+    def unknown_words(self, texts: list[str]) -> list[list[str]]:
+        """Per text, the words the tokenizer does not know (definition: components/conditioners/tokenizer.py)."""
+        return tok.unknown_words(self.tokenizer, check_texts(texts))
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Hub layout: the model's config.json + model.safetensors and the tokenizer's files, in one folder."""
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self.text_model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo: str | os.PathLike,
+        *,
+        subfolder: str | None = None,
+        tokenizer_subfolder: str | None = None,
+        **hub_kwargs: Any,
+    ) -> Self:
+        """A folder or Hub id in transformers layout, or a diffusers pipeline's text_encoder/ + tokenizer/.
+
+        For a local folder the diffusers layout is detected; for a Hub id of a diffusers pipeline pass
+        subfolder="text_encoder" (the tokenizer subfolder then defaults to "tokenizer"). Safetensors only.
+        """
+        subfolder, tokenizer_subfolder = layout(path_or_repo, subfolder, tokenizer_subfolder)
+        try:
+            text_model = cls.model_class.from_pretrained(
+                path_or_repo, subfolder=subfolder, use_safetensors=True, **cls.model_kwargs, **hub_kwargs
+            )
+            tokenizer = AutoTokenizer.from_pretrained(path_or_repo, subfolder=tokenizer_subfolder, **hub_kwargs)
+        except (OSError, ValueError) as err:
+            raise WeightsError(f"cannot load a {cls.__name__} from {path_or_repo}: {err}") from err
+        return cls(text_model, tokenizer).eval()
+
+
+def layout(path_or_repo: str | os.PathLike, subfolder: str | None, tokenizer_subfolder: str | None) -> tuple[str, str]:
+    """(model subfolder, tokenizer subfolder); a local folder is checked, naming the first missing file."""
+    local = Path(path_or_repo)
+    if subfolder is None and local.is_dir() and not (local / "config.json").exists():
+        subfolder = "text_encoder" if (local / "text_encoder").is_dir() else None
+    if tokenizer_subfolder is None:
+        tokenizer_subfolder = subfolder.replace("text_encoder", "tokenizer") if subfolder else subfolder
+    if local.is_dir():
+        for what, names in REQUIRED.items():
+            require_one(local / ((tokenizer_subfolder if what == "tokenizer" else subfolder) or ""), names, what)
+    elif str(path_or_repo).startswith((".", "/")) or local.exists():
+        raise WeightsError(f"{local} is not a folder (expected a text encoder folder or a Hub repo id)")
+    return subfolder or "", tokenizer_subfolder or ""
+
+
+def require_one(folder: Path, names: tuple[str, ...], what: str) -> None:
+    if not any((folder / name).is_file() for name in names):
+        raise WeightsError(f"missing {folder / names[0]}: no {what} in {folder} (expected one of {', '.join(names)})")
