@@ -181,6 +181,11 @@ class Decoder(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------- posterior
+def at_least_float32(t: Tensor) -> Tensor:
+    """Sums of many terms (KL, NLL) in float32 even under bf16/fp16 autocast; float64 stays float64."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 class DiagonalGaussian:
     """q(z|x) = N(mean, diag(exp(logvar))), from the encoder's 2*C moments split on the channel axis (LDM)."""
 
@@ -207,11 +212,13 @@ class DiagonalGaussian:
 
         The closed form of Kingma & Welling 2014, App. B (there written as -KL).
         """
-        return 0.5 * (self.mean.pow(2) + self.var - 1.0 - self.logvar).sum(dim=(1, 2, 3))
+        mean, var, logvar = (at_least_float32(t) for t in (self.mean, self.var, self.logvar))
+        return 0.5 * (mean.pow(2) + var - 1.0 - logvar).sum(dim=(1, 2, 3))
 
     def nll(self, z: Tensor) -> Tensor:
         """-log q(z|x) = 1/2 sum(log(2 pi) + logvar + (z - mean)^2 / var) over latent dims, per sample."""
-        return 0.5 * (math.log(2.0 * math.pi) + self.logvar + (z - self.mean).pow(2) / self.var).sum(dim=(1, 2, 3))
+        z, mean, var, logvar = (at_least_float32(t) for t in (z, self.mean, self.var, self.logvar))
+        return 0.5 * (math.log(2.0 * math.pi) + logvar + (z - mean).pow(2) / var).sum(dim=(1, 2, 3))
 
 
 # --------------------------------------------------------------------------------------------- vector quantiser
