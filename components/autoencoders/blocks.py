@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 NORM_EPS = 1e-6  # GroupNorm epsilon of the LDM / Stable Diffusion autoencoders
 LOGVAR_RANGE = (-30.0, 20.0)  # LDM's DiagonalGaussianDistribution clamps log sigma^2 to this range
 REC_LOSSES = ("l1", "l2")
+COUNT_KNOBS = ("in_channels", "out_channels", "base_channels", "num_res_blocks", "latent_channels", "norm_groups")
 
 
 # --------------------------------------------------------------------------------------------- layers
@@ -308,9 +309,8 @@ class AutoencoderConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("in_channels", "out_channels", "base_channels", "num_res_blocks", "latent_channels"):
+        for name in COUNT_KNOBS:
             check_int(self, name, minimum=1)
-        check_int(self, "norm_groups", minimum=1)
         if not self.channel_mult or not all(is_int(m) and m >= 1 for m in self.channel_mult):
             raise ValueError(f"channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult!r}")
         if any(c % self.norm_groups for c in self.channels):
