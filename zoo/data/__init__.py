@@ -1,0 +1,1 @@
+"""The procedural captioned shapes dataset (shapes.py) and the pixel analyser that reads it back (analyser.py)."""
