@@ -1,0 +1,176 @@
+"""Benchmarks (not tests): our parts timed against a reference measured in the same run.
+
+    python -m zoo.bench unet [--config default] [--repeats 20] [--warmup 3]
+
+`unet`: one forward of our U-Net and of diffusers' UNet2DConditionModel built to the same architecture and
+loaded with the same weights through components/unets/diffusers_compat.py (the report gives the largest output
+difference, which shows they are the same network). Eval mode, no_grad, torch's default thread count, calls
+interleaved (ours, theirs, ours, ...) so drifting machine load hits both alike; median of the repeats after
+warm-up. Bench configs are a registry: `UNET_BENCHES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from components.unets.diffusers_compat import config_to_diffusers, state_dict_from_diffusers
+from components.unets.unet import LDM_16, TINY, UNet, UNetConfig
+from zoo.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetBench:
+    """One U-Net benchmark: the network (UNetConfig fields) and the input it is timed on."""
+
+    unet: dict[str, Any]
+    batch: int
+    size: int  # height = width of x_t
+    context_len: int
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetBenchResult:
+    config: str
+    parameters: int
+    ours_s: float  # median seconds per forward
+    diffusers_s: float
+    max_abs_diff: float  # largest |ours - diffusers| over the output, same weights and inputs
+
+    @property
+    def ratio(self) -> float:
+        return self.ours_s / self.diffusers_s
+
+
+UNET_BENCHES = Registry("U-Net bench config")
+UNET_BENCHES.add(
+    "default",
+    lambda: UNetBench(unet=LDM_16, batch=2, size=16, context_len=16),
+    description='the "unet-ldm" default: 16x16x4 latents, batch 2, a context of 16 tokens of width 128',
+)
+UNET_BENCHES.add(
+    "sd-v1-5",
+    lambda: UNetBench(
+        unet=dict(
+            in_channels=4,
+            out_channels=4,
+            model_channels=320,
+            channel_mult=(1, 2, 4, 4),
+            num_res_blocks=2,
+            attention_levels=(0, 1, 2),
+            num_heads=8,
+            num_head_channels=None,
+            context_dim=768,
+            norm_groups=32,
+        ),
+        batch=2,
+        size=64,
+        context_len=77,
+    ),
+    description="the Stable Diffusion v1.5 U-Net size (random weights): 64x64x4 latents, batch 2, 77 tokens of 768",
+)
+UNET_BENCHES.add(
+    "tiny",
+    lambda: UNetBench(
+        unet={**LDM_16, **TINY, "context_dim": 16},
+        batch=2,
+        size=8,
+        context_len=4,
+    ),
+    description="a tiny U-Net, for the smoke test",
+)
+
+
+def build_pair(bench: UNetBench) -> tuple[UNet, torch.nn.Module]:
+    """Our U-Net and diffusers' UNet2DConditionModel of the same architecture, ours loaded with its weights."""
+    from diffusers import UNet2DConditionModel  # the reference implementation: benchmark only
+
+    config = UNetConfig(**bench.unet)
+    theirs = UNet2DConditionModel(**config_to_diffusers(config)).eval()
+    ours = UNet(config).eval()
+    ours.load_state_dict(state_dict_from_diffusers(theirs.state_dict()), strict=True)
+    return ours, theirs
+
+
+def bench_inputs(bench: UNetBench, config: UNetConfig, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """x_t (B, C, H, W), t (B,), context (B, L, D), drawn from a seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+    x_t = torch.randn(bench.batch, config.in_channels, bench.size, bench.size, generator=generator)
+    t = torch.randint(0, 1000, (bench.batch,), generator=generator)
+    context = torch.randn(bench.batch, bench.context_len, config.context_dim, generator=generator)
+    return x_t, t, context
+
+
+def seconds(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved_medians(fns: Sequence[Callable[[], Any]], repeats: int, warmup: int) -> list[float]:
+    """Median seconds per call of each fn, calling them in turn `repeats` times after `warmup` untimed rounds."""
+    times: list[list[float]] = [[] for _ in fns]
+    for round_ in range(warmup + repeats):
+        for fn, log in zip(fns, times, strict=True):
+            elapsed = seconds(fn)
+            if round_ >= warmup:
+                log.append(elapsed)
+    return [statistics.median(log) for log in times]
+
+
+@torch.no_grad()
+def run_unet(name: str = "default", *, repeats: int = 20, warmup: int = 3) -> UNetBenchResult:
+    """Time one forward of ours and of diffusers' twin on the bench config `name`."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    bench = UNET_BENCHES.build(name)
+    ours, theirs = build_pair(bench)
+    x_t, t, context = bench_inputs(bench, ours.config)
+    diff = (ours(x_t, t, context) - theirs(x_t, t, context).sample).abs().max().item()
+    ours_s, theirs_s = interleaved_medians(
+        [lambda: ours(x_t, t, context), lambda: theirs(x_t, t, context)], repeats, warmup
+    )
+    return UNetBenchResult(name, ours.num_parameters(), ours_s, theirs_s, diff)
+
+
+def report(result: UNetBenchResult) -> str:
+    return (
+        f"U-Net bench {result.config!r} ({result.parameters / 1e6:.2f}M parameters, {torch.get_num_threads()} "
+        f"threads): ours {result.ours_s * 1e3:.2f} ms, diffusers {result.diffusers_s * 1e3:.2f} ms, "
+        f"ratio ours/diffusers {result.ratio:.3f}, max |ours - diffusers| {result.max_abs_diff:.2e}"
+    )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m zoo.bench", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    unet = commands.add_parser("unet", help="our U-Net against diffusers' UNet2DConditionModel")
+    unet.add_argument("--config", default="default", choices=UNET_BENCHES.names(), help="bench config")
+    unet.add_argument("--repeats", type=int, default=20, help="timed forwards of each (median reported)")
+    unet.add_argument("--warmup", type=int, default=3, help="untimed forwards of each first")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> UNetBenchResult:
+    """Run the benchmark named on the command line; log the report line to stdout and return the result."""
+    args = parse_args(argv)
+    if not logger.handlers:
+        logger.addHandler(logging.StreamHandler(sys.stdout))
+        logger.setLevel(logging.INFO)
+    result = run_unet(args.config, repeats=args.repeats, warmup=args.warmup)
+    logger.info(report(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
