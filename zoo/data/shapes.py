@@ -66,12 +66,13 @@ SPLITS: tuple[str, ...] = ("train", "heldout", "all")
 NUM_CLASSES = len(SHAPES) * len(PALETTE)
 NUM_SEG_LABELS = 1 + len(SHAPES)
 # Semantic map colours for drawing (label -> RGB): 0 background white (a blank sketchpad), 1 circle red,
-# 2 square green, 3 triangle blue; far apart, so a blend of two of them is nearest to one of those two.
+# 2 square green, 3 triangle blue. The four are vertices of a regular tetrahedron in RGB (all 255*sqrt(2) apart),
+# so a blend of any two lies nearer to those two than to the others: anti-aliased strokes snap to the majority.
 SEG_PALETTE: dict[int, tuple[int, int, int]] = {
     0: (255, 255, 255),
-    1: (230, 25, 75),
-    2: (60, 180, 75),
-    3: (0, 130, 200),
+    1: (255, 0, 0),
+    2: (0, 255, 0),
+    3: (0, 0, 255),
 }
 
 SUPERSAMPLE = 5  # odd, so a straight edge never covers exactly half a pixel (no ties at the 50% contour)
@@ -154,7 +155,9 @@ def _check_image_size(image_size: object) -> int:
 
 
 # ------------------------------------------------------------------------------------------ rendering
-def placement(attributes: Attributes, image_size: int = 64, jitter: np.random.Generator | None = None) -> tuple:
+def placement(
+    attributes: Attributes, image_size: int = 64, jitter: np.random.Generator | None = None
+) -> tuple[float, float, float]:
     """(cx, cy, s): box centre and extent in pixels. Nominal (mid-range size, exact anchor) without `jitter`."""
     scale = image_size / 64
     low, high = EXTENT_RANGE[attributes.size]
@@ -282,7 +285,10 @@ def pregenerate(
     "semantic_maps": long (N, H, W), "class_labels": long (N,), "captions": [str], "attributes": [Attributes]}.
     ~0.3 ms per sample on one core (50,000 in well under a minute).
     """
-    _check_count(num_samples), _check_seed(seed), check_split(split), _check_image_size(image_size)
+    _check_count(num_samples)
+    _check_seed(seed)
+    check_split(split)
+    _check_image_size(image_size)
     images = np.empty((num_samples, image_size, image_size, 3), dtype=np.uint8)
     maps = np.empty((num_samples, image_size, image_size), dtype=np.int64)
     captions, attributes = [], []
@@ -338,7 +344,8 @@ def eval_prompts(split: str = "seen", n: int = 24, seed: int = 0) -> list[tuple[
     """
     if split not in ("seen", "heldout"):
         raise ValueError(f"eval_prompts split must be 'seen' or 'heldout', got {split!r}")
-    _check_count(n), _check_seed(seed)
+    _check_count(n)
+    _check_seed(seed)
     pairs = split_pairs("train" if split == "seen" else "heldout")
     rng = np.random.default_rng([seed, 1000 + (split == "heldout")])
     prompts = []
