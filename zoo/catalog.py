@@ -9,13 +9,15 @@ from __future__ import annotations
 import functools
 import itertools
 
+from zoo.data.shapes import SEG_PALETTE
 from zoo.recipes import Part, Recipe
 from zoo.registry import PIPELINES
 
 LATENT_CHANNELS = 4
 CONTEXT_DIM = 128  # width of the text/class tokens = the U-Net's cross-attention context width
 NUM_CLASSES = 24  # the dataset's class label: shape kind x shape colour (zoo/data/shapes.py)
-NUM_SEG_LABELS = 4  # the dataset's semantic map: background + one label per shape kind
+NUM_SEG_LABELS = len(SEG_PALETTE)  # the dataset's semantic map: background + one label per shape kind
+SEG = Part("seg", {"num_labels": NUM_SEG_LABELS, "palette": tuple(SEG_PALETTE[k] for k in range(NUM_SEG_LABELS))})
 
 # The conditioning switch (LDM Fig. 3): which conditioner feeds which path into the U-Net.
 CONDITIONINGS: dict[str, dict] = {
@@ -25,10 +27,10 @@ CONDITIONINGS: dict[str, dict] = {
         "conditioner": Part("class", {"num_classes": NUM_CLASSES, "dim": CONTEXT_DIM}),
         "about": "a class label token, cross-attention",
     },
-    "seg": {"spatial": Part("seg", {"num_labels": NUM_SEG_LABELS}), "about": "a semantic map, concatenated to z_t"},
+    "seg": {"spatial": SEG, "about": "a semantic map, concatenated to z_t"},
     "clip+seg": {
         "conditioner": Part("clip", {"hidden_size": CONTEXT_DIM}),
-        "spatial": Part("seg", {"num_labels": NUM_SEG_LABELS}),
+        "spatial": SEG,
         "about": "CLIP text through cross-attention and a semantic map concatenated, at once",
     },
     "none": {"about": "unconditional"},

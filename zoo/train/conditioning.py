@@ -69,7 +69,7 @@ class TrainingCondition:
 
     def maps(self, idx: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
         maps = self.data["semantic_maps"][idx].long()
-        maps[drop] = 0  # dropped: an all-background map, the spatial conditioner's empty input
+        maps[drop] = -1  # dropped: all "unlabelled", as the spatial conditioner's empty_input()
         return self.spatial(maps.to(self.device)).to(self.device)
 
     @torch.no_grad()

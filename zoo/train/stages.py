@@ -121,7 +121,7 @@ def clip_model_for(conditioner: Any, image_size: int, *, width: int, layers: int
     }
     config = CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=width)
     model = CLIPModel(config)
-    model.text_model.load_state_dict(conditioner.text_model.text_model.state_dict())
+    model.text_model.load_state_dict(conditioner.text_model.state_dict())
     return model
 
 
@@ -157,7 +157,7 @@ def train_clip(args: Any) -> Path:
     history = trainer.run(step)
     with trainer.ema_weights():
         clip.eval()
-        metrics = zero_shot_accuracy(clip, tokenizer, conditioner.max_length, args, device)
+        metrics = zero_shot_on(clip, tokenizer, conditioner.max_length, 256, args.data_seed + 2, device)
         clip.cpu().save_pretrained(out / "final-clip")
         tokenizer.save_pretrained(out / "final-clip")
         text = CLIPTextConditioner.from_clip_model(clip, tokenizer)
@@ -172,26 +172,25 @@ def features(output: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def zero_shot_accuracy(clip: Any, tokenizer: Any, max_length: int, args: Any, device: torch.device) -> dict:
-    """CLIP zero-shot: pick the caption, among ones differing only in shape colour (or kind), closest to the image."""
+def zero_shot_on(clip: Any, tokenizer: Any, max_length: int, n: int, seed: int, device: torch.device) -> dict:
+    """CLIP zero-shot on n fresh images: among captions differing only in shape colour (or kind), pick the closest."""
     from zoo.data.shapes import PALETTE, SHAPES, pregenerate
 
-    heldout = pregenerate(256, seed=args.data_seed + 2, split="all", uint8=True)
-    attributes = heldout["attributes"]
-    x = to_float(heldout["images"]).to(device)
-    image_embeds = torch.nn.functional.normalize(features(clip.get_image_features(pixel_values=x)), dim=-1)
+    data = pregenerate(n, seed=seed, split="all")
+    image_embeds = torch.nn.functional.normalize(
+        features(clip.get_image_features(pixel_values=data["images"].to(device))), dim=-1
+    )
 
     def accuracy(field: str, values: list[str]) -> float:
         correct = 0
-        for k, a in enumerate(attributes):
+        for k, a in enumerate(data["attributes"]):
             options = [v for v in values if not (field == "colour" and v == a.background)]
             swap = [(v, a.shape) if field == "colour" else (a.colour, v) for v in options]
             texts = [f"a {colour} {shape} on a {a.background} background" for colour, shape in swap]
             tokens = tokenizer(texts, padding="max_length", max_length=max_length, return_tensors="pt").to(device)
             text_embeds = torch.nn.functional.normalize(features(clip.get_text_features(**tokens)), dim=-1)
-            choice = options[int((text_embeds @ image_embeds[k]).argmax())]
-            correct += choice == getattr(a, field)
-        return correct / len(attributes)
+            correct += options[int((text_embeds @ image_embeds[k]).argmax())] == getattr(a, field)
+        return correct / len(data["attributes"])
 
     return {"zero_shot_colour": accuracy("colour", list(PALETTE)), "zero_shot_shape": accuracy("shape", list(SHAPES))}
 
