@@ -241,6 +241,26 @@ def test_diffusers_checkpoint_loads_strictly_and_gives_the_same_outputs(options)
     assert torch.allclose(got, expected, atol=1e-4)
 
 
+SD_V1_5 = dict(
+    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768, attention_head_dim=8
+)
+SD_V2 = dict(SD_V1_5, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True)
+
+
+@pytest.mark.parametrize("options, size", [(SD_V1_5, 859_520_964), (SD_V2, 865_910_724)], ids=["sd-v1-5", "sd-v2"])
+def test_real_stable_diffusion_layouts_map_key_for_key(options, size):
+    """At full SD size, on the meta device (no memory, no weights): every key renames onto ours, same shapes."""
+    with torch.device("meta"):
+        theirs = UNet2DConditionModel(**options)
+        ours = UNet(config_from_diffusers(dict(theirs.config)))
+    renamed, own = state_dict_from_diffusers(theirs.state_dict()), ours.state_dict()
+    assert set(renamed) == set(own)
+    assert all(renamed[key].shape == own[key].shape for key in own)
+    assert ours.num_parameters() == size  # the SD v1.5 U-Net has 859.5M parameters
+    if options is SD_V1_5:
+        assert ours.config == UNetConfig(**bench.UNET_BENCHES.build("sd-v1-5").unet)
+
+
 @pytest.mark.parametrize(
     "changes",
     [{"attention_levels": (0, 1)}, {"attention_levels": (0, 1), "num_heads": 2, "num_head_channels": None}],
