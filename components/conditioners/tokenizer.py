@@ -84,9 +84,15 @@ def backend_tokenizer(kind: str) -> Tokenizer:
 def trainer(kind: str, vocab_size: int, specials: list[str]) -> trainers.Trainer:
     alphabet = list(string.ascii_lowercase + string.digits)  # so most unseen words split into pieces
     if kind == "wordpiece":
-        return trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet)
+        return trainers.WordPieceTrainer(
+            vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
+        )
     return trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet, end_of_word_suffix=END_OF_WORD
+        show_progress=False,
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=alphabet,
+        end_of_word_suffix=END_OF_WORD,
     )
 
 
