@@ -50,7 +50,7 @@ def text_to_image_tab(
     with gr.Tab("Text to image", id="text-to-image"):
         with gr.Row():
             with gr.Column():
-                pipeline = gr.Dropdown(names, value=names[0], label="pipeline")
+                pipeline = gr.Dropdown(names, value=names[0], label="pipeline", allow_custom_value=True)
                 every = gr.Checkbox(False, label="offer every registered pipeline (most are not trained)")
                 prompt = gr.Textbox("a red circle on a blue background", label="prompt", max_lines=2)
                 negative = gr.Textbox("", label="negative prompt", max_lines=1)
@@ -93,7 +93,7 @@ def forward_noise_tab(
                 seed = gr.Number(0, precision=0, minimum=0, label="seed of eps")
                 button = gr.Button("Add noise", variant="primary")
             with gr.Column():
-                x_t = gr.Image(label="x_t", format="png", type="pil", interactive=False)
+                x_t = gr.Image(label="x_t", format="png", type="pil", interactive=False, height=256)
                 formula = gr.Markdown()
                 strip = gr.Image(label="x_t across t: linear (top) and cosine (bottom)", format="png", type="pil")
         with gr.Row():
@@ -139,7 +139,7 @@ def conditioning_tab(
                     button = gr.Button("Generate", variant="primary")
                     compare = gr.Button("Compare all four")
             with gr.Column():
-                image = gr.Image(label="result", format="png", type="pil", interactive=False)
+                image = gr.Image(label="result", format="png", type="pil", interactive=False, height=256)
                 used_map = gr.Image(label="the map the server used (snapped to the palette)", format="png")
                 path = gr.Markdown()
                 side_by_side = gr.Gallery(label="every path, same seed", format="png", columns=4)

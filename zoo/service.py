@@ -65,7 +65,7 @@ SWITCH: dict[str, dict[str, Any]] = {
     "semantic map": {"pipeline": "ldm-seg-kl", "path": "semantic map -> one-hot, downsampled -> concatenated to z_t"},
     "none": {
         "pipeline": "ldm-clip-kl",
-        "path": "none: the empty prompt's CLIP tokens, the unconditional model classifier-free guidance trains",
+        "path": "no condition: the empty prompt's CLIP tokens, the unconditional model that CFG dropout trains",
     },
 }
 

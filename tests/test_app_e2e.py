@@ -1,0 +1,204 @@
+"""End to end: `python app.py` as a subprocess on a free port, every named endpoint driven with gradio_client.
+
+The server runs with ZOO_APP_TINY=1 (zoo/service.py): tiny random pipelines, so each call takes well under a
+second on a CPU. The images are checked for size, for not being blank and for the seeded result repeating;
+bad inputs must come back as clear errors while the server keeps serving. The Space bundle is assembled with
+`spaces/deploy.py --dry-run` and its app started from the bundle's folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import gradio
+import numpy as np
+import pytest
+from PIL import Image
+
+gradio_client = pytest.importorskip("gradio_client", reason="the end-to-end test drives the app with gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT = 120  # seconds for a cold `python app.py` (imports torch, transformers, gradio) on a busy CPU
+EXAMPLE = "1: "  # the dataset examples' labels start with their number
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_serving(url: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the app exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.5)
+    raise TimeoutError(f"the app did not serve {url} within {START_TIMEOUT} s:\n{log.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def serve(folder: Path, log: Path) -> Iterator[str]:
+    """`python app.py` in `folder` with tiny pipelines on a free local port; always terminated afterwards."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "ZOO_APP_TINY": "1",
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, "app.py"], cwd=folder, env=env, stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_serving(url, process, log)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory) -> Iterator[Client]:
+    with serve(ROOT, tmp_path_factory.mktemp("app") / "app.log") as url:
+        yield Client(url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def example(client) -> str:
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/forward_noise"]
+    choices = info["parameters"][0]["type"]["enum"]
+    return next(c for c in choices if c.startswith(EXAMPLE))
+
+
+def picture(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def assert_image(path: str, size: tuple[int, int]) -> np.ndarray:
+    """The file is a PNG of `size` that is not blank (its pixels vary)."""
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == size
+    pixels = picture(path)
+    assert pixels.std() > 1.0, f"{path} is blank"
+    return pixels
+
+
+def generate(client: Client, seed: int, **changes) -> tuple:
+    args = {
+        "name": "ldm-clip-kl", "prompt": "a red circle on a blue background", "negative_prompt": "", "sampler": "ddim",
+        "steps": 2, "guidance_scale": 3.0, "seed": seed, "randomize_seed": False, "num_images": 2,
+    }  # fmt: skip
+    args.update(changes)
+    return client.predict(*args.values(), api_name="/generate")
+
+
+def test_every_named_endpoint_is_listed(client):
+    named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert named == {"/generate", "/forward_noise", "/switch", "/switch_all", "/zoo_table", "/components"}
+
+
+def test_generate_draws_seeded_png_images_and_a_trajectory(client):
+    gallery, trajectory, info, code, seed = generate(client, seed=11)
+    again, *_ = generate(client, seed=11)
+    other, *_ = generate(client, seed=12)
+    assert seed == 11 and len(gallery) == 2 and len(trajectory) == 2
+    first = assert_image(gallery[0]["image"], (64, 64))
+    assert (first == picture(again[0]["image"])).all()  # the same seed, the same image
+    assert (first != picture(other[0]["image"])).any()
+    assert trajectory[-1]["caption"] == "step 2/2"
+    assert "random weights: not trained yet" in info and 'zoo.build("ldm-clip-kl", tiny=True)' in code
+
+
+def test_every_sampler_and_the_pixel_pipeline_run(client):
+    for sampler in ("ddpm", "dpmpp"):
+        gallery, *_ = generate(client, seed=0, sampler=sampler, num_images=1)
+        assert_image(gallery[0]["image"], (64, 64))
+    gallery, _, info, _, _ = generate(client, seed=0, name="ddpm-cosine", num_images=1)
+    assert_image(gallery[0]["image"], (64, 64))
+    assert "unconditional" in info
+
+
+def test_forward_noise_from_an_example_and_from_an_upload(client, example, tmp_path):
+    x_t, strip, abar, log_snr, formula, code = client.predict(
+        example, None, 250, "cosine", "pixel", 0, api_name="/forward_noise"
+    )
+    assert_image(x_t, (64, 64))
+    assert Image.open(strip).size[1] > 128 and "DDPM Eq. 4" in formula and "q_sample" in code
+    upload = tmp_path / "grey.png"
+    Image.fromarray(np.arange(50 * 80, dtype=np.uint8).reshape(50, 80)).save(upload)  # mode L, not square
+    x_t, *_ = client.predict("upload", handle_file(str(upload)), 10, "linear", "latent", 0, api_name="/forward_noise")
+    assert_image(x_t, (64, 64))
+
+
+def test_conditioning_switch_one_path_and_all_four(client, example):
+    image, used_map, path, code = client.predict("semantic map", "", example, None, 3, 2, api_name="/switch")
+    assert_image(image, (64, 64))
+    assert_image(used_map, (256, 256))  # the label map, enlarged, exact palette colours
+    assert "concatenated to z_t" in path
+    gallery, summary = client.predict("a red circle", example, None, 3, 1, api_name="/switch_all")
+    assert len(gallery) == 4 and "Same seed 3" in summary
+    for item in gallery:
+        assert_image(item["image"], (64, 64))
+
+
+def test_zoo_tables(client):
+    table = client.predict(False, api_name="/zoo_table")
+    assert [row[0] for row in table["data"]][:1] == ["ldm-clip-kl"] and "parameters" in table["headers"]
+    components = client.predict(api_name="/components")
+    assert {"unet", "autoencoder", "conditioner"} <= {row[0] for row in components["data"]}
+
+
+@pytest.mark.parametrize(
+    ("api_name", "args", "message"),
+    [
+        ("/generate", ("ldm-nope", "", "", "ddim", 2, 3.0, 0, False, 1), "ldm-nope"),
+        ("/generate", ("ldm-clip-kl", "", "", "ddim", 1001, 3.0, 0, False, 1), "1000"),
+        ("/generate", ("ldm-clip-kl", "", "", "ddim", 2, 3.0, 0, False, 9), "4"),
+        ("/forward_noise", ("upload", None, 10, "linear", "pixel", 0), "upload an image first"),
+        ("/switch", ("semantic map", "", "drawn on the sketchpad", None, 0, 2), "draw a semantic map"),
+    ],
+)
+def test_bad_inputs_get_clear_errors_and_the_server_keeps_serving(client, api_name, args, message):
+    with pytest.raises(AppError, match=message):
+        client.predict(*args, api_name=api_name)
+    gallery, *_ = generate(client, seed=0, steps=1, num_images=1)
+    assert_image(gallery[0]["image"], (64, 64))
+
+
+def test_the_space_bundle_assembles_and_serves(tmp_path):
+    bundle = tmp_path / "space"
+    subprocess.run([sys.executable, "spaces/deploy.py", "--dry-run", "--out", str(bundle)], cwd=ROOT, check=True)
+    front_matter = (bundle / "README.md").read_text().split("---")[1]
+    assert f"sdk_version: {gradio.__version__}" in front_matter and "app_file: app.py" in front_matter
+    assert (bundle / "requirements.txt").is_file() and (bundle / "zoo" / "service.py").is_file()
+    assert not list(bundle.rglob("__pycache__")) and not (bundle / "tests").exists()
+    with serve(bundle, tmp_path / "bundle.log") as url:
+        table = Client(url, verbose=False).predict(False, api_name="/zoo_table")
+    assert table["data"][0][0] == "ldm-clip-kl"
+    again = [sys.executable, "spaces/deploy.py", "--dry-run", "--out", str(bundle)]
+    refused = subprocess.run(again, cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode != 0 and "is not an empty folder" in refused.stderr
+    no_repo = subprocess.run([sys.executable, "spaces/deploy.py"], cwd=ROOT, capture_output=True, text=True)
+    assert no_repo.returncode == 2 and "--repo user/name" in no_repo.stderr
