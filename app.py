@@ -114,6 +114,7 @@ def conditioning_tab(
     conditions: Sequence[str],
     map_examples: Sequence[str],
     palette: dict[int, tuple[int, int, int]],
+    num_timesteps: int = 1000,
 ) -> dict[str, gr.components.Component]:
     """The same seed (the same x_T), one click changes the path the condition takes into the U-Net."""
     colours = ["#{:02x}{:02x}{:02x}".format(*rgb) for rgb in palette.values()]
@@ -134,7 +135,7 @@ def conditioning_tab(
                 gr.Markdown("Colours: red = circle, green = square, blue = triangle; white/empty = background.")
                 with gr.Row():
                     seed = gr.Number(0, precision=0, minimum=0, label="seed")
-                    steps = gr.Slider(1, 100, value=25, step=1, label="steps")
+                    steps = gr.Slider(1, num_timesteps, value=min(25, num_timesteps), step=1, label="steps")
                 with gr.Row():
                     button = gr.Button("Generate", variant="primary")
                     compare = gr.Button("Compare all four")
@@ -187,6 +188,7 @@ def build_app(service: zs.ZooService | None = None) -> gr.Blocks:
                 conditions=list(zs.SWITCH),
                 map_examples=list(zs.examples()),
                 palette=zs.shapes.SEG_PALETTE,
+                num_timesteps=service.num_timesteps,
             )
             zoo_tab(service.zoo_table, service.components_table)
     return demo
@@ -208,7 +210,9 @@ def launch_options() -> dict[str, object]:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    demo = build_app()
+    service = zs.ZooService.from_env()
+    service.preload()  # the default pipeline loads while the server starts; no example is computed
+    demo = build_app(service)
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_SIZE)
     demo.launch(**launch_options())
 

@@ -316,6 +316,13 @@ class ZooService:
                 self._pipes[name] = self.loader(name)
             return self._pipes[name]
 
+    def preload(self, name: str = DEFAULT_PIPELINE) -> threading.Thread:
+        """Load a pipeline in the background while the server starts, so the first click only samples."""
+        catalog.load()  # here, not in two threads at once: catalog.load's functools.cache is not a lock
+        thread = threading.Thread(target=self.pipeline, args=(name,), name=f"preload {name}", daemon=True)
+        thread.start()
+        return thread
+
     def defaults(self, name: str) -> tuple[int, float]:
         """A pipeline's recipe defaults for the text-to-image tab: (steps, guidance scale)."""
         recipe = zoo.recipe(check_choice("pipeline", name, self.names(every=True)))
@@ -329,7 +336,7 @@ class ZooService:
     def schedule(self, name: str) -> Any:
         catalog.load()
         kwargs = zoo.recipe(f"ddpm-{name}").schedule.kwargs
-        return SCHEDULES.build(name, **kwargs)
+        return SCHEDULES.build(name, tiny=self.tiny, **kwargs)  # as zoo.build makes it, so T is the pipelines' T
 
     def weights_note(self, pipe: Pipeline) -> str:
         return "" if pipe.pretrained else RANDOM_WEIGHTS_NOTE
