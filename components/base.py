@@ -42,7 +42,7 @@ class Config:
 
 
 def resolve_folder(path_or_repo: str | os.PathLike, subfolder: str | None = None, **hub_kwargs: Any) -> Path:
-    """A local folder as is, else a Hub repo id downloaded (and cached) by huggingface_hub, JSON/safetensors/text only."""
+    """A local folder as is, else a Hub repo id downloaded (and cached) by huggingface_hub: JSON/safetensors/text."""
     local = Path(path_or_repo)
     if local.is_dir():
         folder = local / subfolder if subfolder else local
@@ -69,7 +69,7 @@ class HubModule(nn.Module, PyTorchModelHubMixin):
         folder = resolve_folder(path_or_repo, subfolder, **kwargs)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (folder / name).is_file():
-                raise WeightsError(f"missing {folder / name} (a component folder holds {CONFIG_NAME} + {WEIGHTS_NAME})")
+                raise WeightsError(f"missing {folder / name} (a component folder has {CONFIG_NAME}, {WEIGHTS_NAME})")
         try:
             config = cls.config_class(**json.loads((folder / CONFIG_NAME).read_text()))
         except (json.JSONDecodeError, TypeError) as err:

@@ -60,7 +60,7 @@ def embedded_weights(name: str) -> Path | None:
 
 
 def build(
-    name: str | Recipe,
+    name: str | Recipe | None = None,
     *,
     pretrained: bool = True,
     weights: str | Path | None = None,
@@ -72,6 +72,8 @@ def build(
     catalog.load()
     if weights is not None:
         return load_pipeline(weights, device=device)
+    if name is None:
+        raise ValueError("build() needs a pipeline name (see zoo.available()) or weights=<folder or Hub repo>")
     chosen = name if isinstance(name, Recipe) else PIPELINES.build(name)
     if pretrained and not tiny and not overrides and (folder := embedded_weights(chosen.name)):
         return load_pipeline(folder, device=device)

@@ -37,6 +37,8 @@ def common(parser: argparse.ArgumentParser, *, steps: int, batch: int, lr: float
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--overrides", default="", help="JSON keyword arguments for the part (or recipe)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--tiny", action="store_true", help="the parts' tiny variants (smoke tests)")
+    parser.add_argument("--max-minutes", type=float, default=0, help="stop (and finish) after this wall time")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -62,8 +64,10 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     pl = sub.add_parser("plan", help="every shipped model in order (each stage resumes or is skipped when done)")
     pl.add_argument("--runs", default="runs")
+    pl.add_argument("--weights", default="zoo/weights", help="where the exports go")
     pl.add_argument("--only", nargs="*", help="run only these plan entries")
     pl.add_argument("--jobs", type=int, default=1, help="stages run at once (1 on a CPU; ~5 on a GPU)")
+    pl.add_argument("--preset", default="cpu", choices=sorted(shipped.PRESETS), help="per-stage batch/steps/time box")
     pl.add_argument("--print", action="store_true", help="print the commands instead of running them")
     pl.add_argument("extra", nargs="*", help="arguments added to every training stage, after --")
     return p
@@ -80,11 +84,11 @@ def main(argv: list[str] | None = None) -> None:
         export(Path(args.run), Path(args.to), dtype=args.dtype)
     elif args.stage == "plan":
         if args.print:
-            for name, argv_, _ in shipped.commands(args.runs, args.only):
+            for name, argv_, _ in shipped.commands(args.runs, args.only, args.preset, args.weights):
                 print(f"# {name}\npython -m zoo.train {shlex.join(argv_)}")  # noqa: T201 (the command's output)
         else:
             Path(args.runs).mkdir(parents=True, exist_ok=True)
-            shipped.run_plan(args.runs, args.only, args.jobs, args.extra)
+            shipped.run_plan(args.runs, args.only, args.jobs, args.extra, args.preset, args.weights)
     else:
         from zoo.train import stages
 

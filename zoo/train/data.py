@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from zoo.data.shapes import pregenerate
+from zoo.data.shapes import pregenerate, sample_item
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +31,7 @@ def cached_dataset(cache_dir: Path, num_samples: int, *, seed: int, split: str =
         tensors = load_file(tensors_file)
         return {**tensors, "captions": json.loads(captions_file.read_text())}
     logger.info("generating %d %s samples (seed %d)", num_samples, split, seed)
-    data = pregenerate(num_samples, seed=seed, split=split, uint8=True)
+    data = parallel_pregenerate(num_samples, seed=seed, split=split)
     tensors = {
         "images": data["images"],
         "semantic_maps": data["semantic_maps"].to(torch.uint8),
@@ -37,6 +41,31 @@ def cached_dataset(cache_dir: Path, num_samples: int, *, seed: int, split: str =
     save_file({k: v.contiguous() for k, v in tensors.items()}, tensors_file)
     captions_file.write_text(json.dumps(data["captions"]))
     return {**tensors, "captions": data["captions"]}
+
+
+def _items(start: int, stop: int, seed: int, split: str) -> tuple[np.ndarray, np.ndarray, list[str], list[int]]:
+    items = [sample_item(i, seed=seed, split=split) for i in range(start, stop)]
+    images = np.stack([it["image_uint8"] for it in items]).transpose(0, 3, 1, 2)  # (N, H, W, 3) -> (N, 3, H, W)
+    maps = np.stack([it["semantic_map"] for it in items]).astype(np.uint8)
+    return images, maps, [it["caption"] for it in items], [it["attributes"].class_label for it in items]
+
+
+def parallel_pregenerate(num_samples: int, *, seed: int, split: str, chunk: int = 2000) -> dict:
+    """pregenerate(..., uint8=True), in worker processes where there are cores: item i depends on (seed, i) only."""
+    workers = min(os.cpu_count() or 1, max(1, num_samples // chunk))
+    if workers == 1:
+        return pregenerate(num_samples, seed=seed, split=split, uint8=True)
+    starts = range(0, num_samples, chunk)
+    with ProcessPoolExecutor(workers) as pool:
+        parts = list(
+            pool.map(_items, starts, [min(s + chunk, num_samples) for s in starts], repeat(seed), repeat(split))
+        )
+    return {
+        "images": torch.from_numpy(np.concatenate([p[0] for p in parts])),
+        "semantic_maps": torch.from_numpy(np.concatenate([p[1] for p in parts])),
+        "class_labels": torch.tensor([label for p in parts for label in p[3]], dtype=torch.long),
+        "captions": [caption for p in parts for caption in p[2]],
+    }
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:

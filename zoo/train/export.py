@@ -17,8 +17,8 @@ logger = logging.getLogger(__name__)
 
 
 def export(run: Path, to: Path, *, dtype: str = "float16") -> Path:
-    if not (run / "recipe.json").is_file():
-        raise SystemExit(f"{run} is not a pipeline folder (no recipe.json): train it first")
+    if not ((run / "recipe.json").is_file() or (run / "config.json").is_file()):
+        raise SystemExit(f"{run} is neither a pipeline folder (recipe.json) nor a model folder (config.json)")
     if to.exists():
         shutil.rmtree(to)
     shutil.copytree(run, to, ignore=shutil.ignore_patterns("README.md"))

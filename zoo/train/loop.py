@@ -36,6 +36,7 @@ class LoopConfig:
     sample_every: int = 1000
     checkpoint_every: int = 500
     seed: int = 0
+    max_seconds: float | None = None  # a time box: stop early, and say so in the history
 
 
 class EMA:
@@ -58,11 +59,12 @@ class EMA:
         model.load_state_dict({**state, **{k: v.to(state[k].dtype) for k, v in self.shadow.items()}})
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
+def lr_factor(step: int, warmup: int, total: int, time_fraction: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak; under a time box, progress is the further of
+    steps done and time used, so a run stopped by the clock has still decayed its learning rate."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_fraction))
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -150,9 +152,9 @@ class Trainer:
         """Train until config.steps; returns the logged history (one dict per log interval)."""
         cfg, started, window = self.config, time.perf_counter(), []
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.out.name, mininterval=5, disable=None)
-        while self.step < cfg.steps:
+        while self.step < cfg.steps and not self.out_of_time(started):
             for group in self.optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(self.step, cfg.warmup, cfg.steps)
+                group["lr"] = cfg.lr * lr_factor(self.step, cfg.warmup, cfg.steps, self.time_fraction(started))
             with self.accelerator.autocast():
                 loss, logs = step_fn(self.step)
             self.optimizer.zero_grad(set_to_none=True)
@@ -167,8 +169,17 @@ class Trainer:
             bar.update(1)
             self.after_step(window, started, sample_fn)
         bar.close()
+        if self.step < cfg.steps:
+            self.history.append({"step": self.step, "stopped": f"time box of {cfg.max_seconds:.0f} s reached"})
+            logger.warning("%s: stopped at step %d of %d (time box)", self.out, self.step, cfg.steps)
         self.save_checkpoint()
         return self.history
+
+    def time_fraction(self, started: float) -> float:
+        return 0.0 if self.config.max_seconds is None else (time.perf_counter() - started) / self.config.max_seconds
+
+    def out_of_time(self, started: float) -> bool:
+        return self.config.max_seconds is not None and time.perf_counter() - started > self.config.max_seconds
 
     def after_step(self, window: list[dict], started: float, sample_fn: Callable[[Path], None] | None) -> None:
         cfg = self.config

@@ -18,15 +18,70 @@ logger = logging.getLogger(__name__)
 SHIPPED = ("ldm-clip-kl", "ldm-bert-vq", "ldm-seg-kl", "ddpm-cosine", "ddpm-linear")
 
 
-def commands(runs: str = "runs", only: list[str] | None = None) -> list[tuple[str, list[str], tuple[str, ...]]]:
-    r = runs.rstrip("/")
+# Per-stage settings. "cpu": sized for this project's 2-core machines (see README for the measured time per
+# step). "gpu": one small GPU shared by all stages at once (--jobs 5), each stage time-boxed so the whole plan
+# ends within about six minutes; the learning rate decays with the time box (zoo/train/loop.py).
+PRESETS: dict[str, dict[str, list[str]]] = {
+    "cpu": {
+        "autoencoder": ["--batch", "32", "--steps", "6000", "--lr", "5e-4"],
+        "clip": ["--batch", "256", "--steps", "3000", "--lr", "5e-4"],
+        "ldm": ["--batch", "64", "--steps", "8000", "--lr", "3e-4"],
+        "ddpm": ["--batch", "64", "--steps", "8000", "--lr", "3e-4"],
+    },
+    "gpu": {
+        "autoencoder": ["--batch", "64", "--steps", "8000", "--lr", "5e-4", "--max-minutes", "1.6", "--threads", "2"],
+        "clip": ["--batch", "512", "--steps", "4000", "--lr", "5e-4", "--max-minutes", "1.6", "--threads", "2"],
+        "ldm": [
+            "--batch",
+            "256",
+            "--steps",
+            "20000",
+            "--lr",
+            "4e-4",
+            "--max-minutes",
+            "3.3",
+            "--threads",
+            "2",
+            "--sample-every",
+            "100000",
+        ],
+        "ddpm": [
+            "--batch",
+            "128",
+            "--steps",
+            "20000",
+            "--lr",
+            "3e-4",
+            "--max-minutes",
+            "5.4",
+            "--threads",
+            "2",
+            "--sample-every",
+            "100000",
+        ],
+    },
+}
+
+
+def commands(
+    runs: str = "runs", only: list[str] | None = None, preset: str = "cpu", weights: str = "zoo/weights"
+) -> list[tuple[str, list[str], tuple[str, ...]]]:
+    r, p = runs.rstrip("/"), PRESETS[preset]
     data = ["--cache", f"{r}/data"]
     plan = [
-        ("kl-f4", ["autoencoder", "--name", "kl-f4", "--out", f"{r}/kl-f4", *data], ()),
-        ("vq-f4", ["autoencoder", "--name", "vq-f4", "--out", f"{r}/vq-f4", *data], ()),
-        ("clip", ["clip", "--out", f"{r}/clip", *data], ()),
-        ("ddpm-cosine", ["diffusion", "--pipeline", "ddpm-cosine", "--out", f"{r}/ddpm-cosine", *data], ()),
-        ("ddpm-linear", ["diffusion", "--pipeline", "ddpm-linear", "--out", f"{r}/ddpm-linear", *data], ()),
+        ("kl-f4", ["autoencoder", "--name", "kl-f4", "--out", f"{r}/kl-f4", *data, *p["autoencoder"]], ()),
+        ("vq-f4", ["autoencoder", "--name", "vq-f4", "--out", f"{r}/vq-f4", *data, *p["autoencoder"]], ()),
+        ("clip", ["clip", "--out", f"{r}/clip", *data, *p["clip"]], ()),
+        (
+            "ddpm-cosine",
+            ["diffusion", "--pipeline", "ddpm-cosine", "--out", f"{r}/ddpm-cosine", *data, *p["ddpm"]],
+            (),
+        ),
+        (
+            "ddpm-linear",
+            ["diffusion", "--pipeline", "ddpm-linear", "--out", f"{r}/ddpm-linear", *data, *p["ddpm"]],
+            (),
+        ),
         (
             "ldm-clip-kl",
             [
@@ -40,6 +95,7 @@ def commands(runs: str = "runs", only: list[str] | None = None) -> list[tuple[st
                 "--out",
                 f"{r}/ldm-clip-kl",
                 *data,
+                *p["ldm"],
             ],
             ("kl-f4", "clip"),
         ),
@@ -54,6 +110,7 @@ def commands(runs: str = "runs", only: list[str] | None = None) -> list[tuple[st
                 "--out",
                 f"{r}/ldm-bert-vq",
                 *data,
+                *p["ldm"],
             ],
             ("vq-f4",),
         ),
@@ -68,11 +125,19 @@ def commands(runs: str = "runs", only: list[str] | None = None) -> list[tuple[st
                 "--out",
                 f"{r}/ldm-seg-kl",
                 *data,
+                *p["ldm"],
             ],
             ("kl-f4",),
         ),
     ]
-    plan += [(f"export {n}", ["export", "--run", f"{r}/{n}/final", "--to", f"zoo/weights/{n}"], (n,)) for n in SHIPPED]
+    plan += [(f"export {n}", ["export", "--run", f"{r}/{n}/final", "--to", f"{weights}/{n}"], (n,)) for n in SHIPPED]
+    plan.append(
+        (
+            "export clip-shapes",
+            ["export", "--run", f"{r}/clip/final-clip", "--to", f"{weights}/clip-shapes"],
+            ("clip",),
+        )
+    )
     if only:
         plan = [entry for entry in plan if entry[0] in only or entry[0].removeprefix("export ") in only]
     return plan
@@ -86,12 +151,16 @@ def done(argv: list[str]) -> bool:
     return (out / "final").is_dir() and (out / "metrics.json").is_file()
 
 
-def run_plan(runs: str, only: list[str] | None, jobs: int, extra: list[str]) -> None:
+def run_plan(
+    runs: str, only: list[str] | None, jobs: int, extra: list[str], preset: str = "cpu", weights: str = "zoo/weights"
+) -> None:
     """Run the plan's stages as subprocesses, at most `jobs` at once, each after the stages it needs."""
     from zoo.train.data import cached_dataset
 
-    cached_dataset(Path(runs) / "data", 50_000, seed=0)  # made once here, not raced by parallel stages
-    pending = {name: (argv, deps) for name, argv, deps in commands(runs, only)}
+    samples = int(extra[extra.index("--samples") + 1]) if "--samples" in extra else 50_000
+
+    cached_dataset(Path(runs) / "data", samples, seed=0)  # made once here, not raced by parallel stages
+    pending = {name: (argv, deps) for name, argv, deps in commands(runs, only, preset, weights)}
     finished = {name for name, (argv, _) in pending.items() if done(argv)}
     running: dict[str, subprocess.Popen] = {}
     while pending.keys() - finished:

@@ -58,9 +58,10 @@ def train_autoencoder(args: Any) -> Path:
     data = cached_dataset(args.cache, args.samples, seed=args.data_seed)
     images = data["images"]
     torch.manual_seed(args.seed)
-    ae = AUTOENCODERS.build(args.name, **json.loads(args.overrides or "{}"))
+    ae = AUTOENCODERS.build(args.name, tiny=args.tiny, **json.loads(args.overrides or "{}"))
     trainer = Trainer(out, {"autoencoder": ae}, loop_config(args))
     device = trainer.device
+    images = images.to(device)  # uint8: 50,000 images are 0.6 GB
 
     def step(i: int) -> tuple[torch.Tensor, dict]:
         x = to_float(images[batch_indices(i, args.batch, len(images), args.seed)]).to(device)
@@ -101,6 +102,7 @@ def loop_config(args: Any) -> LoopConfig:
         sample_every=args.sample_every,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
+        max_seconds=args.max_minutes * 60 if args.max_minutes else None,
     )
 
 
@@ -125,6 +127,9 @@ def clip_model_for(conditioner: Any, image_size: int, *, width: int, layers: int
     return model
 
 
+TINY_CLIP = {"num_layers": 1, "num_heads": 2, "max_length": 24}  # width stays the recipes' CONTEXT_DIM
+
+
 def train_clip(args: Any) -> Path:
     """Contrastive image-caption pre-training (Radford et al. 2021, the symmetric InfoNCE loss)."""
     from components.conditioners.clip import CLIPTextConditioner
@@ -134,12 +139,14 @@ def train_clip(args: Any) -> Path:
     data = cached_dataset(args.cache, args.samples, seed=args.data_seed)
     images, captions = data["images"], data["captions"]
     torch.manual_seed(args.seed)
-    overrides = json.loads(args.overrides or "{}")
+    overrides = {**(TINY_CLIP if args.tiny else {}), **json.loads(args.overrides or "{}")}
     conditioner = CLIPTextConditioner.from_config(caption_vocabulary(), **overrides)
-    clip = clip_model_for(conditioner, images.shape[-1], width=args.vision_width, layers=args.vision_layers, patch=8)
+    width, layers = (16, 1) if args.tiny else (args.vision_width, args.vision_layers)
+    clip = clip_model_for(conditioner, images.shape[-1], width=width, layers=layers, patch=8)
     tokenizer = conditioner.tokenizer
     trainer = Trainer(out, {"clip": clip}, loop_config(args))
     device = trainer.device
+    images = images.to(device)
 
     def step(i: int) -> tuple[torch.Tensor, dict]:
         idx = batch_indices(i, args.batch, len(images), args.seed)
@@ -211,7 +218,7 @@ def build_for_training(args: Any) -> Any:
     recipe = __import__("zoo").recipe(args.pipeline)
     if args.overrides:
         recipe = recipe.replace(**json.loads(args.overrides))
-    pipe = assemble(recipe, device="cpu")
+    pipe = assemble(recipe, tiny=args.tiny, device="cpu")
     parts = {"schedule": pipe.schedule, **pipe.modules()}
     if recipe.autoencoder is not None:
         if not args.autoencoder:
@@ -245,6 +252,7 @@ def train_diffusion(args: Any) -> Path:
     for module in trainables.values():
         module.train()
     x0_all = encode_all(pipe, data["images"], device) if recipe.kind == "latent" else data["images"]
+    x0_all = x0_all.to(device)
     condition = TrainingCondition(pipe, data, device, dropout=recipe.cfg_dropout)
     generator = torch.Generator(device="cpu")
 
