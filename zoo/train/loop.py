@@ -172,6 +172,9 @@ class Trainer:
         if self.step < cfg.steps:
             self.history.append({"step": self.step, "stopped": f"time box of {cfg.max_seconds:.0f} s reached"})
             logger.warning("%s: stopped at step %d of %d (time box)", self.out, self.step, cfg.steps)
+            if sample_fn:
+                with self.ema_weights():
+                    sample_fn(self.out / f"samples-{self.step:06d}.png")
         self.save_checkpoint()
         return self.history
 
