@@ -83,7 +83,7 @@ def train_autoencoder(args: Any) -> Path:
             x = to_float(heldout["images"]).to(device)
             rec = torch.cat([ae.decode(ae.encode(chunk)) for chunk in x.split(128)])
         ae.cpu().save_pretrained(out / "final")
-    write_metrics(out, {"psnr_heldout_db": psnr(rec.cpu(), x.cpu()), "scaling_factor": scale, "history": history[-1]})
+    write_metrics(out, {"psnr_heldout_db": psnr(rec.cpu(), x.cpu()), "scaling_factor": scale, "history": history[-3:]})
     return out / "final"
 
 
@@ -169,7 +169,7 @@ def train_clip(args: Any) -> Path:
         tokenizer.save_pretrained(out / "final-clip")
         text = CLIPTextConditioner.from_clip_model(clip, tokenizer)
         text.save_pretrained(out / "final")
-    write_metrics(out, {**metrics, "history": history[-1]})
+    write_metrics(out, {**metrics, "history": history[-3:]})
     return out / "final"
 
 
@@ -280,7 +280,7 @@ def train_diffusion(args: Any) -> Path:
     history = trainer.run(step, sample)
     with trainer.ema_weights():
         pipe.to("cpu").save_pretrained(out / "final")
-    write_metrics(out, {"history": history[-1]})
+    write_metrics(out, {"history": history[-3:]})
     return out / "final"
 
 
