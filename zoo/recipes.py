@@ -13,6 +13,8 @@ from typing import Any
 
 PIPELINE_KINDS = ("pixel", "latent")
 PREDICTION_TYPES = ("eps", "x0", "v")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")  # as components/samplers/common.py spaces them
+LAYOUTS = ("zoo", "diffusers")  # how save_pretrained writes the weights (zoo/diffusers_layout.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,12 +46,22 @@ class Recipe:
     steps: int = 25
     guidance_scale: float = 1.0
     cfg_dropout: float = 0.0  # probability of dropping the condition in training (classifier-free guidance)
+    timestep_spacing: str = "trailing"  # the samplers' timestep subsequence (diffusers' timestep_spacing)
+    steps_offset: int = 0  # added to "leading" timesteps (diffusers' steps_offset; Stable Diffusion uses 1)
+    hub_id: str | None = None  # a Hub repo in diffusers' layout that holds the weights (downloaded on build)
+    layout: str = "zoo"  # "diffusers": saved as model_index.json + unet/ vae/ text_encoder/ tokenizer/ scheduler/
 
     def __post_init__(self) -> None:
         if self.kind not in PIPELINE_KINDS:
             raise ValueError(f"recipe {self.name!r}: kind must be one of {PIPELINE_KINDS}, got {self.kind!r}")
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"recipe {self.name!r}: prediction_type must be one of {PREDICTION_TYPES}")
+        if self.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"recipe {self.name!r}: timestep_spacing must be one of {TIMESTEP_SPACINGS}")
+        if isinstance(self.steps_offset, bool) or not isinstance(self.steps_offset, int) or self.steps_offset < 0:
+            raise ValueError(f"recipe {self.name!r}: steps_offset must be an integer >= 0, got {self.steps_offset!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"recipe {self.name!r}: layout must be one of {LAYOUTS}, got {self.layout!r}")
         if self.kind == "latent" and self.autoencoder is None:
             raise ValueError(f"recipe {self.name!r}: a latent pipeline needs an autoencoder")
         if self.kind == "pixel" and (self.autoencoder or self.conditioner or self.spatial):

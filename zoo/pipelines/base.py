@@ -35,6 +35,19 @@ def default_device() -> torch.device:
     return PartialState().device
 
 
+def check_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """float32 (None), or float16 / bfloat16 where `device` computes in them: bfloat16 on the CPU and on GPUs
+    that have it (torch.cuda.is_bf16_supported), float16 on GPUs (CUDA, MPS, XPU) but not on the CPU."""
+    chosen = getattr(torch, dtype, None) if isinstance(dtype, str) else (dtype or torch.float32)
+    supported = {torch.float32}
+    supported |= {torch.bfloat16} if device.type != "cuda" or torch.cuda.is_bf16_supported() else set()
+    supported |= {torch.float16} if device.type in ("cuda", "mps", "xpu") else set()
+    if chosen not in supported:
+        names = sorted(str(d).removeprefix("torch.") for d in supported)
+        raise ValueError(f"dtype {dtype!r} is not supported on {device.type}; allowed there: {', '.join(names)}")
+    return chosen
+
+
 def check_seed(seed: int | None) -> int:
     """A seed for torch's CPU generator; None draws a fresh one (returned, so it can be shown and reused)."""
     if seed is None:
@@ -83,12 +96,19 @@ def to_pil(x: torch.Tensor) -> list[Image.Image]:
 class Pipeline:
     """A recipe's parts, assembled. Subclasses add `generate` and their own `forward_noise`."""
 
-    def __init__(self, recipe: Recipe, parts: dict[str, Any], device: torch.device | str | None = None):
+    def __init__(
+        self,
+        recipe: Recipe,
+        parts: dict[str, Any],
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+    ):
         self.recipe = recipe
         self.schedule = parts["schedule"]
         self.unet: nn.Module = parts["unet"]
         self.pretrained = False  # set by the builder when trained weights were loaded
-        self.to(device or default_device())
+        self.offloaded = False
+        self.to(device or default_device(), dtype)
 
     @property
     def scheduler(self) -> Any:
@@ -102,10 +122,32 @@ class Pipeline:
     def modules(self) -> dict[str, nn.Module]:
         return {"unet": self.unet}
 
-    def to(self, device: torch.device | str) -> Pipeline:
+    def to(self, device: torch.device | str, dtype: torch.dtype | str | None = None) -> Pipeline:
+        """Move every module to `device`; cast them to `dtype` when given (and the device supports it)."""
+        if self.offloaded:
+            raise ValueError("this pipeline uses model CPU offload (accelerate's hooks place each module): rebuild it")
         self.device = torch.device(device)
+        self.dtype = check_dtype(dtype, self.device)
         for module in self.modules().values():
-            module.to(self.device).eval()
+            module.to(self.device) if dtype is None else module.to(self.device, self.dtype)
+            module.eval()
+        return self
+
+    def offload_order(self) -> list[nn.Module]:
+        """The modules in the order one generation calls them (each is moved in, the previous one out)."""
+        return [self.unet]
+
+    def enable_model_cpu_offload(self, device: torch.device | str | None = None) -> Pipeline:
+        """Keep every module on the CPU and move each to `device` only while it runs (accelerate's cpu offload
+        hooks, as diffusers' enable_model_cpu_offload): one module at a time on a GPU with little memory."""
+        from accelerate import cpu_offload_with_hook
+
+        execution = torch.device(device) if device is not None else default_device()
+        hook = None
+        for module in self.offload_order():
+            module.to("cpu")
+            _, hook = cpu_offload_with_hook(module, execution, prev_module_hook=hook)
+        self.device, self.offloaded = execution, True
         return self
 
     def check_steps(self, steps: int) -> int:
@@ -123,8 +165,8 @@ class Pipeline:
 
     def noise(self, shape: Sequence[int], seed: int) -> tuple[torch.Tensor, torch.Generator]:
         """Starting noise from a CPU generator seeded per call (the same image on every device), then moved."""
-        generator = torch.Generator("cpu").manual_seed(seed)
-        return torch.randn(tuple(shape), generator=generator).to(self.device), generator
+        generator = torch.Generator("cpu").manual_seed(seed)  # as diffusers' randn_tensor with a CPU generator
+        return torch.randn(tuple(shape), generator=generator, dtype=self.dtype).to(self.device), generator
 
     def closed_form(self, x0: torch.Tensor, t: int, seed: int) -> torch.Tensor:
         """x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), DDPM Eq. 4 (t = 0 returns x_0)."""
@@ -154,6 +196,8 @@ class Pipeline:
             self.schedule,
             steps=self.check_steps(steps),
             prediction_type=self.recipe.prediction_type,
+            timestep_spacing=self.recipe.timestep_spacing,
+            steps_offset=self.recipe.steps_offset,
             generator=generator,
             callback=callback,
             clip_x0=clip_x0,
@@ -161,6 +205,11 @@ class Pipeline:
 
     # Saving: the Hub layout, one subfolder per component plus recipe.json.
     def save_pretrained(self, folder: str | Path) -> Path:
+        """recipe.json + one Hub-layout folder per part; a "diffusers"-layout recipe writes diffusers' layout."""
+        if self.recipe.layout == "diffusers":
+            from zoo.diffusers_layout import save_diffusers
+
+            return save_diffusers(self, folder)
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "recipe.json").write_text(self.recipe.to_json())

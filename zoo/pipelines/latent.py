@@ -27,11 +27,28 @@ def guided(unet_out_cond: torch.Tensor, unet_out_uncond: torch.Tensor, guidance_
 class LatentPipeline(Pipeline):
     """The Stable Diffusion shape of pipeline, at the zoo's size."""
 
-    def __init__(self, recipe: Recipe, parts: dict[str, Any], device: torch.device | str | None = None):
+    def __init__(
+        self,
+        recipe: Recipe,
+        parts: dict[str, Any],
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+    ):
         self.autoencoder = parts["autoencoder"]
         self.conditioner = parts.get("conditioner")
         self.spatial = parts.get("spatial")
-        super().__init__(recipe, parts, device)
+        super().__init__(recipe, parts, device, dtype)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | str | None = None) -> LatentPipeline:
+        """As Pipeline.to, but a float16 autoencoder stays in float32 (SD's VAE overflows in float16, which is
+        why diffusers sets force_upcast on it)."""
+        super().to(device, dtype)
+        if self.dtype == torch.float16:
+            self.autoencoder.float()
+        return self
+
+    def offload_order(self) -> list[nn.Module]:
+        return [m for m in (self.conditioner, self.spatial, self.unet, self.autoencoder) if m is not None]
 
     def modules(self) -> dict[str, nn.Module]:
         found = {"unet": self.unet, "autoencoder": self.autoencoder}
@@ -42,6 +59,20 @@ class LatentPipeline(Pipeline):
     def latent_shape(self) -> tuple[int, int, int]:
         side = self.recipe.image_size // self.autoencoder.downsample_factor
         return (self.autoencoder.latent_channels, side, side)
+
+    def latent_shape_for(self, height: int | None, width: int | None) -> tuple[int, int, int]:
+        """(C, h, w) of the latents of a height x width image (the recipe's image_size where None)."""
+        multiple = self.autoencoder.downsample_factor * 2 ** (len(self.unet.config.channel_mult) - 1)
+        sides = []
+        for name, side in (("height", height), ("width", width)):
+            side = self.recipe.image_size if side is None else side
+            if isinstance(side, bool) or not isinstance(side, int) or side < multiple or side % multiple:
+                raise ValueError(
+                    f"{name} must be a positive multiple of {multiple} (the autoencoder's factor "
+                    f"{self.autoencoder.downsample_factor} x the U-Net's downsampling), got {side!r}"
+                )
+            sides.append(side // self.autoencoder.downsample_factor)
+        return (self.autoencoder.latent_channels, *sides)
 
     @property
     def conditioning(self) -> str:
@@ -56,12 +87,20 @@ class LatentPipeline(Pipeline):
     # The autoencoder, LDM Sec. 3.1: z = scaling_factor * E(x), x = D(z / scaling_factor).
     @torch.no_grad()
     def encode(self, image: Any) -> torch.Tensor:
-        x = to_tensor(image, self.recipe.image_size).to(self.device)
+        x = self.autoencoder_input(to_tensor(image, self.recipe.image_size))
         return self.autoencoder.encode(x) * self.autoencoder.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        return to_pil(self.autoencoder.decode(latents.to(self.device) / self.autoencoder.scaling_factor))
+        return to_pil(self.autoencoder.decode(self.autoencoder_input(latents) / self.autoencoder.scaling_factor))
+
+    def autoencoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x on the autoencoder's device and dtype; with CPU offload its hook moves it in first (encode and
+        decode are not `forward`, which is all the hook wraps: diffusers' apply_forward_hook does the same)."""
+        if (hook := getattr(self.autoencoder, "_hf_hook", None)) is not None:
+            hook.pre_forward(self.autoencoder)
+        weight = next(self.autoencoder.parameters())
+        return x.to(weight.device, weight.dtype)
 
     def unknown_words(self, prompt: str | None) -> list[str]:
         """Words of `prompt` the text conditioner does not know (empty for other conditioners)."""
@@ -107,9 +146,18 @@ class LatentPipeline(Pipeline):
         num_images: int = 1,
         semantic_map: Any = None,
         callback: Callback | None = None,
+        height: int | None = None,
+        width: int | None = None,
     ) -> list[Image.Image]:
-        """Sample images for a prompt (and/or a semantic map); the same seed gives the same images."""
+        """Sample images for a prompt (and/or a semantic map); the same seed gives the same images.
+
+        height, width: the image size (the recipe's image_size by default); models without a semantic map
+        allow other sizes, multiples of the autoencoder's factor times the U-Net's downsampling.
+        """
         seed, num_images = check_seed(seed), check_num_images(num_images)
+        if self.spatial is not None and (height, width) != (None, None):
+            raise ValueError(f"{self.recipe.name} draws at its semantic map's size: leave height and width unset")
+        latent_shape = self.latent_shape_for(height, width)
         w = self.recipe.guidance_scale if guidance_scale is None else float(guidance_scale)
         if not 0.0 <= w <= 30.0:
             raise ValueError(f"guidance_scale must be in [0, 30], got {w}")
@@ -118,7 +166,7 @@ class LatentPipeline(Pipeline):
         has_condition = self.conditioner is not None or self.spatial is not None
         cond = self.condition(prompt, semantic_map, num_images)
         uncond = self.condition(negative_prompt, None, num_images) if has_condition and w != 1.0 else None
-        x_T, generator = self.noise((num_images, *self.latent_shape), seed)
+        x_T, generator = self.noise((num_images, *latent_shape), seed)
         z0 = self.sample(
             self.denoiser(cond, uncond, w),
             x_T,
