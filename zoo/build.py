@@ -4,10 +4,13 @@ zoo.build("ldm-clip-kl")                      # embedded trained weights, offlin
 zoo.build("ldm-clip-kl", pretrained=False)    # random initialisation
 zoo.build("ldm-clip-kl", weights="user/repo") # a Hub repo or a local folder, through huggingface_hub
 zoo.build("ddpm-cosine", tiny=True)           # every part's tiny variant (tests)
+zoo.build("sd-v1-5", dtype="float16")         # a Stable Diffusion checkpoint from the Hub (downloaded once)
+zoo.build(weights="path/to/sd")               # a folder in diffusers' layout (model_index.json)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import typing
 import warnings
@@ -21,7 +24,7 @@ from zoo import catalog
 from zoo.pipelines.base import Pipeline
 from zoo.pipelines.latent import LatentPipeline
 from zoo.pipelines.pixel import PixelPipeline
-from zoo.recipes import Recipe
+from zoo.recipes import Part, Recipe
 from zoo.registry import AUTOENCODERS, CONDITIONERS, PIPELINES, SCHEDULES, UNETS, Registry
 
 logger = logging.getLogger(__name__)
@@ -41,12 +44,21 @@ class IncompatiblePartsError(ValueError):
 
 
 def available() -> dict[str, str]:
-    """Every pipeline name with a one-line description (and whether trained weights are embedded)."""
+    """Every pipeline name with a one-line description, and where its weights come from: embedded, a Hub
+    download (with its size, or already cached), or none yet."""
     catalog.load()
-    return {
-        name: description + ("" if embedded_weights(name) else " [random weights: not trained yet]")
-        for name, description in PIPELINES.describe().items()
-    }
+    return {name: description + weights_note(name) for name, description in PIPELINES.describe().items()}
+
+
+def weights_note(name: str) -> str:
+    from zoo import diffusers_layout  # imports transformers: only when asked, so `import zoo` stays fast
+
+    if name in catalog.HUB_MODELS:
+        hub_id = catalog.HUB_MODELS[name]["hub_id"]
+        if diffusers_layout.is_cached(hub_id):
+            return f" [Hub weights {hub_id}: in the local cache]"
+        return f" [needs a download of {catalog.HUB_MODELS[name]['download']} from the Hub: {hub_id}]"
+    return "" if embedded_weights(name) else " [random weights: not trained yet]"
 
 
 def recipe(name: str) -> Recipe:
@@ -66,32 +78,66 @@ def build(
     weights: str | Path | None = None,
     device: torch.device | str | None = None,
     tiny: bool = False,
+    dtype: torch.dtype | str | None = None,
     **overrides: Any,
 ) -> Pipeline:
-    """A pipeline by registered name (or from a recipe), with trained weights when there are any."""
+    """A pipeline by registered name (or from a recipe), with trained weights when there are any.
+
+    weights: a folder or Hub repo saved by save_pretrained, or in diffusers' layout (model_index.json).
+    dtype: "float16" / "bfloat16" where the device computes in them (float32 by default).
+    """
+    from zoo import diffusers_layout  # imports transformers: only when building, so `import zoo` stays fast
+
     catalog.load()
     if weights is not None:
-        return load_pipeline(weights, device=device)
+        if diffusers_layout.holds_model_index(weights):
+            return diffusers_layout.load_diffusers(weights, device=device, dtype=dtype)
+        return load_pipeline(weights, device=device, dtype=dtype)
     if name is None:
         raise ValueError("build() needs a pipeline name (see zoo.available()) or weights=<folder or Hub repo>")
     chosen = name if isinstance(name, Recipe) else PIPELINES.build(name)
+    if pretrained and not tiny and not overrides and chosen.hub_id:
+        return diffusers_layout.load_diffusers(chosen.hub_id, name=chosen.name, device=device, dtype=dtype)
     if pretrained and not tiny and not overrides and (folder := embedded_weights(chosen.name)):
-        return load_pipeline(folder, device=device)
+        return load_pipeline(folder, device=device, dtype=dtype)
     if pretrained and not tiny:
         warnings.warn(
             f"{chosen.name}: no trained weights are embedded for this pipeline (or overrides change its "
             "architecture), so its parts are randomly initialised: it will draw noise",
             stacklevel=2,
         )
-    return assemble(chosen.replace(**overrides) if overrides else chosen, tiny=tiny, device=device)
+    chosen = chosen.replace(**overrides) if overrides else chosen
+    return assemble(
+        interface_only(chosen) if tiny and chosen.hub_id else chosen, tiny=tiny, device=device, dtype=dtype
+    )
 
 
-def assemble(chosen: Recipe, *, tiny: bool = False, device: torch.device | str | None = None) -> Pipeline:
+def assemble(
+    chosen: Recipe,
+    *,
+    tiny: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> Pipeline:
     """Build each part from the registries (random weights), check they fit, and wrap them in a pipeline."""
     parts = {role: REGISTRIES[role].build(part.name, tiny=tiny, **part.kwargs) for role, part in chosen.parts.items()}
     check_compatible(chosen, parts)
     pipeline_class = LatentPipeline if chosen.kind == "latent" else PixelPipeline
-    return pipeline_class(chosen, parts, device=device)
+    return pipeline_class(chosen, parts, device=device, dtype=dtype)
+
+
+INTERFACE = {"in_channels", "out_channels", "latent_channels", "context_dim", "hidden_size", "scaling_factor"}
+
+
+def interface_only(chosen: Recipe) -> Recipe:
+    """A Hub recipe's tiny twin: each part keeps only the widths the parts exchange (latent channels, context
+    width), so tiny=True builds the registries' tiny variants wired as the checkpoint's parts are."""
+    parts = {
+        role: Part(part.name, {k: v for k, v in part.kwargs.items() if k in INTERFACE})
+        for role, part in chosen.parts.items()
+        if role != "schedule"  # cheap at full size, and its T fits the recipe's steps and steps offset
+    }
+    return dataclasses.replace(chosen, **parts)
 
 
 def check_compatible(chosen: Recipe, parts: dict[str, Any]) -> None:
@@ -131,7 +177,9 @@ def component_class(role: str, name: str) -> type:
     return cls
 
 
-def load_pipeline(source: str | Path, *, device: torch.device | str | None = None) -> Pipeline:
+def load_pipeline(
+    source: str | Path, *, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None
+) -> Pipeline:
     """A pipeline saved by `save_pretrained`: a local folder or a Hub repo id (downloaded by huggingface_hub)."""
     catalog.load()
     folder = resolve_folder(source)
@@ -145,7 +193,7 @@ def load_pipeline(source: str | Path, *, device: torch.device | str | None = Non
             parts[role] = component_class(role, part.name).from_pretrained(folder / role)
     check_compatible(chosen, parts)
     pipeline_class = LatentPipeline if chosen.kind == "latent" else PixelPipeline
-    pipeline = pipeline_class(chosen, parts, device=device)
+    pipeline = pipeline_class(chosen, parts, device=device, dtype=dtype)
     pipeline.pretrained = True
     logger.info("loaded %s from %s", chosen.name, folder)
     return pipeline

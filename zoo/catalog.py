@@ -35,6 +35,26 @@ CONDITIONINGS: dict[str, dict] = {
     },
     "none": {"about": "unconditional"},
 }
+# Real checkpoints in diffusers' layout on the Hub (zoo/diffusers_layout.py), and their float32 download size
+# (U-Net, VAE, text encoder safetensors; zoo.available() shows it).
+HUB_MODELS: dict[str, dict] = {
+    "sd-v1-5": {
+        "hub_id": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "download": "about 4.3 GB",
+        "about": "Stable Diffusion v1.5 (Rombach et al. 2022): 512x512, CLIP ViT-L/14 text tokens (768), eps",
+        "unet": {"num_heads": 8, "num_head_channels": None, "context_dim": 768, "use_linear_projection": False},
+        "text": {"hidden_size": 768, "num_layers": 12, "num_heads": 12},
+    },
+    "sd-2-1-base": {
+        "hub_id": "stabilityai/stable-diffusion-2-1-base",
+        "download": "about 5.2 GB",
+        "about": "Stable Diffusion 2.1 base: 512x512, OpenCLIP ViT-H/14 text tokens (1024), eps",
+        "unet": {"num_heads": None, "num_head_channels": 64, "context_dim": 1024, "use_linear_projection": True},
+        "text": {"hidden_size": 1024, "num_layers": 23, "num_heads": 16},
+    },
+}
+SD_UNET = dict(model_channels=320, channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_levels=(0, 1, 2))
+SD_VAE = dict(base_channels=128, channel_mult=(1, 2, 4, 4), num_res_blocks=2, latent_channels=4, norm_groups=32)
 AUTOENCODER_KINDS = {"kl": "KL-regularised autoencoder", "vq": "VQ autoencoder"}
 FACTORS = (4, 8)
 LATENT_SCHEDULES = {"linear": "DDPM linear schedule", "cosine": "cosine schedule"}
@@ -59,6 +79,8 @@ def load() -> None:
 
     for schedule in ("linear", "cosine"):
         PIPELINES.add(f"ddpm-{schedule}", functools.partial(pixel_recipe, schedule), description=pixel_about(schedule))
+    for name, spec in HUB_MODELS.items():
+        PIPELINES.add(name, functools.partial(hub_recipe, name), description=spec["about"])
     for cond, ae, factor, schedule in itertools.product(CONDITIONINGS, AUTOENCODER_KINDS, FACTORS, LATENT_SCHEDULES):
         name = latent_name(cond, ae, factor, schedule)
         about = f"latent diffusion: {CONDITIONINGS[cond]['about']}; {AUTOENCODER_KINDS[ae]} f{factor}; "
@@ -117,4 +139,30 @@ def latent_recipe(cond: str, ae: str, factor: int, schedule: str) -> Recipe:
         steps=25,
         guidance_scale=3.0 if cond != "none" else 1.0,
         cfg_dropout=0.1 if cond != "none" else 0.0,
+    )
+
+
+def hub_recipe(name: str) -> Recipe:
+    """A Stable Diffusion checkpoint's recipe: its architecture (as the checkpoint's configs give it), the
+    scaled-linear schedule with steps offset 1 and "leading" spacing, diffusers' sampling defaults."""
+    spec = HUB_MODELS[name]
+    text = {**spec["text"], "max_length": 77, "vocab_size": 49408}
+    return Recipe(
+        name=name,
+        description=spec["about"],
+        kind="latent",
+        schedule=Part("scaled-linear", {"num_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012}),
+        unet=Part(
+            "unet-ldm", {**SD_UNET, "in_channels": LATENT_CHANNELS, "out_channels": LATENT_CHANNELS, **spec["unet"]}
+        ),
+        autoencoder=Part("kl-f8", SD_VAE),
+        conditioner=Part("clip", text),
+        image_size=512,
+        sampler="ddim",
+        steps=50,
+        guidance_scale=7.5,
+        timestep_spacing="leading",
+        steps_offset=1,
+        hub_id=spec["hub_id"],
+        layout="diffusers",
     )
