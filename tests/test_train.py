@@ -1,0 +1,168 @@
+"""Smoke runs of every training stage through `python -m zoo.train`'s main(): tiny parts, 4 steps, 64 samples.
+
+One dataset cache and one trained tiny autoencoder / CLIP serve every test in this file (module fixtures).
+A run writes checkpoint/ (safetensors + state.json), final/ (Hub layout) and metrics.json, never a pickle,
+and a second call with more --steps resumes where the checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import zoo
+import zoo.train.stages as stages
+from components.conditioners.clip import CLIPTextConditioner
+from zoo.build import component_class
+from zoo.train.__main__ import main
+
+STEPS = 4
+ALLOWED_SUFFIXES = {".safetensors", ".json", ".jsonl", ".png", ".md"}
+PIXEL_SAMPLING = json.dumps({"steps": 2})  # recipe override: the sample grids use 2 sampler steps
+
+
+def common(cache: Path, steps: int = STEPS) -> list[str]:
+    return (
+        f"--tiny --steps {steps} --samples 64 --batch 4 --cache {cache} --threads 1 "
+        "--sample-every 2 --checkpoint-every 2"
+    ).split()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def kl(runs) -> Path:
+    main(["autoencoder", "--name", "kl-f4", "--out", str(runs / "kl-f4"), *common(runs / "data")])
+    return runs / "kl-f4"
+
+
+@pytest.fixture(scope="module")
+def clip(runs) -> Path:
+    main(["clip", "--out", str(runs / "clip"), *common(runs / "data")])
+    return runs / "clip"
+
+
+def assert_run_folder(out: Path, modules: set[str], steps: int = STEPS) -> dict:
+    """checkpoint/ with each module's weights, EMA and the optimiser in safetensors, state.json at `steps`."""
+    checkpoint = out / "checkpoint"
+    expected = {f"{m}.safetensors" for m in modules} | {f"{m}.ema.safetensors" for m in modules}
+    assert expected | {"optimizer.safetensors", "state.json"} == {f.name for f in checkpoint.iterdir()}
+    state = json.loads((checkpoint / "state.json").read_text())
+    assert state["step"] == steps
+    for module in modules:
+        weights, ema = (
+            load_file(checkpoint / f"{module}.safetensors"),
+            load_file(checkpoint / f"{module}.ema.safetensors"),
+        )
+        assert set(ema) <= set(weights) and all(
+            torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()
+        )
+    assert (out / "final").is_dir() and (out / "metrics.json").is_file()
+    assert {f.suffix for f in out.rglob("*") if f.is_file()} <= ALLOWED_SUFFIXES  # no .pt, .bin, .pkl, .ckpt
+    assert (out / "samples-000002.png").is_file() or "clip" in modules
+    return json.loads((out / "metrics.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------- autoencoders
+def test_kl_autoencoder_stage_writes_checkpoint_final_and_metrics(kl):
+    metrics = assert_run_folder(kl, {"autoencoder"})
+    assert metrics["history"][-1]["step"] == STEPS and np.isfinite(metrics["history"][-1]["loss"])
+    ae = component_class("autoencoder", "kl-f4").from_pretrained(kl / "final")
+    assert ae.scaling_factor == pytest.approx(metrics["scaling_factor"]) and ae.scaling_factor > 0
+    assert 0 < metrics["psnr_heldout_db"] < 60
+
+
+def test_vq_autoencoder_stage(runs):
+    out = runs / "vq-f4"
+    main(["autoencoder", "--name", "vq-f4", "--out", str(out), *common(runs / "data")])
+    metrics = assert_run_folder(out, {"autoencoder"})
+    ae = component_class("autoencoder", "vq-f4").from_pretrained(out / "final")
+    assert ae.config.scaling_factor == pytest.approx(metrics["scaling_factor"])
+    assert {"loss", "step"} <= set(metrics["history"][-1])
+
+
+def test_clip_stage_writes_the_text_tower_as_a_conditioner(clip):
+    metrics = assert_run_folder(clip, {"clip"})
+    assert 0 <= metrics["zero_shot_colour"] <= 1 and 0 <= metrics["zero_shot_shape"] <= 1
+    conditioner = CLIPTextConditioner.from_pretrained(clip / "final")
+    tokens, mask = conditioner(["a red circle on a blue background"])
+    assert tokens.shape[0] == 1 and tokens.shape[-1] == 128 and mask.dtype == torch.bool
+    full = load_file(clip / "final-clip" / "model.safetensors")  # the text tower is the contrastive model's
+    tower = conditioner.text_model.state_dict()
+    key = next(k for k in tower if k.endswith("embeddings.token_embedding.weight"))
+    torch.testing.assert_close(tower[key], full[f"text_model.{key.removeprefix('text_model.')}"])
+
+
+# ----------------------------------------------------------------------------------------------- diffusion
+def train_diffusion(runs: Path, name: str, *extra: str, steps: int = STEPS) -> Path:
+    out = runs / name
+    argv = ["diffusion", "--pipeline", name, "--out", str(out), "--overrides", PIXEL_SAMPLING, *extra]
+    main([*argv, *common(runs / "data", steps)])
+    return out
+
+
+def test_latent_text_pipeline_trains_resumes_and_exports(runs, kl, clip, monkeypatch, tmp_path):
+    extra = ("--autoencoder", str(kl / "final"), "--conditioner", str(clip / "final"))
+    out = train_diffusion(runs, "ldm-clip-kl", *extra)
+    assert_run_folder(out, {"unet"})  # the frozen CLIP tower and autoencoder are not trained
+    pipe = zoo.load_pipeline(out / "final", device="cpu")
+    assert pipe.recipe.name == "ldm-clip-kl" and pipe.recipe.steps == 2
+    frozen = CLIPTextConditioner.from_pretrained(clip / "final").text_model.state_dict()
+    for key, value in pipe.conditioner.text_model.state_dict().items():
+        torch.testing.assert_close(value, frozen[key])
+    assert pipe.autoencoder.scaling_factor == pytest.approx(
+        json.loads((kl / "metrics.json").read_text())["scaling_factor"]
+    )
+
+    seen_steps: list[int] = []
+    original = stages.batch_indices
+    monkeypatch.setattr(stages, "batch_indices", lambda step, *a: seen_steps.append(step) or original(step, *a))
+    train_diffusion(runs, "ldm-clip-kl", *extra, steps=STEPS + 2)
+    assert seen_steps == [STEPS, STEPS + 1]  # resumed at step 4, not from 0
+    assert_run_folder(out, {"unet"}, steps=STEPS + 2)
+    logged = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert logged == [STEPS, STEPS + 2]
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["step"] for h in history] == [STEPS, STEPS + 2]  # the first run's record survives the resume
+
+    exported = tmp_path / "exported"
+    main(["export", "--run", str(out / "final"), "--to", str(exported)])
+    for file in exported.rglob("*.safetensors"):
+        with safe_open(file, framework="pt") as f:
+            assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys() if f.get_tensor(k).is_floating_point())
+    loaded = zoo.load_pipeline(exported, device="cpu")
+    trained = zoo.load_pipeline(out / "final", device="cpu")
+    for key, value in loaded.unet.state_dict().items():
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(value, trained.unet.state_dict()[key], atol=1e-3, rtol=1e-3)
+    image = loaded.generate("a red circle on a blue background", seed=0)[0]
+    assert image.size == (64, 64)
+
+
+def test_seg_pipeline_trains_with_maps_concatenated(runs, kl):
+    out = train_diffusion(runs, "ldm-seg-kl", "--autoencoder", str(kl / "final"))
+    assert_run_folder(out, {"unet"})
+    pipe = zoo.load_pipeline(out / "final", device="cpu")
+    assert pipe.unet.conv_in.in_channels == pipe.autoencoder.latent_channels + pipe.spatial.channels
+
+
+def test_pixel_pipeline_trains(runs):
+    out = train_diffusion(runs, "ddpm-cosine")
+    assert_run_folder(out, {"unet"})
+    first = zoo.load_pipeline(out / "final", device="cpu").generate(seed=0)[0]
+    again = zoo.load_pipeline(out / "final", device="cpu").generate(seed=0)[0]
+    np.testing.assert_array_equal(np.asarray(first), np.asarray(again))
+
+
+def test_a_latent_pipeline_without_its_autoencoder_is_refused(runs):
+    with pytest.raises(SystemExit, match="pass --autoencoder"):
+        train_diffusion(runs, "ldm-bert-vq")
