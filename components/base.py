@@ -72,7 +72,7 @@ class HubModule(nn.Module, PyTorchModelHubMixin):
                 raise WeightsError(f"missing {folder / name} (a component folder has {CONFIG_NAME}, {WEIGHTS_NAME})")
         try:
             config = cls.config_class(**json.loads((folder / CONFIG_NAME).read_text()))
-        except (json.JSONDecodeError, TypeError) as err:
+        except (TypeError, ValueError) as err:  # ValueError covers JSONDecodeError, UnicodeDecodeError, bad values
             raise WeightsError(f"{folder / CONFIG_NAME} is not a valid {cls.config_class.__name__}: {err}") from err
         model = cls(config)
         try:

@@ -52,12 +52,12 @@ def wait_until_serving(url: str, process: subprocess.Popen, log: Path) -> None:
 
 
 @contextlib.contextmanager
-def serve(folder: Path, log: Path) -> Iterator[str]:
-    """`python app.py` in `folder` with tiny pipelines on a free local port; always terminated afterwards."""
+def serve(folder: Path, log: Path, *, tiny: bool = True) -> Iterator[str]:
+    """`python app.py` in `folder` (tiny pipelines, or the embedded weights) on a free local port; always stopped."""
     port = free_port()
     env = {
         **os.environ,
-        "ZOO_APP_TINY": "1",
+        "ZOO_APP_TINY": "1" if tiny else "0",
         "GRADIO_SERVER_NAME": "127.0.0.1",
         "GRADIO_SERVER_PORT": str(port),
         "GRADIO_ANALYTICS_ENABLED": "False",

@@ -2,7 +2,7 @@
 tab, wait for the image, save a screenshot, and check that the page shows no error.
 
 Needs `apt-get install chromium chromium-driver` (done by .ci/run) and `pip install selenium`. The server runs
-with tiny pipelines (ZOO_APP_TINY=1, see tests/test_app_e2e.py). The screenshot goes to runs/screenshots/
+with the embedded trained weights, as a newcomer sees it. The screenshot goes to runs/screenshots/
 (or $ZOO_SCREENSHOTS) and its path, with the time from launch to the first image, is printed (pytest -s).
 """
 
@@ -59,7 +59,7 @@ def screenshot_folder() -> Path:
 
 def test_first_click_draws_an_image_without_errors(browser, tmp_path, record_property):
     launched = time.monotonic()
-    with serve(ROOT, tmp_path / "app.log") as url:
+    with serve(ROOT, tmp_path / "app.log", tiny=False) as url:  # the real first screen: embedded weights
         browser.get(url)
         button = WebDriverWait(browser, WAIT).until(lambda d: d.find_element(By.ID, "generate"))
         button.click()

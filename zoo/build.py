@@ -100,10 +100,10 @@ def build(
         return diffusers_layout.load_diffusers(chosen.hub_id, name=chosen.name, device=device, dtype=dtype)
     if pretrained and not tiny and not overrides and (folder := embedded_weights(chosen.name)):
         return load_pipeline(folder, device=device, dtype=dtype)
-    if pretrained and not tiny:
+    if not tiny:
         warnings.warn(
-            f"{chosen.name}: no trained weights are embedded for this pipeline (or overrides change its "
-            "architecture), so its parts are randomly initialised: it will draw noise",
+            f"{chosen.name}: randomly initialised parts (pretrained=False, no embedded weights, or overrides that "
+            "change the recipe): it will draw noise until trained",
             stacklevel=2,
         )
     chosen = chosen.replace(**overrides) if overrides else chosen
@@ -119,8 +119,17 @@ def assemble(
     device: torch.device | str | None = None,
     dtype: torch.dtype | str | None = None,
 ) -> Pipeline:
-    """Build each part from the registries (random weights), check they fit, and wrap them in a pipeline."""
-    parts = {role: REGISTRIES[role].build(part.name, tiny=tiny, **part.kwargs) for role, part in chosen.parts.items()}
+    """Build each part from the registries (random weights), check they fit, and wrap them in a pipeline.
+
+    With `tiny`, each part's tiny overrides are written into the recipe first, so a saved tiny pipeline
+    says exactly what it is (its schedule's T included) and loads back the same.
+    """
+    if tiny:
+        tiny_parts = {
+            role: Part(p.name, {**REGISTRIES[role].entry(p.name).tiny, **p.kwargs}) for role, p in chosen.parts.items()
+        }
+        chosen = dataclasses.replace(chosen, **tiny_parts)
+    parts = {role: REGISTRIES[role].build(part.name, **part.kwargs) for role, part in chosen.parts.items()}
     check_compatible(chosen, parts)
     pipeline_class = LatentPipeline if chosen.kind == "latent" else PixelPipeline
     return pipeline_class(chosen, parts, device=device, dtype=dtype)

@@ -30,14 +30,14 @@ logger = logging.getLogger(__name__)
 CLIP_FOLDER = Path(__file__).parent / "weights" / "clip-shapes"
 
 
-def adherence(pipe: Any, split: str, n: int, *, steps: int | None, seed: int = 0) -> dict[str, float] | None:
+def adherence(pipe: Any, split: str, n: int, *, seed: int = 0, **settings: Any) -> dict[str, float] | None:
     """Per-attribute accuracy and all-correct over `n` evaluation prompts of `split` ("seen" / "heldout")."""
     kind = condition_kind(pipe)
     if kind is None:
         return None
     scores = []
     for k, (caption, wanted) in enumerate(eval_prompts(split, n=n, seed=seed)):
-        kwargs: dict[str, Any] = {"seed": seed + k, "steps": steps}
+        kwargs: dict[str, Any] = {"seed": seed + k, **settings}
         if kind == "text":
             kwargs["prompt"] = caption
         elif kind == "class":
@@ -122,10 +122,10 @@ def bits_per_dim(pipe: Any, n: int = 16, seed: int = 4321, strides: int = 100) -
     return float(bpd.mean())
 
 
-def seconds_per_image(pipe: Any, repeats: int = 3) -> float:
+def seconds_per_image(pipe: Any, repeats: int = 3, **settings: Any) -> float:
     """Median wall time of one image at the recipe's default settings (after one warm-up)."""
     kind = condition_kind(pipe)
-    kwargs: dict[str, Any] = {"seed": 0}
+    kwargs: dict[str, Any] = {"seed": 0, **settings}
     if kind == "text":
         kwargs["prompt"] = "a red circle on a blue background"
     elif kind == "class":
@@ -141,30 +141,41 @@ def seconds_per_image(pipe: Any, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def evaluate(name: str, *, prompts: int = 48, steps: int | None = None, weights: str | None = None) -> dict:
+def evaluate(
+    name: str,
+    *,
+    prompts: int = 48,
+    weights: str | None = None,
+    steps: int | None = None,
+    sampler: str | None = None,
+    guidance_scale: float | None = None,
+) -> dict:
+    """Every measure that applies to the pipeline, at its recipe's settings unless given."""
     pipe = zoo.build(name, weights=weights)
+    settings = {"steps": steps or pipe.recipe.steps, "sampler": sampler or pipe.recipe.sampler}
+    if pipe.recipe.kind == "latent":
+        settings["guidance_scale"] = pipe.recipe.guidance_scale if guidance_scale is None else guidance_scale
     result: dict[str, Any] = {
         "pipeline": name,
         "weights": "trained" if pipe.pretrained else "random",
-        "steps": steps or pipe.recipe.steps,
-        "sampler": pipe.recipe.sampler,
-        "guidance_scale": pipe.recipe.guidance_scale,
+        **settings,
         "threads": torch.get_num_threads(),
     }
-    result["adherence_seen"] = adherence(pipe, "seen", prompts, steps=steps)
-    result["adherence_heldout"] = adherence(pipe, "heldout", prompts, steps=steps)
+    result["adherence_seen"] = adherence(pipe, "seen", prompts, **settings)
+    result["adherence_heldout"] = adherence(pipe, "heldout", prompts, **settings)
     result["reconstruction"] = reconstruction(pipe)
     if condition_kind(pipe) == "text" and pipe.recipe.conditioner.name == "clip":
         result["clip_zero_shot"] = clip_zero_shot()
     result["bits_per_dim"] = bits_per_dim(pipe)
-    result["seconds_per_image"] = seconds_per_image(pipe)
+    result["seconds_per_image"] = seconds_per_image(pipe, **settings)
     return result
 
 
 def table(result: dict) -> str:
     """The result as a Markdown table (what the README shows)."""
     rows = [("pipeline", result["pipeline"]), ("weights", result["weights"])]
-    rows.append(("settings", f"{result['sampler']}, {result['steps']} steps, guidance {result['guidance_scale']}"))
+    guidance = f", guidance {result['guidance_scale']}" if "guidance_scale" in result else ""
+    rows.append(("settings", f"{result['sampler']}, {result['steps']} steps{guidance}"))
     for split in ("seen", "heldout"):
         if acc := result.get(f"adherence_{split}"):
             parts = ", ".join(f"{k} {v:.0%}" for k, v in acc.items() if k not in ("count",))
@@ -186,12 +197,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("name", nargs="+", help="pipeline name(s)")
     parser.add_argument("--prompts", type=int, default=48, help="prompts per split")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the recipe's)")
+    parser.add_argument("--sampler", default=None, help="ddpm, ddim or dpmpp (default: the recipe's)")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the recipe's)")
     parser.add_argument("--weights", default=None, help="a folder or Hub repo instead of the embedded weights")
     parser.add_argument("--save", action="store_true", help="write evaluation.json next to the embedded weights")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     for name in args.name:
-        result = evaluate(name, prompts=args.prompts, steps=args.steps, weights=args.weights)
+        result = evaluate(
+            name,
+            prompts=args.prompts,
+            weights=args.weights,
+            steps=args.steps,
+            sampler=args.sampler,
+            guidance_scale=args.guidance,
+        )
         print(table(result) + "\n")  # noqa: T201 (the command's output)
         if args.save and (folder := embedded_weights(name)):
             (folder / "evaluation.json").write_text(json.dumps(result, indent=2))

@@ -17,12 +17,19 @@ TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")  # as components/sampler
 LAYOUTS = ("zoo", "diffusers")  # how save_pretrained writes the weights (zoo/diffusers_layout.py)
 
 
+def as_tuples(value: Any) -> Any:
+    return tuple(as_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
 @dataclasses.dataclass(frozen=True)
 class Part:
     """One registered component: its registry name and the keyword arguments its factory gets."""
 
     name: str
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:  # JSON gives lists where the configs hold tuples: compare equal after a trip
+        object.__setattr__(self, "kwargs", {k: as_tuples(v) for k, v in self.kwargs.items()})
 
     def with_kwargs(self, **changes: Any) -> Part:
         return Part(self.name, {**self.kwargs, **changes})

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -139,6 +140,9 @@ class TextConditioner(nn.Module):
                 path_or_repo, subfolder=subfolder, use_safetensors=True, **cls.model_kwargs, **hub_kwargs
             )
             tokenizer = AutoTokenizer.from_pretrained(path_or_repo, subfolder=tokenizer_subfolder, **hub_kwargs)
+        except SafetensorError as err:  # a corrupt weights file: name it
+            weights = Path(path_or_repo, subfolder or "", "model.safetensors")
+            raise WeightsError(f"cannot load a {cls.__name__}: {weights} is not valid safetensors: {err}") from err
         except (OSError, ValueError) as err:
             raise WeightsError(f"cannot load a {cls.__name__} from {path_or_repo}: {err}") from err
         return cls(text_model, tokenizer).eval()

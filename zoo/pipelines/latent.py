@@ -171,7 +171,7 @@ class LatentPipeline(Pipeline):
             self.denoiser(cond, uncond, w),
             x_T,
             sampler=sampler or self.recipe.sampler,
-            steps=steps or self.recipe.steps,
+            steps=self.recipe.steps if steps is None else steps,
             generator=generator,
             callback=callback,
         )

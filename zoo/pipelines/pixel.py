@@ -38,7 +38,7 @@ class PixelPipeline(Pipeline):
             model,
             x_T,
             sampler=sampler or self.recipe.sampler,
-            steps=steps or self.recipe.steps,
+            steps=self.recipe.steps if steps is None else steps,
             generator=generator,
             callback=callback,
             clip_x0=1.0,
