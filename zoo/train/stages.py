@@ -215,6 +215,14 @@ def build_for_training(args: Any) -> Any:
     from zoo.pipelines.latent import LatentPipeline
     from zoo.pipelines.pixel import PixelPipeline
 
+    if args.init:  # continue from a saved pipeline (e.g. the embedded weights); frozen parts stay frozen
+        from zoo.build import load_pipeline
+
+        pipe = load_pipeline(args.init, device="cpu")
+        for role, module in pipe.modules().items():
+            trainable = role == "unet" or (role == "conditioner" and pipe.recipe.conditioner.name == "bert")
+            module.requires_grad_(trainable)
+        return pipe
     recipe = __import__("zoo").recipe(args.pipeline)
     if args.overrides:
         recipe = recipe.replace(**json.loads(args.overrides))
