@@ -91,7 +91,7 @@ def tiny_sd(flavour: str):
         timestep_spacing="leading",
         steps_offset=1,
         clip_sample=False,
-        set_alpha_to_one=True,  # where the zoo's samplers end (SD's own config says False: see the module notes)
+        set_alpha_to_one=False,  # as Stable Diffusion's own scheduler config: DDIM's last step ends at alpha_bar_0
     )
     return diffusers.StableDiffusionPipeline(
         vae=vae,

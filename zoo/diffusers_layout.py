@@ -220,8 +220,6 @@ def scheduler_settings(root: Path) -> dict[str, Any]:
         )
     if beta_schedule == "linear" and config.get("num_train_timesteps", 1000) != 1000:
         raise DiffusersLayoutError(f"{path}: a 'linear' beta_schedule needs num_train_timesteps=1000 (ours rescales)")
-    if not config.get("set_alpha_to_one", True):
-        logger.info("%s: set_alpha_to_one=False; the zoo's DDIM ends at alpha_bar = 1 (set_alpha_to_one=True)", path)
     kwargs = {"num_timesteps": config.get("num_train_timesteps", 1000)}
     kwargs.update({k: config[k] for k in ("beta_start", "beta_end") if k in config})
     return {
@@ -229,6 +227,7 @@ def scheduler_settings(root: Path) -> dict[str, Any]:
         "prediction_type": PREDICTION_TYPES[prediction],
         "timestep_spacing": config.get("timestep_spacing", "leading"),
         "steps_offset": config.get("steps_offset", 0),
+        "set_alpha_to_one": bool(config.get("set_alpha_to_one", True)),
     }
 
 
@@ -283,6 +282,7 @@ def recipe_for(root: Path, source: str | Path, name: str | None, parts: dict, se
         prediction_type=settings["prediction_type"],
         timestep_spacing=settings["timestep_spacing"],
         steps_offset=settings["steps_offset"],
+        set_alpha_to_one=settings["set_alpha_to_one"],
         hub_id=None if Path(str(source)).is_dir() else str(source),
         layout="diffusers",
         **defaults,
@@ -424,8 +424,7 @@ def vae_config_to_diffusers(config: AutoencoderKLConfig) -> dict[str, Any]:
 
 
 def scheduler_config(pipeline: LatentPipeline) -> dict[str, Any]:
-    """A DDIMScheduler config of the pipeline's schedule (its first and last beta) and sampling settings, with
-    set_alpha_to_one=True, where the zoo's samplers end."""
+    """A DDIMScheduler config of the pipeline's schedule (its first and last beta) and sampling settings."""
     names = {ours: theirs for theirs, ours in BETA_SCHEDULES.items()}
     predictions = {ours: theirs for theirs, ours in PREDICTION_TYPES.items()}
     recipe, betas = pipeline.recipe, pipeline.schedule.betas
@@ -440,7 +439,7 @@ def scheduler_config(pipeline: LatentPipeline) -> dict[str, Any]:
         "timestep_spacing": recipe.timestep_spacing,
         "steps_offset": recipe.steps_offset,
         "clip_sample": False,
-        "set_alpha_to_one": True,
+        "set_alpha_to_one": recipe.set_alpha_to_one,
     }
 
 

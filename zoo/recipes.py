@@ -55,6 +55,7 @@ class Recipe:
     cfg_dropout: float = 0.0  # probability of dropping the condition in training (classifier-free guidance)
     timestep_spacing: str = "trailing"  # the samplers' timestep subsequence (diffusers' timestep_spacing)
     steps_offset: int = 0  # added to "leading" timesteps (diffusers' steps_offset; Stable Diffusion uses 1)
+    set_alpha_to_one: bool = True  # DDIM's last step ends at alpha_bar = 1 (False: at alpha_bar_0, as SD's config)
     hub_id: str | None = None  # a Hub repo in diffusers' layout that holds the weights (downloaded on build)
     layout: str = "zoo"  # "diffusers": saved as model_index.json + unet/ vae/ text_encoder/ tokenizer/ scheduler/
 

@@ -50,16 +50,21 @@ def sample_ddim(
     callback: Callback | None = None,
     clip_x0: float | None = None,
     eta: float = 0.0,
+    set_alpha_to_one: bool = True,
     progress: bool = False,
 ) -> torch.Tensor:
-    """DDIM from x = x_T over `steps` timesteps; eta scales the injected noise (0 deterministic, 1 ~ DDPM)."""
+    """DDIM from x = x_T over `steps` timesteps; eta scales the injected noise (0 deterministic, 1 ~ DDPM).
+
+    The last step goes to alpha_bar = 1 (x_0 itself), or with `set_alpha_to_one=False` to alpha_bar of the
+    first timestep, as Stable Diffusion's scheduler config asks (diffusers' DDIMScheduler option of that name).
+    """
     check_sampler_args(x, prediction_type, clip_x0)
     if isinstance(eta, bool) or not isinstance(eta, int | float) or not eta >= 0:
         raise ValueError(f"eta must be a number >= 0 (0 deterministic DDIM, 1 DDPM-like), got {eta!r}")
     timesteps = spaced_timesteps(schedule.num_timesteps, steps, timestep_spacing, steps_offset)
     for i, t, t_prev in progress_bar(step_pairs(timesteps), len(timesteps), progress):
         eps, x0 = predict(model, x, t, schedule, prediction_type, clip_x0)
-        alpha_bar_prev = alpha_bar(schedule, t_prev)
+        alpha_bar_prev = alpha_bar(schedule, t_prev) if t_prev >= 0 or set_alpha_to_one else alpha_bar(schedule, 0)
         sigma = ddim_sigma(alpha_bar(schedule, t), alpha_bar_prev, eta)
         x = ddim_step(x0, eps, alpha_bar_prev, sigma, randn_like(x, generator) if sigma > 0 else None)
         report(callback, i, x, x0)

@@ -201,6 +201,7 @@ class Pipeline:
             generator=generator,
             callback=callback,
             clip_x0=clip_x0,
+            **({"set_alpha_to_one": self.recipe.set_alpha_to_one} if sampler == "ddim" else {}),
         )
 
     # Saving: the Hub layout, one subfolder per component plus recipe.json.
