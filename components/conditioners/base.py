@@ -15,6 +15,7 @@ concatenate for CFG) and truncate longer prompts to it: `was_truncated(texts)` s
 
 from __future__ import annotations
 
+import abc
 import logging
 import os
 from pathlib import Path
@@ -56,7 +57,7 @@ def check_texts(texts: Any) -> list[str]:
     return texts
 
 
-class TextConditioner(nn.Module):
+class TextConditioner(nn.Module, abc.ABC):
     """A transformers text encoder + its tokenizer; subclasses set `model_class` and define `encode`."""
 
     mode = "crossattn"
@@ -74,8 +75,9 @@ class TextConditioner(nn.Module):
         self.tokenizer = tokenizer
         self.max_length = min(tokenizer.model_max_length, text_model.config.max_position_embeddings)
 
+    @abc.abstractmethod
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must define encode(input_ids, attention_mask)")
+        """Token ids (B, L) and mask (B, L) -> the tokens the U-Net attends to (B, L, dim)."""
 
     @property
     def dim(self) -> int:
