@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +17,7 @@ from zoo.registry import PIPELINES, SCHEDULES, UNETS, DuplicateNameError, Regist
 
 catalog.load()
 PIPELINE_NAMES = PIPELINES.names()
+ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p.name for p in WEIGHTS_ROOT.iterdir() if (p / "recipe.json").is_file())
 
 
@@ -164,3 +168,21 @@ def test_shipped_pipelines_are_not_marked_random_and_the_others_are():
     assert len(ours) >= 48
     for name in set(ours) - set(SHIPPED):
         assert "[random weights" in listed[name], name
+
+
+def test_catalog_load_is_safe_from_several_threads_at_once():
+    # A fresh interpreter, so the first load really races (the app builds pipelines from worker threads).
+    code = (
+        "import threading, zoo.catalog as c\n"
+        "errors = []\n"
+        "def run():\n"
+        "    try: c.load()\n"
+        "    except Exception as e: errors.append(repr(e))\n"
+        "ts = [threading.Thread(target=run) for _ in range(8)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "import zoo; print(len(errors), len(zoo.available()))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    errors, names = map(int, result.stdout.split())
+    assert errors == 0 and names >= 50

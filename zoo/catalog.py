@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import threading
 
 from zoo.data.shapes import SEG_PALETTE
 from zoo.recipes import Part, Recipe
@@ -60,9 +61,22 @@ FACTORS = (4, 8)
 LATENT_SCHEDULES = {"linear": "DDPM linear schedule", "cosine": "cosine schedule"}
 
 
-@functools.cache
+_LOADED = threading.Event()
+_LOCK = threading.Lock()
+
+
 def load() -> None:
-    """Import every component module (registering its parts), then register the pipelines. Idempotent."""
+    """Import every component module (registering its parts), then register the pipelines. Idempotent and
+    thread-safe: the app may build pipelines from several threads at once."""
+    if _LOADED.is_set():
+        return
+    with _LOCK:
+        if not _LOADED.is_set():
+            _register()
+            _LOADED.set()
+
+
+def _register() -> None:
     import components.autoencoders.kl  # noqa: F401
     import components.autoencoders.vq  # noqa: F401
     import components.conditioners.bert  # noqa: F401
