@@ -15,7 +15,6 @@ concatenate for CFG) and truncate longer prompts to it: `was_truncated(texts)` s
 
 from __future__ import annotations
 
-import abc
 import logging
 import os
 from pathlib import Path
@@ -57,8 +56,8 @@ def check_texts(texts: Any) -> list[str]:
     return texts
 
 
-class TextConditioner(nn.Module, abc.ABC):
-    """A transformers text encoder + its tokenizer; subclasses set `model_class` and define `encode`."""
+class TextConditioner(nn.Module):
+    """A transformers text encoder + its tokenizer; subclasses set `model_class` (and may override `encode`)."""
 
     mode = "crossattn"
     model_class: ClassVar[type[PreTrainedModel]]
@@ -75,9 +74,10 @@ class TextConditioner(nn.Module, abc.ABC):
         self.tokenizer = tokenizer
         self.max_length = min(tokenizer.model_max_length, text_model.config.max_position_embeddings)
 
-    @abc.abstractmethod
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, L) and mask (B, L) -> the tokens the U-Net attends to (B, L, dim)."""
+        """Token ids (B, L) and mask (B, L) -> the last hidden state (B, L, dim), padding masked out of attention
+        (CLIP's is final-layer-normed, as Stable Diffusion uses it)."""
+        return self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     @property
     def dim(self) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Self
 
-import torch
 from transformers import BertConfig, BertModel
 
 from components.conditioners.base import TextConditioner
@@ -24,10 +23,6 @@ class BERTConditioner(TextConditioner):
 
     model_class = BertModel
     model_kwargs = {"add_pooling_layer": False}
-
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last hidden state (B, L, D); padding positions are masked out of the attention."""
-        return self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     @classmethod
     def from_config(

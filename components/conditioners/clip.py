@@ -10,7 +10,6 @@ import copy
 from collections.abc import Iterable
 from typing import Self
 
-import torch
 from transformers import CLIPModel, CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase
 
 from components.conditioners.base import TextConditioner
@@ -22,10 +21,6 @@ class CLIPTextConditioner(TextConditioner):
     """A transformers CLIPTextModel + its tokenizer; tokens of width `hidden_size`."""
 
     model_class = CLIPTextModel
-
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Final-layer-normed last hidden state (B, L, D); the causal mask plus the padding mask apply."""
-        return self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     @classmethod
     def from_config(
