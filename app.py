@@ -41,12 +41,12 @@ def text_to_image_tab(
     generate_fn: Callable,
     *,
     names_fn: Callable[[bool], Sequence[str]],
-    defaults_fn: Callable[[str], tuple[int, float]],
+    defaults_fn: Callable[[str], tuple[str, int, float]],
     num_timesteps: int = 1000,
 ) -> dict[str, gr.components.Component]:
     """Prompt -> images, with the denoising trajectory (x_t and predicted x_0) to scrub through."""
     names = list(names_fn(False))
-    steps, guidance = defaults_fn(names[0])
+    sampler_name, steps, guidance = defaults_fn(names[0])  # the recipe's own settings: one click, a good image
     with gr.Tab("Text to image", id="text-to-image"):
         with gr.Row():
             with gr.Column():
@@ -54,7 +54,7 @@ def text_to_image_tab(
                 every = gr.Checkbox(False, label="offer every registered pipeline (most are not trained)")
                 prompt = gr.Textbox("a red circle on a blue background", label="prompt", max_lines=2)
                 negative = gr.Textbox("", label="negative prompt", max_lines=1)
-                sampler = gr.Radio(list(zs.SAMPLER_CHOICES), value="ddim", label="sampler")
+                sampler = gr.Radio(list(zs.SAMPLER_CHOICES), value=sampler_name, label="sampler")
                 steps_box = gr.Slider(1, num_timesteps, value=steps, step=1, label="steps (1 to T)")
                 guidance_box = gr.Slider(0, zs.MAX_GUIDANCE, value=guidance, step=0.5, label="guidance scale w")
                 with gr.Row():
@@ -74,7 +74,7 @@ def text_to_image_tab(
     button.click(generate_fn, inputs, [gallery, trajectory, info, code, seed], api_name="generate")
     scrub.change(lambda i: gr.Gallery(selected_index=int(i) - 1), scrub, trajectory, api_visibility="private")
     every.change(lambda on: gr.Dropdown(choices=list(names_fn(on))), every, pipeline, api_visibility="private")
-    pipeline.change(defaults_fn, pipeline, [steps_box, guidance_box], api_visibility="private")
+    pipeline.change(defaults_fn, pipeline, [sampler, steps_box, guidance_box], api_visibility="private")
     return {"button": button, "gallery": gallery, "trajectory": trajectory, "info": info, "code": code}
 
 

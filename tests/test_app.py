@@ -53,7 +53,9 @@ def test_a_tab_builder_takes_its_inference_function_injected():
     calls = []
     with gr.Blocks():
         parts = app.text_to_image_tab(
-            lambda *args: calls.append(args), names_fn=lambda every: ["a", "b"], defaults_fn=lambda name: (7, 2.0)
+            lambda *args: calls.append(args),
+            names_fn=lambda every: ["a", "b"],
+            defaults_fn=lambda name: ("ddpm", 7, 2.0),
         )
     assert parts["button"].value == "Generate"
     with gr.Blocks() as demo:

@@ -323,10 +323,10 @@ class ZooService:
         thread.start()
         return thread
 
-    def defaults(self, name: str) -> tuple[int, float]:
-        """A pipeline's recipe defaults for the text-to-image tab: (steps, guidance scale)."""
+    def defaults(self, name: str) -> tuple[str, int, float]:
+        """A pipeline's recipe defaults for the text-to-image tab: (sampler, steps, guidance scale)."""
         recipe = zoo.recipe(check_choice("pipeline", name, self.names(every=True)))
-        return recipe.steps, recipe.guidance_scale
+        return recipe.sampler, recipe.steps, recipe.guidance_scale
 
     @property
     def num_timesteps(self) -> int:
