@@ -14,6 +14,7 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported: set it first
 
 import logging  # noqa: E402
+import sys  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 
 import gradio as gr  # noqa: E402
@@ -205,6 +206,8 @@ def launch_options() -> dict[str, object]:
         "enable_monitoring": False,
         "ssr_mode": False,
         "mcp_server": False,
+        # open a browser tab for a person at a terminal; never under tests, CI or a Space (no terminal there)
+        "inbrowser": sys.stdout.isatty() and os.environ.get("CI") is None,
     }
 
 
