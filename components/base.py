@@ -83,5 +83,10 @@ class HubModule(nn.Module, PyTorchModelHubMixin):
             raise WeightsError(f"cannot load {folder / WEIGHTS_NAME} into {cls.__name__}: {err}") from err
         return model.eval()
 
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> Any:
+        """config.json from the config the module holds now (a config replaced after training, e.g. with the
+        measured scaling_factor, is the one written), + model.safetensors."""
+        return super().save_pretrained(save_directory, config=self.config, **kwargs)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

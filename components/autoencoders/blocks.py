@@ -334,8 +334,8 @@ class AutoencoderConfig(Config):
 class LatentAutoencoder(HubModule):
     """The contract pipelines use: encode / decode / loss, plus latent_channels, downsample_factor, scaling_factor.
 
-    `config` is a settable property that keeps the Hub mixin's copy in step, so a config replaced after training
-    (e.g. with the measured scaling_factor) is the one `save_pretrained` writes.
+    `config` may be replaced after training (e.g. with the measured scaling_factor): HubModule.save_pretrained
+    writes the config the module holds.
     """
 
     config_class: type[AutoencoderConfig] = AutoencoderConfig
@@ -355,7 +355,6 @@ class LatentAutoencoder(HubModule):
         if not isinstance(value, self.config_class):
             raise TypeError(f"config must be a {self.config_class.__name__}, got {type(value).__name__}")
         self._config = value
-        self._hub_mixin_config = value
 
     @property
     def latent_channels(self) -> int:
