@@ -14,7 +14,7 @@ import components.schedulers.linear  # noqa: F401  (the imports register sampler
 from components.samplers.common import spaced_timesteps
 from components.samplers.ddim import ddim_sigma, ddim_step, sample_ddim
 from components.samplers.ddpm import ddpm_step, sample_ddpm
-from components.samplers.dpmpp import sample_dpmpp
+from components.samplers.dpmpp import dpm_timesteps, sample_dpmpp
 from zoo.registry import SAMPLERS, SCHEDULES
 
 T = 50
@@ -164,6 +164,30 @@ def test_dpmpp_run_equals_diffusers(prediction_type, steps):
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     first_order = sample_ddim(toy_model, x, sched, steps=steps, prediction_type=prediction_type)
     assert (got - first_order).abs().max() > 1e-3  # the second-order correction is really there
+
+
+@pytest.mark.parametrize(("spacing", "offset"), [("leading", 1), ("linspace", 0)])
+def test_dpmpp_spacings_equal_diffusers_dpm_solver_grid(spacing, offset):
+    """diffusers' DPM-Solver spaces "leading" / "linspace" on S + 1 points (not its DDIM grid): seeds shared from
+    a Stable Diffusion config (leading, steps_offset 1) must reproduce, timesteps and whole runs."""
+    sched, x = schedule(), x_T()
+    oracle = oracle_scheduler(
+        "DPMSolverMultistepScheduler",
+        sched,
+        "eps",
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        timestep_spacing=spacing,
+        steps_offset=offset,
+    )
+    oracle.set_timesteps(10)
+    assert dpm_timesteps(sched.num_timesteps, 10, spacing, offset) == oracle.timesteps.tolist()
+    assert dpm_timesteps(sched.num_timesteps, 10, spacing, offset) != spaced_timesteps(
+        sched.num_timesteps, 10, spacing, offset
+    )
+    expected = diffusers_run(oracle, x, 10, seed=0)
+    got = sample_dpmpp(toy_model, x, sched, steps=10, timestep_spacing=spacing, steps_offset=offset)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
 # Known answers.

@@ -172,10 +172,8 @@ def test_text_encoder_tokens_equal_diffusers_prompt_embeddings(saved):
 
 # ------------------------------------------------------------------------------------------- generation
 def diffusers_images(theirs, sampler: str, seed: int, **kwargs):
-    if sampler == "dpmpp":  # the zoo spaces DPM-Solver++ timesteps as DDIM does; "trailing" agrees in both
-        scheduler = diffusers.DPMSolverMultistepScheduler.from_config(
-            theirs.scheduler.config, timestep_spacing="trailing", steps_offset=0
-        )
+    if sampler == "dpmpp":  # the checkpoint's own config: "leading", steps_offset 1 (DPM-Solver's S + 1 grid)
+        scheduler = diffusers.DPMSolverMultistepScheduler.from_config(theirs.scheduler.config)
     else:
         scheduler = diffusers.DDIMScheduler.from_config(theirs.scheduler.config)
     pipe = diffusers.StableDiffusionPipeline(**{**theirs.components, "scheduler": scheduler})
@@ -198,14 +196,10 @@ def our_images(ours, sampler: str, seed: int, **kwargs):
 )
 def test_same_seed_same_picture_as_stable_diffusion_pipeline(saved, sampler, size):
     theirs, _, ours = saved
-    if sampler == "dpmpp":
-        ours.recipe = ours.recipe.replace(timestep_spacing="trailing", steps_offset=0)
+    assert (ours.recipe.timestep_spacing, ours.recipe.steps_offset) == ("leading", 1)  # read from the checkpoint
     height, width = size
     common = {"negative_prompt": NEGATIVE, "guidance_scale": 4.0, "height": height, "width": width}
-    try:
-        latents, pixels = our_images(ours, sampler, 11, steps=5, num_images=2, **common)
-    finally:
-        ours.recipe = ours.recipe.replace(timestep_spacing="leading", steps_offset=1)
+    latents, pixels = our_images(ours, sampler, 11, steps=5, num_images=2, **common)
     expected_latents, expected_pixels = diffusers_images(
         theirs, sampler, 11, num_inference_steps=5, num_images_per_prompt=2, **common
     )

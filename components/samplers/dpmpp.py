@@ -3,14 +3,16 @@ in data prediction (x0) form and log-SNR time lambda = log(alpha / sigma), so ~2
 
 As in diffusers' DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, "midpoint"), the
 first step is first order (no history yet) and so is the last, which lands on sigma = 0 and returns x0.
-Timesteps come from common.spaced_timesteps, as for the other samplers (diffusers' DPM-Solver spaces
-"leading" and "linspace" differently; "trailing" agrees).
+Timesteps: "trailing" as for the other samplers; "leading" and "linspace" on diffusers' DPM-Solver grid of
+S + 1 points with the last dropped (dpm_timesteps), which differs from its DDIM grid, so that a seed shared
+from a diffusers DPM-Solver run with a Stable Diffusion scheduler config reproduces here.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from components.samplers.common import (
@@ -57,6 +59,17 @@ def dpmpp_2m_step(
     return (sigma_t / sigma_s) * xs + alpha_t * (1.0 - exp_neg_h) * D
 
 
+def dpm_timesteps(num_timesteps: int, steps: int, spacing: str = "trailing", offset: int = 0) -> list[int]:
+    """`steps` descending timesteps as diffusers' DPMSolverMultistepScheduler.set_timesteps spaces them."""
+    checked = spaced_timesteps(num_timesteps, steps, spacing, offset)  # validates every argument
+    T, S = num_timesteps, steps
+    if spacing == "leading":  # multiples of T // (S + 1), the largest S of S + 1 (+ offset)
+        return [int(t) + offset for t in (np.arange(S + 1) * (T // (S + 1))).round()[::-1][:-1]]
+    if spacing == "linspace":  # linspace(0, T - 1, S + 1) rounded, without its 0
+        return [int(t) for t in np.linspace(0, T - 1, S + 1).round()[::-1][:-1]]
+    return checked
+
+
 @SAMPLERS.register("dpmpp", description="DPM-Solver++(2M) (Lu et al. 2022), ~20 steps")
 def sample_dpmpp(
     model: Model,
@@ -74,7 +87,7 @@ def sample_dpmpp(
 ) -> torch.Tensor:
     """DPM-Solver++(2M) from x = x_T; deterministic (the generator is accepted for the common signature, unused)."""
     check_sampler_args(x, prediction_type, clip_x0)
-    timesteps = spaced_timesteps(schedule.num_timesteps, steps, timestep_spacing, steps_offset)
+    timesteps = dpm_timesteps(schedule.num_timesteps, steps, timestep_spacing, steps_offset)
     x0_last, alpha_bar_last = None, None
     for i, t, t_prev in progress_bar(step_pairs(timesteps), len(timesteps), progress):
         _, x0 = predict(model, x, t, schedule, prediction_type, clip_x0)
