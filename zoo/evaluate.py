@@ -26,6 +26,7 @@ import zoo
 from zoo.build import embedded_weights
 from zoo.data.analyser import accuracy_table, analyse, score
 from zoo.data.shapes import Attributes, eval_prompts, pregenerate, render
+from zoo.train.stages import psnr, zero_shot_on
 
 logger = logging.getLogger(__name__)
 CLIP_FOLDER = Path(__file__).parent / "weights" / "clip-shapes"
@@ -77,8 +78,7 @@ def reconstruction(pipe: Any, n: int = 256, seed: int = 12345) -> dict[str, floa
     x = pregenerate(n, seed=seed, split="all")["images"].to(pipe.device)
     z = torch.cat([ae.encode(chunk) for chunk in x.split(64)])
     rec = torch.cat([ae.decode(chunk) for chunk in z.split(64)])
-    mse = ((rec.clamp(-1, 1) - x) ** 2).mean(dim=(1, 2, 3))
-    result = {"psnr_db": float((10 * torch.log10(4.0 / mse)).mean())}  # peak-to-peak 2 for [-1, 1]
+    result = {"psnr_db": psnr(rec, x)}
     if hasattr(ae, "quantize"):
         _, indices, _ = ae.quantize(z)
         counts = torch.bincount(indices.flatten(), minlength=ae.config.num_embeddings).float()
@@ -95,8 +95,6 @@ def clip_zero_shot(n: int = 256, seed: int = 777) -> dict[str, float] | None:
     if not (CLIP_FOLDER / "config.json").is_file():
         return None
     from transformers import AutoTokenizer, CLIPModel
-
-    from zoo.train.stages import zero_shot_on
 
     clip = CLIPModel.from_pretrained(CLIP_FOLDER, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(CLIP_FOLDER)

@@ -223,7 +223,9 @@ def build_for_training(args: Any) -> Any:
             trainable = role == "unet" or (role == "conditioner" and pipe.recipe.conditioner.name == "bert")
             module.requires_grad_(trainable)
         return pipe
-    recipe = __import__("zoo").recipe(args.pipeline)
+    from zoo.build import recipe as registered_recipe
+
+    recipe = registered_recipe(args.pipeline)
     if args.overrides:
         recipe = recipe.replace(**json.loads(args.overrides))
     pipe = assemble(recipe, tiny=args.tiny, device="cpu")
