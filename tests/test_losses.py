@@ -12,6 +12,7 @@ from components.schedulers.losses import (
     bits_per_dim,
     diffusion_loss,
     discretized_gaussian_log_likelihood,
+    min_snr_weight,
     normal_kl,
     prior_kl,
     sample_timesteps,
@@ -194,3 +195,33 @@ def test_decoder_rejects_data_outside_minus_one_one():
     x = torch.tensor([0.0, 1.5])
     with pytest.raises(ValueError, match=r"x must lie in \[-1, 1\]"):
         discretized_gaussian_log_likelihood(x, means=x, log_scales=torch.zeros(2))
+
+
+@pytest.mark.parametrize("prediction_type", ["eps", "v", "x0"])
+def test_min_snr_weighting_is_min_snr_gamma_times_the_x0_error(prediction_type):
+    """Hang et al. 2023: whatever the network predicts, the weighted loss is E[min(SNR, gamma) ||x0_hat - x0||^2],
+    with x0_hat recovered from the prediction independently of the weight (DDPM Eq. 15; v: Salimans & Ho Eq. 31)."""
+    sched, gamma = schedule(), 2.0
+    x0 = images(batch=6)
+    t = torch.tensor([0, 3, 10, 25, 40, 49])
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1), dtype=x0.dtype)
+    guess = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2), dtype=x0.dtype)
+    model = lambda xt, t_, **kwargs: guess  # noqa: E731
+    loss = diffusion_loss(model, x0, sched, prediction_type=prediction_type, t=t, noise=eps, snr_gamma=gamma)
+    abar = sched.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+    xt = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    x0_hat = {
+        "eps": (xt - (1 - abar).sqrt() * guess) / abar.sqrt(),
+        "v": abar.sqrt() * xt - (1 - abar).sqrt() * guess,
+        "x0": guess,
+    }[prediction_type]
+    snr = (abar / (1 - abar)).flatten()
+    expected = (snr.clamp(max=gamma) * ((x0_hat - x0) ** 2).flatten(1).mean(1)).mean()
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-7)
+    assert torch.equal(min_snr_weight(sched, t, "eps", 1e9), torch.ones(6))  # gamma -> infinity: L_simple
+
+
+@pytest.mark.parametrize("gamma", [0, -1.0, "5", True, float("nan")])
+def test_min_snr_weighting_needs_a_positive_gamma(gamma):
+    with pytest.raises(ValueError, match="snr_gamma must be a positive number"):
+        min_snr_weight(schedule(), torch.tensor([1]), "eps", gamma)

@@ -155,6 +155,15 @@ def test_seg_pipeline_trains_with_maps_concatenated(runs, kl):
     assert pipe.unet.conv_in.in_channels == pipe.autoencoder.latent_channels + pipe.spatial.channels
 
 
+def test_class_pipeline_trains_on_integer_labels(runs, kl):
+    """ldm-class-kl trains on the dataset's class labels (the conditioner's kind is "class", not text)."""
+    out = train_diffusion(runs, "ldm-class-kl", "--autoencoder", str(kl / "final"))
+    assert_run_folder(out, {"unet", "conditioner"})
+    pipe = zoo.load_pipeline(out / "final", device="cpu")
+    assert pipe.conditioner.kind == "class"
+    assert pipe.generate(5, seed=0)[0].size == (64, 64)
+
+
 def test_pixel_pipeline_trains(runs):
     out = train_diffusion(runs, "ddpm-cosine")
     assert_run_folder(out, {"unet"})

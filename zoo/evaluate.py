@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 import zoo
 from zoo.build import embedded_weights
-from zoo.data.analyser import accuracy_table, analyse, score
+from zoo.data.analyser import ATTRIBUTES, accuracy_table, analyse, clean_fraction, shape_mask, template_iou
 from zoo.data.shapes import Attributes, eval_prompts, pregenerate, render
 from zoo.train.stages import psnr, zero_shot_on
 
@@ -32,40 +33,85 @@ logger = logging.getLogger(__name__)
 CLIP_FOLDER = Path(__file__).parent / "weights" / "clip-shapes"
 
 
-def adherence(pipe: Any, split: str, n: int, *, seed: int = 0, **settings: Any) -> dict[str, float] | None:
-    """Per-attribute accuracy and all-correct over `n` evaluation prompts of `split` ("seen" / "heldout")."""
+SHAPE_IOU = 0.85  # a shape counts as drawn only when the wanted shape's template fits the mask this well
+AGREEMENT_IOU = 0.8  # two images of one seed agree when they read the same and their masks overlap this much
+SAMPLERS = ("ddpm", "ddim", "dpmpp")
+
+
+def jobs(pipe: Any, split: str, n: int, seed: int = 0) -> list[tuple[dict[str, Any], dict[str, str]]]:
+    """(generate kwargs, wanted attributes) for the `n` evaluation prompts of `split` ("seen" / "heldout")."""
     kind = condition_kind(pipe)
-    if kind is None:
-        return None
-    scores = []
+    result = []
     for k, (caption, wanted) in enumerate(eval_prompts(split, n=n, seed=seed)):
-        kwargs: dict[str, Any] = {"seed": seed + k, **settings}
+        kwargs: dict[str, Any] = {"seed": seed + k}
+        named = {f: getattr(wanted, f) for f in ATTRIBUTES if getattr(wanted, f) is not None}
         if kind == "text":
             kwargs["prompt"] = caption
-        elif kind == "class":
+        elif kind == "class":  # the label fixes shape and colour; the rest is free
             kwargs["prompt"] = wanted.class_label
-            wanted = {"shape": wanted.shape, "colour": wanted.colour}
-        if kind == "seg":  # the map fixes shape, size and position; colours are free
+            named = {"shape": wanted.shape, "colour": wanted.colour}
+        elif kind == "seg":  # the map fixes shape, size and position; colours are free
             full = Attributes(
                 wanted.shape, wanted.colour, wanted.background, wanted.size or "large", wanted.position or "center"
             )
             kwargs["semantic_map"] = torch.from_numpy(render(full)[1])
-            wanted = {"shape": full.shape, "size": full.size, "position": full.position}
-        image = pipe.generate(**kwargs)[0]
-        scores.append(score_partial(analyse(image), wanted))
-    return accuracy_table(scores)
+            named = {"shape": full.shape, "size": full.size, "position": full.position}
+        result.append((kwargs, named))
+    return result
 
 
-def score_partial(analysis: Any, wanted: Attributes | dict[str, str]) -> dict[str, bool]:
-    if isinstance(wanted, Attributes):
-        return score(analysis, wanted)
-    return {name: getattr(analysis, name) == value for name, value in wanted.items()}
+def draw(pipe: Any, todo: list[tuple[dict[str, Any], dict[str, str]]], desc: str, **settings: Any) -> list[Any]:
+    """One image per job, in order, with a progress bar."""
+    return [pipe.generate(**kwargs, **settings)[0] for kwargs, _ in tqdm(todo, desc=desc, leave=False, disable=None)]
+
+
+def judge(image: Any, wanted: dict[str, str]) -> dict[str, Any]:
+    """Each named attribute right or wrong (shape only with template IoU >= SHAPE_IOU), the IoU, the clean share."""
+    analysis = analyse(image)
+    iou = template_iou(shape_mask(image), wanted["shape"]) if "shape" in wanted else None
+    right = {name: getattr(analysis, name) == value for name, value in wanted.items()}
+    if "shape" in right:
+        right["shape"] = right["shape"] and iou >= SHAPE_IOU
+    return {"right": right, "iou": iou, "clean": clean_fraction(image)}
+
+
+def adherence_of(images: list[Any], todo: list[tuple[dict[str, Any], dict[str, str]]]) -> dict[str, float]:
+    """Per-attribute accuracy, all-correct, count, mean template IoU of the wanted shape and mean clean share."""
+    judged = [judge(image, wanted) for image, (_, wanted) in zip(images, todo, strict=True)]
+    table = accuracy_table([j["right"] for j in judged])
+    ious = [j["iou"] for j in judged if j["iou"] is not None]
+    if ious:
+        table["template_iou"] = statistics.fmean(ious)
+    table["clean"] = statistics.fmean(j["clean"] for j in judged)
+    return table
+
+
+def agreement(first: list[Any], second: list[Any]) -> float:
+    """Share of seeds on which two samplers draw the same layout: every attribute read alike and shape masks
+    with IoU >= AGREEMENT_IOU (DDIM and DPM-Solver++ both solve the probability-flow ODE, one map of x_T)."""
+    same = 0
+    for a, b in zip(first, second, strict=True):
+        mask_a, mask_b = shape_mask(a), shape_mask(b)
+        union = (mask_a | mask_b).sum()
+        overlap = (mask_a & mask_b).sum() / union if union else 1.0
+        read_a, read_b = analyse(a), analyse(b)
+        alike = all(getattr(read_a, f) == getattr(read_b, f) for f in ATTRIBUTES)
+        same += bool(alike and overlap >= AGREEMENT_IOU)
+    return same / len(first)
+
+
+def adherence(pipe: Any, split: str, n: int, *, seed: int = 0, **settings: Any) -> dict[str, float] | None:
+    """adherence_of the images `pipe` draws for the evaluation prompts of `split`; None when unconditional."""
+    if condition_kind(pipe) is None:
+        return None
+    todo = jobs(pipe, split, n, seed)
+    return adherence_of(draw(pipe, todo, f"{split} {settings.get('sampler', '')}", **settings), todo)
 
 
 def condition_kind(pipe: Any) -> str | None:
     """What the pipeline is conditioned on: "text", "class", "seg", or None (unconditional)."""
     if getattr(pipe, "conditioner", None) is not None:
-        return "text" if hasattr(pipe.conditioner, "unknown_words") else "class"
+        return pipe.conditioner.kind
     return "seg" if getattr(pipe, "spatial", None) is not None else None
 
 
@@ -142,6 +188,13 @@ def seconds_per_image(pipe: Any, repeats: int = 3, **settings: Any) -> float:
     return statistics.median(times)
 
 
+def sampler_settings(pipe: Any, sampler: str | None, steps: int | None, guidance_scale: float | None) -> dict:
+    settings = {"sampler": sampler or pipe.recipe.sampler, "steps": steps or pipe.recipe.steps}
+    if pipe.recipe.kind == "latent":
+        settings["guidance_scale"] = pipe.recipe.guidance_scale if guidance_scale is None else guidance_scale
+    return settings
+
+
 def evaluate(
     name: str,
     *,
@@ -149,38 +202,67 @@ def evaluate(
     weights: str | None = None,
     steps: int | None = None,
     sampler: str | None = None,
+    all_samplers: bool = False,
     guidance_scale: float | None = None,
 ) -> dict:
-    """Every measure that applies to the pipeline, at its recipe's settings unless given."""
+    """Every measure that applies to the pipeline at `sampler` (default: the recipe's) and, with `all_samplers`,
+    at the other two; the recipe's settings unless given. The first sampler's figures are also the result's
+    top-level `sampler`, `adherence_*` and `seconds_per_image` (what the app's Zoo tab shows)."""
     pipe = zoo.build(name, weights=weights)
-    settings = {"steps": steps or pipe.recipe.steps, "sampler": sampler or pipe.recipe.sampler}
-    if pipe.recipe.kind == "latent":
-        settings["guidance_scale"] = pipe.recipe.guidance_scale if guidance_scale is None else guidance_scale
+    first = sampler or pipe.recipe.sampler
+    samplers = (first, *(s for s in SAMPLERS if s != first)) if all_samplers else (first,)
     result: dict[str, Any] = {
         "pipeline": name,
         "weights": "trained" if pipe.pretrained else "random",
-        **settings,
         "threads": torch.get_num_threads(),
+        "by_sampler": [],
     }
-    result["adherence_seen"] = adherence(pipe, "seen", prompts, **settings)
-    result["adherence_heldout"] = adherence(pipe, "heldout", prompts, **settings)
+    images: dict[str, list[Any]] = {}
+    for sampler in samplers:
+        settings = sampler_settings(pipe, sampler, steps, guidance_scale)
+        entry: dict[str, Any] = {**settings}
+        if condition_kind(pipe) is not None:
+            for split in ("seen", "heldout"):
+                todo = jobs(pipe, split, prompts)
+                drawn = draw(pipe, todo, f"{name} {settings['sampler']} {split}", **settings)
+                images[f"{settings['sampler']}-{split}"] = drawn
+                entry[f"adherence_{split}"] = adherence_of(drawn, todo)
+        entry["seconds_per_image"] = seconds_per_image(pipe, **settings)
+        result["by_sampler"].append(entry)
+    first = result["by_sampler"][0]
+    result.update({k: first[k] for k in ("sampler", "steps", "guidance_scale", "seconds_per_image") if k in first})
+    for split in ("seen", "heldout"):
+        result[f"adherence_{split}"] = first.get(f"adherence_{split}")
+        if f"ddim-{split}" in images and f"dpmpp-{split}" in images:
+            result.setdefault("ddim_dpmpp_agreement", {})[split] = agreement(
+                images[f"ddim-{split}"], images[f"dpmpp-{split}"]
+            )
     result["reconstruction"] = reconstruction(pipe)
     if condition_kind(pipe) == "text" and pipe.recipe.conditioner.name == "clip":
         result["clip_zero_shot"] = clip_zero_shot()
     result["bits_per_dim"] = bits_per_dim(pipe)
-    result["seconds_per_image"] = seconds_per_image(pipe, **settings)
     return result
 
 
+def percent(table: dict[str, float]) -> str:
+    cells = [f"{k} {v:.0%}" for k, v in table.items() if k not in ("count", "template_iou", "clean")]
+    cells += [f"{k} {table[k]:.3f}" for k in ("template_iou", "clean") if k in table]
+    return ", ".join(cells)
+
+
 def table(result: dict) -> str:
-    """The result as a Markdown table (what the README shows)."""
+    """The result as a Markdown table (what the README shows): one block of rows per sampler."""
     rows = [("pipeline", result["pipeline"]), ("weights", result["weights"])]
-    guidance = f", guidance {result['guidance_scale']}" if "guidance_scale" in result else ""
-    rows.append(("settings", f"{result['sampler']}, {result['steps']} steps{guidance}"))
-    for split in ("seen", "heldout"):
-        if acc := result.get(f"adherence_{split}"):
-            parts = ", ".join(f"{k} {v:.0%}" for k, v in acc.items() if k not in ("count",))
-            rows.append((f"adherence, {split} pairs (n={int(acc.get('count', 0))})", parts))
+    for entry in result.get("by_sampler") or [result]:
+        guidance = f", guidance {entry['guidance_scale']}" if "guidance_scale" in entry else ""
+        label = f"{entry['sampler']} {entry['steps']}"
+        rows.append((f"{label}: settings", f"{entry['sampler']}, {entry['steps']} steps{guidance}"))
+        for split in ("seen", "heldout"):
+            if acc := entry.get(f"adherence_{split}"):
+                rows.append((f"{label}: {split} pairs (n={int(acc['count'])})", percent(acc)))
+        rows.append((f"{label}: seconds per image ({result['threads']} threads)", f"{entry['seconds_per_image']:.2f}"))
+    if agree := result.get("ddim_dpmpp_agreement"):
+        rows.append(("DDIM / DPM-Solver++ same-seed agreement", ", ".join(f"{k} {v:.0%}" for k, v in agree.items())))
     if rec := result.get("reconstruction"):
         rows.append(
             ("autoencoder", ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
@@ -189,7 +271,6 @@ def table(result: dict) -> str:
         rows.append(("CLIP zero-shot", ", ".join(f"{k} {v:.0%}" for k, v in zs.items())))
     if result.get("bits_per_dim") is not None:
         rows.append(("bits/dim (VLB bound)", f"{result['bits_per_dim']:.3f}"))
-    rows.append((f"seconds per image ({result['threads']} threads)", f"{result['seconds_per_image']:.2f}"))
     return "\n".join(["| measure | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
 
 
@@ -198,12 +279,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("name", nargs="+", help="pipeline name(s)")
     parser.add_argument("--prompts", type=int, default=48, help="prompts per split")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the recipe's)")
-    parser.add_argument("--sampler", default=None, help="ddpm, ddim or dpmpp (default: the recipe's)")
+    parser.add_argument("--sampler", default=None, choices=SAMPLERS, help="default: the recipe's")
+    parser.add_argument("--all-samplers", action="store_true", help="the recipe's sampler, then the other two")
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the recipe's)")
     parser.add_argument("--weights", default=None, help="a folder or Hub repo instead of the embedded weights")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (figures in the README: 2)")
     parser.add_argument("--save", action="store_true", help="write evaluation.json next to the embedded weights")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
     for name in args.name:
         result = evaluate(
             name,
@@ -211,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
             weights=args.weights,
             steps=args.steps,
             sampler=args.sampler,
+            all_samplers=args.all_samplers,
             guidance_scale=args.guidance,
         )
         print(table(result) + "\n")  # noqa: T201 (the command's output)

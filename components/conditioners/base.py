@@ -5,7 +5,9 @@ A conditioner is an `nn.Module` with a `mode` (LDM, Rombach et al. 2022, Fig. 3:
   `dim` (D, the U-Net's context width), `empty_input()` (the input meaning "no condition", for
   classifier-free guidance), `unknown_words(texts) -> list[list[str]]` (empty lists for non-text inputs).
 - "concat": `forward(maps) -> (B, channels, h, w)` at the latent grid, `channels`, `empty_input()`.
-Every conditioner has `save_pretrained(folder)` and `from_pretrained(folder_or_repo_id)`, and returns its
+Every conditioner has a `kind`, what it takes: "text" (prompts: CLIP, BERT), "class" (integer labels) or "map"
+(semantic maps); code that must know what a conditioner takes tests `kind`, never `hasattr`. Every conditioner
+has `save_pretrained(folder)` and `from_pretrained(folder_or_repo_id)`, and returns its
 outputs on the device (and in the dtype) of its parameters.
 
 Text conditioners pad every prompt to `max_length` tokens (so conditional and unconditional batches
@@ -60,6 +62,7 @@ class TextConditioner(nn.Module):
     """A transformers text encoder + its tokenizer; subclasses set `model_class` (and may override `encode`)."""
 
     mode = "crossattn"
+    kind = "text"  # what it takes: "text" (prompts), "class" (labels), "map" (semantic maps); test this, not hasattr
     model_class: ClassVar[type[PreTrainedModel]]
     model_kwargs: ClassVar[dict[str, Any]] = {}  # extra constructor arguments for `model_class.from_pretrained`
 

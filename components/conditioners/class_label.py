@@ -36,6 +36,7 @@ class ClassConditioner(HubModule):
 
     config_class = ClassConfig
     mode = "crossattn"
+    kind = "class"  # takes integer labels, not prompts (components/conditioners/base.py)
 
     def __init__(self, config: ClassConfig):
         super().__init__()

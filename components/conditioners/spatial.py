@@ -62,6 +62,7 @@ class SpatialConditioner(HubModule):
 
     config_class = SpatialConfig
     mode = "concat"
+    kind = "map"  # takes semantic maps (components/conditioners/base.py)
 
     def __init__(self, config: SpatialConfig):
         super().__init__()

@@ -34,11 +34,13 @@ def diffusion_loss(
     t: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    snr_gamma: float | None = None,
 ) -> torch.Tensor:
     """L_simple = E_{t, x_0, eps} ||target - model(x_t, t)||^2, DDPM Eq. 14 / Alg. 1, mean over the batch.
 
     t ~ Uniform{0, .., T-1} and eps ~ N(0, I) unless given; x_t from Eq. 4; the target is eps, x_0 or v
-    (Salimans & Ho 2022) by prediction_type. `model(x_t, t, **model_kwargs)`.
+    (Salimans & Ho 2022) by prediction_type. `model(x_t, t, **model_kwargs)`. With `snr_gamma`, each sample's
+    squared error is weighted by min_snr_weight (Min-SNR-gamma, Hang et al. 2023).
     """
     check_prediction_type(prediction_type)
     t = sample_timesteps(schedule, x0, generator) if t is None else t.to(x0.device)
@@ -49,7 +51,23 @@ def diffusion_loss(
     output = model(xt, t, **(model_kwargs or {}))
     if output.shape != x0.shape:
         raise ValueError(f"the model output has shape {tuple(output.shape)}, expected x0's {tuple(x0.shape)}")
-    return F.mse_loss(output.float(), schedule.training_target(x0, eps, t, prediction_type).float())
+    target = schedule.training_target(x0, eps, t, prediction_type).float()
+    if snr_gamma is None:
+        return F.mse_loss(output.float(), target)
+    per_sample = ((output.float() - target) ** 2).flatten(1).mean(dim=1)
+    return (per_sample * min_snr_weight(schedule, t, prediction_type, snr_gamma)).mean()
+
+
+def min_snr_weight(schedule: NoiseSchedule, t: torch.Tensor, prediction_type: str, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weight (Hang et al. 2023, Sec. 3.4): w_t = min(SNR(t), gamma) on the x_0 error, which is
+    min(SNR, gamma) / SNR on the eps error (eps - eps_hat = sqrt(SNR) (x0_hat - x0)) and min(SNR, gamma) / (SNR + 1)
+    on the v error (v - v_hat = sqrt(SNR + 1) (x0_hat - x0)). float32, one weight per sample."""
+    if not isinstance(gamma, int | float) or isinstance(gamma, bool) or not gamma > 0:
+        raise ValueError(f"snr_gamma must be a positive number, got {gamma!r}")
+    snr = schedule.snr(t)
+    clipped = snr.clamp(max=float(gamma))
+    denominator = {"eps": snr, "v": snr + 1.0, "x0": torch.ones_like(snr)}[check_prediction_type(prediction_type)]
+    return (clipped / denominator).float().to(t.device)
 
 
 def sample_timesteps(schedule: NoiseSchedule, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -42,6 +42,7 @@ MIN_FIT = 0.75  # IoU with the best template below which the mask is no recognis
 # Extent s of each dataset shape per unit geometric-mean deviation: square sigma = s / sqrt(12) per axis; circle
 # of diameter s: sigma = s / 4; triangle with base = height = s: sigma_x = s / sqrt(24), sigma_y = s / sqrt(18).
 TEMPLATE_EXTENT = {"circle": 4.0, "square": 12**0.5, "triangle": 432**0.25}
+CLEAN_DISTANCE = 24.0  # RGB distance to the palette within which a pixel counts as clean (clean_fraction)
 SMALL_LARGE_EXTENT = 23.0  # px at W = 64
 ATTRIBUTES = ("shape", "colour", "background", "size", "position")
 _PALETTE_RGB = np.asarray(list(PALETTE.values()), dtype=np.float32)  # (8, 3)
@@ -184,6 +185,22 @@ def fit_shape(mask: np.ndarray) -> tuple[str | None, float, tuple[float, float, 
         iou = float((ideal & mask).sum() / (ideal | mask).sum())
         best = max(best, (shape, iou, box), key=lambda b: b[1])
     return (best[0] if best[1] >= MIN_FIT else None), best[1], best[2]
+
+
+def template_iou(mask: np.ndarray, shape: str) -> float:
+    """IoU of `mask` with the moment-matched template of `shape` (step 5): how well the drawn shape is that shape."""
+    if not mask.any():
+        return 0.0
+    ideal = coverage(shape, *template(shape, *moments(mask)), mask.shape[1]) >= 0.5
+    return float((ideal & mask).sum() / (ideal | mask).sum())
+
+
+def clean_fraction(image: Image.Image | np.ndarray | torch.Tensor, distance: float = CLEAN_DISTANCE) -> float:
+    """Share of pixels within `distance` (RGB, 0-255) of some PALETTE colour: textures, blur and off-palette
+    tints lower it. Dataset images score 0.987 on average (0.970 the lowest, anti-aliased edges of large shapes)."""
+    rgb = to_rgb_array(image)
+    nearest = np.sqrt(((rgb[..., None, :] - _PALETTE_RGB) ** 2).sum(-1)).min(-1)  # (H, W)
+    return float((nearest < distance).mean())
 
 
 def classify_size(extent: float, width: int) -> str:

@@ -29,7 +29,7 @@ class TrainingCondition:
         self.pipe, self.data, self.device, self.dropout = pipe, data, device, dropout
         self.conditioner = getattr(pipe, "conditioner", None)
         self.spatial = getattr(pipe, "spatial", None)
-        self.is_text = self.conditioner is not None and hasattr(self.conditioner, "unknown_words")
+        self.is_text = self.conditioner is not None and self.conditioner.kind == "text"
         self.cache: tuple[torch.Tensor, torch.Tensor, dict[str, int]] | None = None
         if (
             self.conditioner is not None

@@ -278,6 +278,7 @@ def train_diffusion(args: Any) -> Path:
             pipe.schedule,
             prediction_type=recipe.prediction_type,
             model_kwargs=kwargs,
+            snr_gamma=args.snr_gamma,
         )
         return loss, {}
 

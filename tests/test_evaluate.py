@@ -1,0 +1,87 @@
+"""The evaluator (zoo/evaluate.py) as a measuring instrument: strict shape reading, the clean share, same-seed
+agreement between samplers, the conditioner's kind, and one end-to-end run over all three samplers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import zoo
+from zoo import evaluate
+from zoo.data.analyser import analyse, clean_fraction
+from zoo.data.shapes import PALETTE, Attributes, pregenerate, render
+
+
+def canvas(box: tuple[int, int, int, int], colour: str = "red", background: str = "blue") -> np.ndarray:
+    """A uint8 (64, 64, 3) image: one axis-aligned rectangle (y0, y1, x0, x1) of `colour` on `background`."""
+    image = np.empty((64, 64, 3), np.uint8)
+    image[:] = PALETTE[background]
+    y0, y1, x0, x1 = box
+    image[y0:y1, x0:x1] = PALETTE[colour]
+    return image
+
+
+def test_a_dataset_shape_is_read_right_with_a_tight_template_fit():
+    for shape in ("circle", "square", "triangle"):
+        image = render(Attributes(shape, "red", "blue", "small", "top left"))[0]
+        judged = evaluate.judge(image, {"shape": shape, "colour": "red", "position": "top left"})
+        assert all(judged["right"].values()), (shape, judged)
+        assert judged["iou"] >= 0.93 and judged["clean"] >= 0.97
+
+
+def test_a_wobbly_square_that_the_lenient_reading_accepts_is_not_counted():
+    image = canvas((20, 34, 20, 39))  # 19 x 14: the analyser's best template is the square, IoU 0.79 < 0.85
+    assert analyse(image).shape == "square"
+    judged = evaluate.judge(image, {"shape": "square", "colour": "red"})
+    assert judged["right"] == {"shape": False, "colour": True}
+    assert 0.75 < judged["iou"] < evaluate.SHAPE_IOU
+
+
+def test_clean_share_separates_palette_images_from_textures():
+    data = pregenerate(32, seed=3, split="all", uint8=True)["images"]
+    shares = [clean_fraction(image.permute(1, 2, 0).numpy()) for image in data]
+    assert min(shares) >= 0.96
+    texture = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    assert clean_fraction(texture) < 0.2
+    blurred = Image.fromarray(canvas((10, 50, 10, 50))).resize((8, 8)).resize((64, 64), Image.BILINEAR)
+    assert clean_fraction(blurred) < clean_fraction(canvas((10, 50, 10, 50))) - 0.1
+
+
+def test_agreement_counts_same_layouts_only():
+    a = [canvas((10, 26, 10, 26)), canvas((36, 52, 36, 52)), canvas((10, 26, 10, 26), colour="green")]
+    same = [x.copy() for x in a]
+    moved = [canvas((36, 52, 36, 52)), canvas((37, 53, 36, 52)), canvas((10, 26, 10, 26), colour="yellow")]
+    assert evaluate.agreement(a, same) == 1.0
+    assert evaluate.agreement(a, moved) == pytest.approx(1 / 3)  # a one-pixel shift still agrees; colour does not
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("ldm-clip-kl", "text"), ("ldm-bert-vq", "text"), ("ldm-class-kl", "class"), ("ldm-seg-kl", "seg")],
+)
+def test_condition_kind_comes_from_the_conditioner_kind(name, kind):
+    pipe = zoo.build(name, tiny=True, pretrained=False, device="cpu")
+    assert evaluate.condition_kind(pipe) == kind
+    todo = evaluate.jobs(pipe, "seen", 3)
+    if kind == "class":  # integer labels, as the class conditioner takes them
+        assert all(isinstance(kwargs["prompt"], int) and set(wanted) == {"shape", "colour"} for kwargs, wanted in todo)
+    assert evaluate.condition_kind(zoo.build("ddpm-cosine", tiny=True, pretrained=False, device="cpu")) is None
+
+
+def test_every_sampler_is_measured_and_ddim_and_dpmpp_are_compared(monkeypatch):
+    torch.set_num_threads(1)
+    for slow in ("reconstruction", "clip_zero_shot"):  # measured on their own, not here
+        monkeypatch.setattr(evaluate, slow, lambda *args, **kwargs: None)
+    monkeypatch.setattr(evaluate, "seconds_per_image", lambda pipe, **settings: 0.5)
+    result = evaluate.evaluate("ldm-clip-kl", prompts=2, steps=2, all_samplers=True)
+    assert [e["sampler"] for e in result["by_sampler"]] == ["ddpm", "ddim", "dpmpp"]
+    assert result["sampler"] == "ddpm" and result["adherence_seen"] == result["by_sampler"][0]["adherence_seen"]
+    for entry in result["by_sampler"]:
+        for split in ("seen", "heldout"):
+            table = entry[f"adherence_{split}"]
+            assert table["count"] == 2 and 0 <= table["template_iou"] <= 1 and 0 <= table["clean"] <= 1
+    assert set(result["ddim_dpmpp_agreement"]) == {"seen", "heldout"}
+    text = evaluate.table(result)
+    assert "dpmpp 2: seen pairs (n=2)" in text and "template_iou" in text and "same-seed agreement" in text
