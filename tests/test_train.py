@@ -175,3 +175,61 @@ def test_pixel_pipeline_trains(runs):
 def test_a_latent_pipeline_without_its_autoencoder_is_refused(runs):
     with pytest.raises(SystemExit, match="pass --autoencoder"):
         train_diffusion(runs, "ldm-bert-vq")
+
+
+def test_latents_are_cached_per_autoencoder_and_reused(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    pipe = zoo.build("ldm-none-kl", tiny=True, pretrained=False, device="cpu")
+    images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
+    first = stages.encode_all(pipe, images, torch.device("cpu"), tmp_path)
+    assert [f.name.startswith("latents-") for f in tmp_path.iterdir()] == [True]
+    monkeypatch.setattr(pipe.autoencoder, "encode", lambda x: pytest.fail("the cache was not used"))
+    torch.testing.assert_close(stages.encode_all(pipe, images, torch.device("cpu"), tmp_path), first, rtol=0, atol=0)
+    monkeypatch.undo()
+    with torch.no_grad():
+        next(pipe.autoencoder.parameters()).add_(0.1)  # another autoencoder: another cache entry
+    stages.encode_all(pipe, images, torch.device("cpu"), tmp_path)
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_an_interrupted_export_leaves_the_previous_weights_whole(tmp_path, monkeypatch):
+    import zoo.train.export as export_module
+
+    run, to = tmp_path / "run", tmp_path / "weights"
+    for folder, value in ((run, 1.0), (to, 2.0)):
+        (folder / "unet").mkdir(parents=True)
+        (folder / "recipe.json").write_text("{}")
+        export_module.save_file({"w": torch.full((3,), value)}, folder / "unet" / "model.safetensors")
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        main(["export", "--run", str(run), "--to", str(to)])
+    assert load_file(to / "unet" / "model.safetensors")["w"].tolist() == [2.0, 2.0, 2.0]
+    monkeypatch.undo()
+    main(["export", "--run", str(run), "--to", str(to)])  # the leftover staging folder is cleared first
+    exported = load_file(to / "unet" / "model.safetensors")["w"]
+    assert exported.dtype == torch.float16 and exported.tolist() == [1.0, 1.0, 1.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "weights"]
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu"])
+def test_the_plan_trains_every_shipped_model_after_the_parts_it_needs(preset):
+    from zoo.train import plan
+
+    entries = plan.commands("runs", preset=preset)
+    names = [name for name, _, _ in entries]
+    for position, (name, argv, needs) in enumerate(entries):
+        assert all(names.index(n) < position for n in needs), (name, needs)
+        for flag in ("--autoencoder", "--conditioner"):
+            if flag in argv:  # the folder it reads is written by a stage it waits for
+                stage = argv[argv.index(flag) + 1].split("/")[1]
+                assert stage in needs, (name, flag, stage)
+    trained = set(plan.LATENT) | (set(plan.PIXEL) if preset == "gpu" else set())
+    assert trained <= set(names) and {f"export {n}" for n in trained} <= set(names)
+    if preset == "cpu":  # the parts come from the embedded weights, which ship with the package
+        for name, src in plan.EMBEDDED_PARTS.items():
+            assert (Path(zoo.__file__).parent / "weights" / src / "config.json").is_file()
+            assert names.index(name) < names.index("ldm-clip-kl")
