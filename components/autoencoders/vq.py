@@ -23,7 +23,7 @@ from components.autoencoders.blocks import (
     check_float,
     check_int,
 )
-from zoo.registry import AUTOENCODERS
+from components.registry import AUTOENCODERS
 
 TINY = {"base_channels": 8, "norm_groups": 4, "num_embeddings": 16}
 

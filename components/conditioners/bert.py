@@ -15,7 +15,7 @@ from transformers import BertConfig, BertModel
 from components.conditioners.base import TextConditioner
 from components.conditioners.clip import check_heads
 from components.conditioners.tokenizer import build_tokenizer
-from zoo.registry import CONDITIONERS
+from components.registry import CONDITIONERS
 
 
 class BERTConditioner(TextConditioner):

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from components.base import Config, HubModule
-from zoo.registry import CONDITIONERS
+from components.registry import CONDITIONERS
 
 
 @dataclasses.dataclass(frozen=True)

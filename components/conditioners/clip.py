@@ -14,7 +14,7 @@ from transformers import CLIPModel, CLIPTextConfig, CLIPTextModel, PreTrainedTok
 
 from components.conditioners.base import TextConditioner
 from components.conditioners.tokenizer import build_tokenizer
-from zoo.registry import CONDITIONERS
+from components.registry import CONDITIONERS
 
 
 class CLIPTextConditioner(TextConditioner):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from components.base import Config, HubModule
-from zoo.registry import CONDITIONERS
+from components.registry import CONDITIONERS
 
 # Label 0 is the background (black), then distinct colours (Trubetskoy's list), one per label.
 DEFAULT_PALETTE = (

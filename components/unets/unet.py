@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.base import Config, HubModule
+from components.registry import UNETS
 from components.unets.blocks import (
     RESNET_EPS,
     Downsample,
@@ -35,7 +36,6 @@ from components.unets.blocks import (
     timestep_embedding,
     zero_,
 )
-from zoo.registry import UNETS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """What pixel and latent pipelines share: devices, seeds, image conversion, the sampling call, saving.
 
 The sampling loop itself lives in the samplers (components/samplers), one function per method, which the
-pipelines call with a `model(x_t, t)` closure; this keeps process, network and pipeline separate.
+pipelines call with a `Denoiser` (the network under its parameterisation, guided) on a timestep grid built
+here once from the recipe; this keeps process, network and pipeline separate.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,14 @@ import torch
 from PIL import Image
 from torch import nn
 
+from components.registry import SAMPLERS
+from components.samplers.common import Callback, Grid, Sampler
+from components.samplers.denoiser import Denoiser
+from components.validation import require_int
 from zoo.recipes import Recipe
-from zoo.registry import SAMPLERS
 
 logger = logging.getLogger(__name__)
 
-Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
 MAX_SEED = 2**63 - 1
 MAX_IMAGES = 16
 
@@ -52,17 +55,11 @@ def check_seed(seed: int | None) -> int:
     """A seed for torch's CPU generator; None draws a fresh one (returned, so it can be shown and reused)."""
     if seed is None:
         return random.randrange(MAX_SEED)
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
-    if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be in [0, 2**63 - 1], got {seed}")
-    return int(seed)
+    return require_int("seed", seed, minimum=0, maximum=MAX_SEED, why="2**63 - 1, torch's largest seed")
 
 
 def check_num_images(num_images: int) -> int:
-    if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= MAX_IMAGES:
-        raise ValueError(f"num_images must be an integer in [1, {MAX_IMAGES}], got {num_images!r}")
-    return num_images
+    return require_int("num_images", num_images, minimum=1, maximum=MAX_IMAGES)
 
 
 def to_tensor(image: Any, size: int | None = None) -> torch.Tensor:
@@ -151,17 +148,11 @@ class Pipeline:
         return self
 
     def check_steps(self, steps: int) -> int:
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.num_timesteps:
-            raise ValueError(
-                f"steps must be an integer in [1, {self.num_timesteps}] (the schedule's T), got {steps!r}"
-            )
-        return steps
+        return require_int("steps", steps, minimum=1, maximum=self.num_timesteps, why="the schedule's T")
 
     def check_t(self, t: int) -> int:
         """Forward-noise time in the paper's convention: t = 0 is the clean image, t = T the last step."""
-        if isinstance(t, bool) or not isinstance(t, int | np.integer) or not 0 <= t <= self.num_timesteps:
-            raise ValueError(f"t must be an integer in [0, {self.num_timesteps}], got {t!r}")
-        return int(t)
+        return require_int("t", t, minimum=0, maximum=self.num_timesteps, why="0 the image, T pure noise")
 
     def noise(self, shape: Sequence[int], seed: int) -> tuple[torch.Tensor, torch.Generator]:
         """Starting noise from a CPU generator seeded per call (the same image on every device), then moved."""
@@ -176,33 +167,31 @@ class Pipeline:
         index = torch.full((x0.shape[0],), t - 1, dtype=torch.long, device=self.device)  # 0-based index
         return self.schedule.q_sample(x0, index, eps)
 
+    def grid(self, sampler: Sampler, steps: int) -> Grid:
+        """The timestep grid `sampler` visits in `steps` steps, placed as the recipe says (spacing, offset, where
+        the last step lands); img2img starts from its last entries (`grid[-k:]`)."""
+        return sampler.grid(
+            self.schedule,
+            self.check_steps(steps),
+            spacing=self.recipe.timestep_spacing,
+            offset=self.recipe.steps_offset,
+            set_alpha_to_one=self.recipe.set_alpha_to_one,
+        )
+
     @torch.no_grad()
     def sample(
         self,
-        model: Callable,
+        denoiser: Denoiser,
         x_T: torch.Tensor,
         *,
         sampler: str,
         steps: int,
         generator: torch.Generator,
         callback: Callback | None,
-        clip_x0: float | None = None,
     ) -> torch.Tensor:
-        """Run the registered sampler `sampler` from x_T with the model closure."""
-        sample_fn = SAMPLERS.get(sampler)
-        return sample_fn(
-            model,
-            x_T,
-            self.schedule,
-            steps=self.check_steps(steps),
-            prediction_type=self.recipe.prediction_type,
-            timestep_spacing=self.recipe.timestep_spacing,
-            steps_offset=self.recipe.steps_offset,
-            generator=generator,
-            callback=callback,
-            clip_x0=clip_x0,
-            **({"set_alpha_to_one": self.recipe.set_alpha_to_one} if sampler == "ddim" else {}),
-        )
+        """Run the registered sampler `sampler` from x_T on its grid of `steps` steps."""
+        chosen = SAMPLERS.build(sampler)
+        return chosen.sample(denoiser, x_T, self.grid(chosen, steps), generator=generator, callback=callback)
 
     # Saving: the Hub layout, one subfolder per component plus recipe.json.
     def save_pretrained(self, folder: str | Path) -> Path:
