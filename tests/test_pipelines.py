@@ -13,8 +13,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import zoo
-from zoo.build import WEIGHTS_ROOT, IncompatiblePartsError
+from zoo.assembly import IncompatiblePartsError
 from zoo.data.shapes import Attributes, render
+from zoo.pipeline_io import WEIGHTS_ROOT
 from zoo.registry import PIPELINES, UnknownNameError
 
 zoo.available()  # fills the registries

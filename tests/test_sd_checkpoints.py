@@ -234,7 +234,7 @@ def test_our_save_pretrained_reloads_into_diffusers_and_into_the_zoo(saved, tmp_
 def test_only_sd_style_pipelines_save_in_diffusers_layout(tmp_path):
     zoo_trained = zoo.build("ldm-clip-kl", tiny=True, device="cpu")
     with pytest.raises(ValueError, match="unmasked CLIP"):
-        dl.save_diffusers(zoo_trained, tmp_path)
+        dl.write_diffusers(zoo_trained, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------- devices
@@ -343,4 +343,4 @@ def test_a_broken_folder_gets_an_error_that_names_the_problem(v1, tmp_path, brea
     else:
         shutil.rmtree(root / "tokenizer")
     with pytest.raises(WeightsError, match=message):
-        dl.load_diffusers(root, device="cpu")
+        dl.read_diffusers(root)

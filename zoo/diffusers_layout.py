@@ -1,4 +1,7 @@
-"""Stable Diffusion checkpoints in diffusers' folder layout, served by the zoo's own components (and written back).
+"""Stable Diffusion checkpoints in diffusers' folder layout, read into the zoo's own components (and written back).
+
+A file format only: `read_diffusers` returns (recipe, parts) and `write_diffusers` writes a pipeline's parts;
+zoo/pipeline_io.py chooses the layout and zoo/assembly.py makes the pipeline.
 
 The layout (what diffusers' StableDiffusionPipeline.save_pretrained writes, and what Hub repos such as
 stable-diffusion-v1-5/stable-diffusion-v1-5 hold):
@@ -32,7 +35,6 @@ from components.base import WeightsError
 from components.conditioners.clip import CLIPTextConditioner
 from components.unets import diffusers_compat as unet_compat
 from components.unets.unet import UNet
-from zoo.pipelines.latent import LatentPipeline
 from zoo.recipes import Part, Recipe
 from zoo.registry import AUTOENCODERS, SCHEDULES
 
@@ -232,16 +234,15 @@ def scheduler_settings(root: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- the pipeline
-def load_diffusers(
+def read_diffusers(
     source: str | Path,
     *,
     name: str | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | str | None = None,
     variant: str | None = None,
     **hub_kwargs: Any,
-) -> LatentPipeline:
-    """A StableDiffusionPipeline folder (or Hub repo id) as a zoo LatentPipeline made of our own components."""
+) -> tuple[Recipe, dict[str, Any]]:
+    """A StableDiffusionPipeline folder (or Hub repo id) as a recipe and the zoo's own components, loaded;
+    zoo.assembly.assemble checks they fit and makes the pipeline."""
     root = resolve(source, variant=variant, **hub_kwargs)
     check_model_index(root)
     settings = scheduler_settings(root)
@@ -252,13 +253,8 @@ def load_diffusers(
         "conditioner": load_text_encoder(root, variant),
     }
     chosen = recipe_for(root, source, name, parts, settings)
-    from zoo.build import check_compatible  # zoo.build routes folders here: imported late, no cycle
-
-    check_compatible(chosen, parts)
-    pipeline = LatentPipeline(chosen, parts, device=device, dtype=dtype)
-    pipeline.pretrained = True
-    logger.info("loaded %s from %s (diffusers layout)", chosen.name, root)
-    return pipeline
+    logger.info("read %s from %s (diffusers layout)", chosen.name, root)
+    return chosen, parts
 
 
 def recipe_for(root: Path, source: str | Path, name: str | None, parts: dict, settings: dict) -> Recipe:
@@ -302,7 +298,7 @@ def clip_kwargs(text_config: Any) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------------- writing
-def save_diffusers(pipeline: LatentPipeline, folder: str | Path) -> Path:
+def write_diffusers(pipeline: Any, folder: str | Path) -> Path:
     """Write `pipeline` in diffusers' StableDiffusionPipeline layout (loadable by diffusers and by zoo.build),
     plus recipe.json with the zoo's sampling defaults. Needs SD's unmasked CLIP conditioner and a KL autoencoder:
     a zoo-trained CLIP conditioner masks padding, which diffusers' pipeline does not, so its images would differ."""
@@ -423,7 +419,7 @@ def vae_config_to_diffusers(config: AutoencoderKLConfig) -> dict[str, Any]:
     }
 
 
-def scheduler_config(pipeline: LatentPipeline) -> dict[str, Any]:
+def scheduler_config(pipeline: Any) -> dict[str, Any]:
     """A DDIMScheduler config of the pipeline's schedule (its first and last beta) and sampling settings."""
     names = {ours: theirs for theirs, ours in BETA_SCHEDULES.items()}
     predictions = {ours: theirs for theirs, ours in PREDICTION_TYPES.items()}
@@ -443,7 +439,7 @@ def scheduler_config(pipeline: LatentPipeline) -> dict[str, Any]:
     }
 
 
-def model_index(pipeline: LatentPipeline) -> dict[str, Any]:
+def model_index(pipeline: Any) -> dict[str, Any]:
     return {
         "_class_name": PIPELINE_CLASSES[0],
         "_diffusers_version": diffusers_version(),

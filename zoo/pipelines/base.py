@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import random
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from components.registry import SAMPLERS
 from components.samplers.common import Callback, Grid, Sampler
 from components.samplers.denoiser import Denoiser
 from components.validation import require_int
+from zoo import pipeline_io
 from zoo.recipes import Recipe
 
 logger = logging.getLogger(__name__)
@@ -193,30 +193,14 @@ class Pipeline:
         chosen = SAMPLERS.build(sampler)
         return chosen.sample(denoiser, x_T, self.grid(chosen, steps), generator=generator, callback=callback)
 
-    # Saving: the Hub layout, one subfolder per component plus recipe.json.
+    # Saving: zoo/pipeline_io.py knows the layouts; the pipeline only hands itself over.
     def save_pretrained(self, folder: str | Path) -> Path:
         """recipe.json + one Hub-layout folder per part; a "diffusers"-layout recipe writes diffusers' layout."""
-        if self.recipe.layout == "diffusers":
-            from zoo.diffusers_layout import save_diffusers
-
-            return save_diffusers(self, folder)
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "recipe.json").write_text(self.recipe.to_json())
-        for role, module in self.modules().items():
-            module.save_pretrained(folder / role)
-        return folder
+        return pipeline_io.save(self, folder)
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
         """Save to a temporary folder and upload it with huggingface_hub; returns the commit URL."""
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message="Upload Diffusion Zoo pipeline")
-        return str(info)
+        return pipeline_io.push_to_hub(self, repo_id, private=private, token=token)
 
     def __repr__(self) -> str:
         weights = "trained" if self.pretrained else "random"
