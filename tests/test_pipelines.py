@@ -255,33 +255,33 @@ def test_forward_noise_at_t0_returns_the_image():
 
 
 def test_forward_noise_pixels_have_the_closed_forms_mean_and_variance():
-    """DDPM Eq. 4 read back from PNG pixels: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps. Paper's t = 3 is the
-    schedule's 0-based index 2. Grey levels 96 / 160 and a std of 0.17 keep clamping at [-1, 1] over 4 sigma away;
-    the uint8 rounding adds (2/255)^2 / 12 = 5e-6 of variance, negligible against 1 - abar_t = 0.03."""
+    """DDPM Eq. 4 read back from PNG pixels: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps. Paper's t = 3
+    is the schedule's 0-based index 2. Grey levels 96 / 160 and a std of 0.17 keep clamping at [-1, 1] over 4 sigma
+    away; the uint8 rounding adds (2/255)^2 / 12 = 5e-6 of variance, negligible against 1 - alpha_bar_t = 0.03."""
     pipe = tiny("ddpm-linear", randomise=False)
-    t, abar = 3, float(pipe.scheduler.alphas_cumprod[2])
+    t, alpha_cumprod = 3, float(pipe.scheduler.alphas_cumprod[2])
     x_t = np.stack(
         [np.asarray(pipe.forward_noise(two_halves(96, 160), t, seed=s)) / 127.5 - 1 for s in range(16)]
     )  # (16, 64, 64, 3) in [-1, 1]
     for half, level in ((x_t[:, :, :32], 96), (x_t[:, :, 32:], 160)):
         x0 = level / 127.5 - 1
-        standard_error = (1 - abar) ** 0.5 / half.size**0.5
-        assert abs(half.mean() - abar**0.5 * x0) < 4 * standard_error
-        assert half.var() == pytest.approx(1 - abar, rel=0.03)
+        standard_error = (1 - alpha_cumprod) ** 0.5 / half.size**0.5
+        assert abs(half.mean() - alpha_cumprod**0.5 * x0) < 4 * standard_error
+        assert half.var() == pytest.approx(1 - alpha_cumprod, rel=0.03)
     neighbours = [float(1 - pipe.scheduler.alphas_cumprod[i]) for i in (1, 3)]  # t = 2 and t = 4 would fail
     assert all(abs(x_t[:, :, :32].var() / v - 1) > 0.3 for v in neighbours)
 
 
 def test_closed_form_tensor_statistics_over_many_seeds():
-    """Per element over 400 seeds at t = T/2: mean sqrt(abar_t) x_0, variance 1 - abar_t (DDPM Eq. 4)."""
+    """Per element over 400 seeds at t = T/2: mean sqrt(alpha_bar_t) x_0, variance 1 - alpha_bar_t (DDPM Eq. 4)."""
     pipe = tiny("ddpm-cosine", randomise=False)
     t = pipe.num_timesteps // 2
-    abar = float(pipe.scheduler.alphas_cumprod[t - 1])
+    alpha_cumprod = float(pipe.scheduler.alphas_cumprod[t - 1])
     x0 = torch.linspace(-0.9, 0.9, 3 * 8 * 8).reshape(1, 3, 8, 8)
     x_t = torch.cat([pipe.closed_form(x0, t, seed) for seed in range(400)]).double()
-    tolerance = 4 * ((1 - abar) / 400) ** 0.5
-    assert (x_t.mean(0) - abar**0.5 * x0[0]).abs().max() < tolerance
-    assert x_t.var(0).mean().item() == pytest.approx(1 - abar, rel=0.05)
+    tolerance = 4 * ((1 - alpha_cumprod) / 400) ** 0.5
+    assert (x_t.mean(0) - alpha_cumprod**0.5 * x0[0]).abs().max() < tolerance
+    assert x_t.var(0).mean().item() == pytest.approx(1 - alpha_cumprod, rel=0.05)
     assert torch.equal(pipe.closed_form(x0, t, 7), pipe.closed_form(x0, t, 7))  # seeded
 
 
@@ -312,7 +312,7 @@ def test_scheduler_exposes_the_schedule():
     pipe = tiny("ddpm-linear", randomise=False)
     s = pipe.scheduler
     assert s is pipe.schedule and s.num_timesteps == pipe.num_timesteps == 50
-    torch.testing.assert_close(s.alphas_cumprod, torch.cumprod(1 - s.betas, 0))  # abar_t = prod(1 - beta_s)
+    torch.testing.assert_close(s.alphas_cumprod, torch.cumprod(1 - s.betas, 0))  # alpha_bar_t = prod(1 - beta_s)
     assert s.betas.dtype == torch.float64 and bool((s.alphas_cumprod.diff() < 0).all())
 
 

@@ -108,8 +108,8 @@ def test_one_ddpm_step_equals_diffusers(prediction_type):
     expected = oracle.step(out, t, x, generator=torch.Generator().manual_seed(5)).prev_sample
     _, x0 = sched.split_prediction(out, x, t, prediction_type)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
-    abar = sched.alphas_cumprod
-    got = ddpm_step(x0, x, float(abar[t]), float(abar[t_prev]), noise)
+    alphas_cumprod = sched.alphas_cumprod
+    got = ddpm_step(x0, x, float(alphas_cumprod[t]), float(alphas_cumprod[t_prev]), noise)
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
 
 
@@ -123,10 +123,11 @@ def test_one_ddim_step_equals_diffusers(prediction_type, eta):
     out, noise = toy_model(x, torch.full((2,), t)), torch.randn_like(x)
     expected = oracle.step(out, t, x, eta=eta, variance_noise=noise if eta else None).prev_sample
     eps, x0 = sched.split_prediction(out, x, t, prediction_type)
-    abar_t, abar_prev = float(sched.alphas_cumprod[t]), float(sched.alphas_cumprod[t_prev])
-    got = ddim_step(x0, eps, abar_prev, ddim_sigma(abar_t, abar_prev, eta), noise if eta else None)
+    alpha_cumprod_t, alpha_cumprod_prev = float(sched.alphas_cumprod[t]), float(sched.alphas_cumprod[t_prev])
+    sigma = ddim_sigma(alpha_cumprod_t, alpha_cumprod_prev, eta)
+    got = ddim_step(x0, eps, alpha_cumprod_prev, sigma, noise if eta else None)
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
-    noiseless = ddim_step(x0, eps, abar_prev, ddim_sigma(abar_t, abar_prev, eta), None)
+    noiseless = ddim_step(x0, eps, alpha_cumprod_prev, sigma, None)
     assert ((got - noiseless).abs().max() > 0.01) == (eta > 0)  # eta > 0 really injects the noise
 
 

@@ -44,7 +44,7 @@ MODEL_INDEX = "model_index.json"
 PIPELINE_CLASSES = ("StableDiffusionPipeline",)
 MODEL_WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
-PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}  # diffusers' name -> ours
+DIFFUSERS_PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}  # diffusers' name -> ours
 BETA_SCHEDULES = {"scaled_linear": "scaled-linear", "linear": "linear"}  # diffusers' name -> our schedule
 # Scheduler options that change the process itself: the values under which our schedules and samplers agree.
 SCHEDULER_NO_OPS = {"trained_betas": (None,), "rescale_betas_zero_snr": (False,), "thresholding": (False,)}
@@ -215,10 +215,10 @@ def scheduler_settings(root: Path) -> dict[str, Any]:
             raise DiffusersLayoutError(f"{path}: {key}={config[key]!r} is not supported (only {allowed[0]!r})")
     beta_schedule = config.get("beta_schedule", "linear")
     prediction = config.get("prediction_type", "epsilon")
-    if beta_schedule not in BETA_SCHEDULES or prediction not in PREDICTION_TYPES:
+    if beta_schedule not in BETA_SCHEDULES or prediction not in DIFFUSERS_PREDICTION_TYPES:
         raise DiffusersLayoutError(
             f"{path}: beta_schedule={beta_schedule!r}, prediction_type={prediction!r}; supported: beta_schedule in "
-            f"{sorted(BETA_SCHEDULES)}, prediction_type in {sorted(PREDICTION_TYPES)}"
+            f"{sorted(BETA_SCHEDULES)}, prediction_type in {sorted(DIFFUSERS_PREDICTION_TYPES)}"
         )
     if beta_schedule == "linear" and config.get("num_train_timesteps", 1000) != 1000:
         raise DiffusersLayoutError(f"{path}: a 'linear' beta_schedule needs num_train_timesteps=1000 (ours rescales)")
@@ -226,7 +226,7 @@ def scheduler_settings(root: Path) -> dict[str, Any]:
     kwargs.update({k: config[k] for k in ("beta_start", "beta_end") if k in config})
     return {
         "schedule": Part(BETA_SCHEDULES[beta_schedule], kwargs),
-        "prediction_type": PREDICTION_TYPES[prediction],
+        "prediction_type": DIFFUSERS_PREDICTION_TYPES[prediction],
         "timestep_spacing": config.get("timestep_spacing", "leading"),
         "steps_offset": config.get("steps_offset", 0),
         "set_alpha_to_one": bool(config.get("set_alpha_to_one", True)),
@@ -318,12 +318,12 @@ def write_diffusers(pipeline: Any, folder: str | Path) -> Path:
 
 
 def check_exportable(pipeline: Any) -> None:
-    if not isinstance(getattr(pipeline, "conditioner", None), UnmaskedCLIPTextConditioner):
+    if pipeline.recipe.kind != "latent" or not isinstance(pipeline.conditioner, UnmaskedCLIPTextConditioner):
         raise ValueError(
             "only a pipeline with Stable Diffusion's unmasked CLIP text encoder (loaded from a diffusers layout) "
             "saves in diffusers' layout; save others with the zoo's layout (recipe layout='zoo')"
         )
-    if not isinstance(pipeline.autoencoder, AutoencoderKL) or getattr(pipeline, "spatial", None) is not None:
+    if not isinstance(pipeline.autoencoder, AutoencoderKL) or pipeline.spatial is not None:
         raise ValueError("diffusers' StableDiffusionPipeline has a KL autoencoder and no concatenated map")
 
 
@@ -422,7 +422,7 @@ def vae_config_to_diffusers(config: AutoencoderKLConfig) -> dict[str, Any]:
 def scheduler_config(pipeline: Any) -> dict[str, Any]:
     """A DDIMScheduler config of the pipeline's schedule (its first and last beta) and sampling settings."""
     names = {ours: theirs for theirs, ours in BETA_SCHEDULES.items()}
-    predictions = {ours: theirs for theirs, ours in PREDICTION_TYPES.items()}
+    predictions = {ours: theirs for theirs, ours in DIFFUSERS_PREDICTION_TYPES.items()}
     recipe, betas = pipeline.recipe, pipeline.schedule.betas
     if recipe.schedule.name not in names:
         raise ValueError(f"the {recipe.schedule.name!r} schedule has no diffusers beta_schedule ({sorted(names)})")

@@ -20,6 +20,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from components.base import Config, HubModule
+from components.blocks import Upsample
+from components.validation import require_int
 
 logger = logging.getLogger(__name__)
 
@@ -77,17 +79,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Upsample(nn.Module):
-    """Double H and W: nearest-neighbour interpolation, then a 3x3 conv."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class MidBlock(nn.Module):
@@ -309,10 +300,11 @@ class AutoencoderConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in COUNT_KNOBS:
-            check_int(self, name, minimum=1)
-        if not self.channel_mult or not all(is_int(m) and m >= 1 for m in self.channel_mult):
+        self.check_ints(*COUNT_KNOBS, minimum=1)
+        if not self.channel_mult:
             raise ValueError(f"channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult!r}")
+        for m in self.channel_mult:
+            require_int(f"each {type(self).__name__}.channel_mult entry", m, minimum=1)
         if any(c % self.norm_groups for c in self.channels):
             raise ValueError(f"norm_groups={self.norm_groups} must divide each level width {self.channels}")
         if self.rec_loss not in REC_LOSSES:
@@ -398,17 +390,6 @@ class LatentAutoencoder(HubModule):
         return diff.abs().mean() if self.config.rec_loss == "l1" else diff.pow(2).mean()
 
 
-def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_int(config: Config, name: str, *, minimum: int) -> None:
-    """ValueError unless `config.<name>` is an int >= minimum."""
-    value = getattr(config, name)
-    if not is_int(value) or value < minimum:
-        raise ValueError(f"{type(config).__name__}.{name} must be an int >= {minimum}, got {value!r}")
-
-
 def check_float(config: Config, name: str, *, low: float, high: float, low_open: bool = False) -> None:
     """ValueError unless `config.<name>` is a real number in [low, high) (or (low, high) if `low_open`)."""
     value = getattr(config, name)
@@ -436,8 +417,7 @@ def estimate_scaling_factor(
     KL latents are the posterior means unless `sample` (LDM itself used one posterior sample); VQ latents are the
     pre-quantisation latents. The std is over every latent element, like LDM's `1 / z.flatten().std()`.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    require_int("batch_size", batch_size, minimum=1)
     autoencoder.check_images(images)
     z = torch.cat([autoencoder.encode(chunk, sample=sample).float() for chunk in images.split(batch_size)])
     std = float(z.flatten().std())

@@ -21,7 +21,6 @@ from components.autoencoders.blocks import (
     LatentAutoencoder,
     VectorQuantizer,
     check_float,
-    check_int,
 )
 from components.registry import AUTOENCODERS
 
@@ -37,7 +36,7 @@ class VQAutoencoderConfig(AutoencoderConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_int(self, "num_embeddings", minimum=2)
+        self.check_ints("num_embeddings", minimum=2)
         check_float(self, "beta", low=0.0, high=math.inf)
         check_float(self, "usage_decay", low=0.0, high=1.0)
         check_float(self, "dead_code_threshold", low=0.0, high=1.0)

@@ -90,6 +90,30 @@ def to_pil(x: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in array]  # (3, H, W) -> (H, W, 3)
 
 
+def image_grid(
+    images: Sequence[Image.Image],
+    columns: int | None = None,
+    *,
+    gap: int = 0,
+    background: str | tuple[int, int, int] = (128, 128, 128),
+) -> Image.Image:
+    """The images on one sheet, left to right in rows of `columns` (one row by default; columns=1 stacks them),
+    `gap` pixels apart; each cell is as wide as its column's widest image and as tall as its row's tallest."""
+    if not images:
+        raise ValueError("image_grid needs at least one image")
+    columns = require_int("columns", len(images) if columns is None else columns, minimum=1)
+    gap = require_int("gap", gap, minimum=0)
+    rows = [images[i : i + columns] for i in range(0, len(images), columns)]
+    widths = [max(row[c].width for row in rows if c < len(row)) for c in range(min(columns, len(images)))]
+    heights = [max(image.height for image in row) for row in rows]
+    size = (sum(widths) + gap * (len(widths) - 1), sum(heights) + gap * (len(heights) - 1))
+    sheet = Image.new("RGB", size, background)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            sheet.paste(image, (sum(widths[:c]) + gap * c, sum(heights[:r]) + gap * r))
+    return sheet
+
+
 class Pipeline:
     """A recipe's parts, assembled. Subclasses add `generate` and their own `forward_noise`."""
 
@@ -104,7 +128,7 @@ class Pipeline:
         self.schedule = parts["schedule"]
         self.unet: nn.Module = parts["unet"]
         self.pretrained = False  # set by the builder when trained weights were loaded
-        self.offloaded = False
+        self.offload_hooks: dict[str, Any] = {}  # role -> accelerate's offload hook (enable_model_cpu_offload)
         self.to(device or default_device(), dtype)
 
     @property
@@ -121,7 +145,7 @@ class Pipeline:
 
     def to(self, device: torch.device | str, dtype: torch.dtype | str | None = None) -> Pipeline:
         """Move every module to `device`; cast them to `dtype` when given (and the device supports it)."""
-        if self.offloaded:
+        if self.offload_hooks:
             raise ValueError("this pipeline uses model CPU offload (accelerate's hooks place each module): rebuild it")
         self.device = torch.device(device)
         self.dtype = check_dtype(dtype, self.device)
@@ -130,9 +154,9 @@ class Pipeline:
             module.eval()
         return self
 
-    def offload_order(self) -> list[nn.Module]:
-        """The modules in the order one generation calls them (each is moved in, the previous one out)."""
-        return [self.unet]
+    def offload_order(self) -> list[str]:
+        """The roles of the modules in the order one generation calls them (each moved in, the previous out)."""
+        return ["unet"]
 
     def enable_model_cpu_offload(self, device: torch.device | str | None = None) -> Pipeline:
         """Keep every module on the CPU and move each to `device` only while it runs (accelerate's cpu offload
@@ -140,11 +164,12 @@ class Pipeline:
         from accelerate import cpu_offload_with_hook
 
         execution = torch.device(device) if device is not None else default_device()
-        hook = None
-        for module in self.offload_order():
-            module.to("cpu")
-            _, hook = cpu_offload_with_hook(module, execution, prev_module_hook=hook)
-        self.device, self.offloaded = execution, True
+        hook, modules = None, self.modules()
+        for role in self.offload_order():
+            modules[role].to("cpu")
+            _, hook = cpu_offload_with_hook(modules[role], execution, prev_module_hook=hook)
+            self.offload_hooks[role] = hook
+        self.device = execution
         return self
 
     def check_steps(self, steps: int) -> int:
@@ -160,7 +185,7 @@ class Pipeline:
         return torch.randn(tuple(shape), generator=generator, dtype=self.dtype).to(self.device), generator
 
     def closed_form(self, x0: torch.Tensor, t: int, seed: int) -> torch.Tensor:
-        """x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), DDPM Eq. 4 (t = 0 returns x_0)."""
+        """x_t ~ q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I), DDPM Eq. 4 (t = 0 returns x_0)."""
         if t == 0:
             return x0
         eps, _ = self.noise(x0.shape, seed)

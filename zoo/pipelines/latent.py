@@ -46,8 +46,8 @@ class LatentPipeline(Pipeline):
             self.autoencoder.float()
         return self
 
-    def offload_order(self) -> list[nn.Module]:
-        return [m for m in (self.conditioner, self.spatial, self.unet, self.autoencoder) if m is not None]
+    def offload_order(self) -> list[str]:
+        return [role for role in ("conditioner", "spatial", "unet", "autoencoder") if role in self.modules()]
 
     def modules(self) -> dict[str, nn.Module]:
         found = {"unet": self.unet, "autoencoder": self.autoencoder}
@@ -95,14 +95,14 @@ class LatentPipeline(Pipeline):
     def autoencoder_input(self, x: torch.Tensor) -> torch.Tensor:
         """x on the autoencoder's device and dtype; with CPU offload its hook moves it in first (encode and
         decode are not `forward`, which is all the hook wraps: diffusers' apply_forward_hook does the same)."""
-        if (hook := getattr(self.autoencoder, "_hf_hook", None)) is not None:
-            hook.pre_forward(self.autoencoder)
+        if (hook := self.offload_hooks.get("autoencoder")) is not None:
+            hook.hook.pre_forward(self.autoencoder)  # accelerate's CpuOffload hook moves it in
         weight = next(self.autoencoder.parameters())
         return x.to(weight.device, weight.dtype)
 
     def unknown_words(self, prompt: str | None) -> list[str]:
         """Words of `prompt` the text conditioner does not know (empty for other conditioners)."""
-        if not prompt or self.conditioner is None or not hasattr(self.conditioner, "unknown_words"):
+        if not prompt or self.conditioner is None or self.conditioner.kind != "text":
             return []
         return self.conditioner.unknown_words([prompt])[0]
 
