@@ -112,25 +112,18 @@ class Level(nn.Module):
 
 # --------------------------------------------------------------------------------------------- encoder / decoder
 class Encoder(nn.Module):
-    """x (B, in, H, W) -> (B, out, H/f, W/f), f = 2**(len(channels)-1); `channels` are the levels' widths."""
+    """x (B, in, H, W) -> (B, out, H/f, W/f), f = 2**(len(channels)-1); `config.channels` are the levels' widths."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        channels: tuple[int, ...],
-        num_res_blocks: int,
-        groups: int,
-        attention: bool,
-    ):
+    def __init__(self, config: AutoencoderConfig, in_channels: int, out_channels: int):
         super().__init__()
+        channels, groups = config.channels, config.norm_groups
         self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
         last = len(channels) - 1
         self.down = nn.ModuleList(
-            Level(channels[max(i - 1, 0)], c, num_res_blocks, groups, Downsample(c) if i < last else None)
+            Level(channels[max(i - 1, 0)], c, config.num_res_blocks, groups, Downsample(c) if i < last else None)
             for i, c in enumerate(channels)
         )
-        self.mid = MidBlock(channels[-1], groups, attention)
+        self.mid = MidBlock(channels[-1], groups, config.mid_attention)
         self.norm_out = group_norm(channels[-1], groups)
         self.conv_out = nn.Conv2d(channels[-1], out_channels, 3, padding=1)
 
@@ -144,22 +137,14 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """z (B, in, h, w) -> (B, out, h*f, w*f); levels run deepest first, each with num_res_blocks + 1 resnets."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        channels: tuple[int, ...],
-        num_res_blocks: int,
-        groups: int,
-        attention: bool,
-    ):
+    def __init__(self, config: AutoencoderConfig, in_channels: int, out_channels: int):
         super().__init__()
-        widths = tuple(reversed(channels))
+        widths, groups = tuple(reversed(config.channels)), config.norm_groups
         last = len(widths) - 1
         self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
-        self.mid = MidBlock(widths[0], groups, attention)
+        self.mid = MidBlock(widths[0], groups, config.mid_attention)
         self.up = nn.ModuleList(
-            Level(widths[max(i - 1, 0)], c, num_res_blocks + 1, groups, Upsample(c) if i < last else None)
+            Level(widths[max(i - 1, 0)], c, config.num_res_blocks + 1, groups, Upsample(c) if i < last else None)
             for i, c in enumerate(widths)
         )
         self.norm_out = group_norm(widths[-1], groups)
@@ -362,11 +347,11 @@ class LatentAutoencoder(HubModule):
 
     def build_encoder(self, out_channels: int) -> Encoder:
         c = self.config
-        return Encoder(c.in_channels, out_channels, c.channels, c.num_res_blocks, c.norm_groups, c.mid_attention)
+        return Encoder(c, c.in_channels, out_channels)
 
     def build_decoder(self) -> Decoder:
         c = self.config
-        return Decoder(c.latent_channels, c.out_channels, c.channels, c.num_res_blocks, c.norm_groups, c.mid_attention)
+        return Decoder(c, c.latent_channels, c.out_channels)
 
     def check_images(self, x: Any) -> None:
         """Images must be a float (B, in_channels, H, W) tensor with H and W divisible by f."""

@@ -22,7 +22,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from components.schedulers.schedule import NoiseSchedule
 from components.validation import require_choice, require_int
@@ -126,7 +125,7 @@ class Sampler:
     implementation) and the loop that steps over them (`sample(denoiser, x, grid, *, generator, callback)`)."""
 
     name: str
-    sample: Callable[..., torch.Tensor]  # sample(denoiser, x, grid, *, generator=None, callback=None, progress=False)
+    sample: Callable[..., torch.Tensor]  # sample(denoiser, x, grid, *, generator=None, callback=None)
     grid: Callable[..., Grid]  # grid(schedule, steps, *, spacing, offset, set_alpha_to_one)
 
 
@@ -142,10 +141,11 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
 
-def steps_of(grid: Grid, progress: bool) -> Iterator[Step]:
+def steps_of(grid: Grid) -> Iterator[Step]:
+    """The grid's steps (progress is the callback's to report: the app's bar, a tqdm bar in a script)."""
     if not isinstance(grid, Grid):
         raise TypeError(f"grid must be a Grid (sampler.grid(schedule, steps, ...)), got {type(grid).__name__}")
-    return iter(tqdm(grid, total=len(grid), disable=not progress, desc="sampling"))
+    return iter(grid)
 
 
 def report(callback: Callback | None, step_index: int, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:

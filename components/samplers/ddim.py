@@ -6,6 +6,7 @@ import functools
 import math
 
 import torch
+from torch import Generator, Tensor
 
 from components.registry import SAMPLERS
 from components.samplers.common import Callback, Grid, Sampler, check_x, randn_like, report, spaced_grid, steps_of
@@ -30,18 +31,17 @@ def ddim_step(
 
 def sample_ddim(
     denoiser: Denoiser,
-    x: torch.Tensor,
+    x: Tensor,
     grid: Grid,
     *,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generator | None = None,
     callback: Callback | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
+) -> Tensor:
     """DDIM from x = x_T over the grid; eta scales the injected noise (0 deterministic, 1 ~ DDPM)."""
     check_x(x)
     eta = require_number("eta", eta, minimum=0, why="0 deterministic DDIM, 1 DDPM-like")
-    for step in steps_of(grid, progress):
+    for step in steps_of(grid):
         eps, x0 = denoiser(x, step.t)
         sigma = ddim_sigma(step.alpha_cumprod, step.alpha_cumprod_prev, eta)
         x = ddim_step(x0, eps, step.alpha_cumprod_prev, sigma, randn_like(x, generator) if sigma > 0 else None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Generator, Tensor
 
 from components.registry import SAMPLERS
 from components.samplers.common import Callback, Grid, Sampler, check_x, randn_like, report, spaced_grid, steps_of
@@ -37,17 +38,11 @@ def ddpm_step(
 
 
 def sample_ddpm(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    grid: Grid,
-    *,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
+    denoiser: Denoiser, x: Tensor, grid: Grid, *, generator: Generator | None = None, callback: Callback | None = None
+) -> Tensor:
     """DDPM Alg. 2 from x = x_T: at each step sample the posterior given the predicted x0; no noise at the last."""
     check_x(x)
-    for step in steps_of(grid, progress):
+    for step in steps_of(grid):
         _, x0 = denoiser(x, step.t)
         noise = None if step.last else randn_like(x, generator)
         x = ddpm_step(x0, x, step.alpha_cumprod, step.alpha_cumprod_prev, noise)

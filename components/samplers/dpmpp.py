@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 import torch
+from torch import Generator, Tensor
 
 from components.registry import SAMPLERS
 from components.samplers.common import Callback, Grid, Sampler, check_x, report, spaced_timesteps, steps_of
@@ -70,18 +71,12 @@ def dpm_grid(
 
 
 def sample_dpmpp(
-    denoiser: Denoiser,
-    x: torch.Tensor,
-    grid: Grid,
-    *,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
+    denoiser: Denoiser, x: Tensor, grid: Grid, *, generator: Generator | None = None, callback: Callback | None = None
+) -> Tensor:
     """DPM-Solver++(2M) from x = x_T; deterministic (the generator is accepted for the common signature, unused)."""
     check_x(x)
     x0_last, alpha_cumprod_last = None, None
-    for step in steps_of(grid, progress):
+    for step in steps_of(grid):
         _, x0 = denoiser(x, step.t)
         history = (None, None) if step.last else (x0_last, alpha_cumprod_last)  # last step: first order
         x = dpmpp_2m_step(x, x0, step.alpha_cumprod, step.alpha_cumprod_prev, *history)

@@ -26,17 +26,12 @@ SPACES = ("pixel", "latent")
 class LatentPipeline(Pipeline):
     """The Stable Diffusion shape of pipeline, at the zoo's size."""
 
-    def __init__(
-        self,
-        recipe: Recipe,
-        parts: dict[str, Any],
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | str | None = None,
-    ):
+    def __init__(self, recipe: Recipe, parts: dict[str, Any], **placement: Any):
+        """As Pipeline's (placement: device, dtype), plus the autoencoder and the optional conditioners."""
         self.autoencoder = parts["autoencoder"]
         self.conditioner = parts.get("conditioner")
         self.spatial = parts.get("spatial")
-        super().__init__(recipe, parts, device, dtype)
+        super().__init__(recipe, parts, **placement)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | str | None = None) -> LatentPipeline:
         """As Pipeline.to, but a float16 autoencoder stays in float32 (SD's VAE overflows in float16, which is
