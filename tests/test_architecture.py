@@ -1,5 +1,6 @@
 """The import graph of components/, zoo/ and the app: no circles, no import upward, the ground floor on the
-standard library, pipelines that know no file format, a library that never loads gradio.
+standard library, pipelines that know no file format, a library that never loads gradio, and
+ARCHITECTURE.md's worked examples run as written.
 
 Every `import` statement counts, at module level and inside functions (a late import hides a circle, it does
 not break it); only `if TYPE_CHECKING:` blocks, which never run, are left out.
@@ -191,3 +192,37 @@ def test_components_import_nothing_from_the_zoo():
 def test_imports_stay_cheap(code):
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def architecture_examples() -> list[tuple[str, str]]:
+    """The ```python blocks of ARCHITECTURE.md that follow a `<!-- example: NAME -->` line."""
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    examples = []
+    for chunk in text.split("<!-- example: ")[1:]:
+        name, rest = chunk.split(" -->", 1)
+        examples.append((name.strip(), rest.split("```python\n", 1)[1].split("```", 1)[0]))
+    return examples
+
+
+def test_architecture_md_has_a_worked_example_for_each_kind_of_part():
+    names = [name for name, _ in architecture_examples()]
+    assert names == ["schedule", "sampler", "unet", "autoencoder", "conditioner", "pipeline"]
+
+
+def test_architecture_md_examples_run_as_written():
+    """All six in one fresh interpreter (they register names, which must not leak into this process), each in
+    its own namespace, so an example that leans on another's imports fails."""
+    runner = "\n".join(
+        [
+            "import sys, torch, traceback",
+            "torch.set_num_threads(1)",
+            f"examples = {architecture_examples()!r}",
+            "for name, code in examples:",
+            "    try:",
+            "        exec(compile(code, f'ARCHITECTURE.md example {name}', 'exec'), {'__name__': f'example_{name}'})",
+            "    except Exception:",
+            "        print(f'example {name!r} failed', file=sys.stderr); traceback.print_exc(); sys.exit(1)",
+        ]
+    )
+    result = subprocess.run([sys.executable, "-c", runner], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
