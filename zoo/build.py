@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from zoo import catalog, pipeline_io
-from zoo.assembly import IncompatiblePartsError, assemble
-from zoo.pipeline_io import WEIGHTS_ROOT, embedded_weights
+from zoo.assembly import IncompatiblePartsError, assemble, check_compatible
+from zoo.pipeline_io import WEIGHTS_ROOT, component_class, embedded_weights
 from zoo.pipelines.base import Pipeline
 from zoo.recipes import REGISTRIES, Part, Recipe
 from zoo.registry import PIPELINES
@@ -32,8 +32,11 @@ __all__ = [
     "REGISTRIES",
     "WEIGHTS_ROOT",
     "IncompatiblePartsError",
+    "assemble",
     "available",
     "build",
+    "check_compatible",
+    "component_class",
     "embedded_weights",
     "load_pipeline",
     "recipe",
