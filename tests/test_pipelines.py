@@ -373,3 +373,19 @@ def test_the_prompt_and_the_map_reach_the_image():
     reference = pixels(pipe.generate(PROMPT, semantic_map=a_map("circle"), **base))
     assert np.abs(pixels(pipe.generate(OTHER_PROMPT, semantic_map=a_map("circle"), **base)) - reference).mean() > 0.5
     assert np.abs(pixels(pipe.generate(PROMPT, semantic_map=a_map("square"), **base)) - reference).mean() > 0.5
+
+
+def test_assemble_uses_the_given_parts_as_they_are_and_builds_the_rest():
+    """The one assembly: training hands it trained parts, the loaders all of them, zoo.build none."""
+    from zoo.assembly import assemble
+
+    recipe = zoo.recipe("ldm-class-kl")
+    first = assemble(recipe, tiny=True, device="cpu")
+    again = assemble(recipe, {"autoencoder": first.autoencoder}, tiny=True, device="cpu", pretrained=True)
+    assert again.autoencoder is first.autoencoder and again.unet is not first.unet and again.pretrained
+    assert type(again).__name__ == "LatentPipeline" and not first.pretrained
+    with pytest.raises(IncompatiblePartsError, match=r"parts \['spatial'\] have no role in the recipe"):
+        assemble(recipe, {"spatial": first.autoencoder}, tiny=True, device="cpu")
+    narrow = type(first.autoencoder)(first.autoencoder.config.replace(latent_channels=3))
+    with pytest.raises(IncompatiblePartsError, match="makes 3 latent channels"):  # a given part is checked too
+        assemble(recipe, {"autoencoder": narrow}, tiny=True, device="cpu")
