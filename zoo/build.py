@@ -11,7 +11,6 @@ zoo.build(weights="path/to/sd")               # a folder in diffusers' layout (m
 from __future__ import annotations
 
 import dataclasses
-import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,6 @@ from zoo.pipeline_io import WEIGHTS_ROOT, component_class, embedded_weights
 from zoo.pipelines.base import Pipeline
 from zoo.recipes import REGISTRIES, Part, Recipe
 from zoo.registry import PIPELINES
-
-logger = logging.getLogger(__name__)
 
 # Names the app and older scripts import from here; they live in zoo.assembly, zoo.pipeline_io, zoo.recipes.
 __all__ = [

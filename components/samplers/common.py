@@ -16,7 +16,6 @@ DDIM with set_alpha_to_one=False (diffusers' DDIMScheduler option). img2img star
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -25,8 +24,6 @@ import torch
 
 from components.schedulers.schedule import NoiseSchedule
 from components.validation import require_choice, require_int
-
-logger = logging.getLogger(__name__)
 
 # callback(step_index, x_t, x0_pred) after every step; a returned tensor replaces x_t (inpainting's blend), None
 # keeps it.
