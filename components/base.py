@@ -16,6 +16,8 @@ from typing import Any, Self
 from huggingface_hub import PyTorchModelHubMixin, snapshot_download
 from torch import nn
 
+from components.validation import require_int
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -33,6 +35,11 @@ class Config:
             value = getattr(self, f.name)
             if isinstance(value, list):
                 object.__setattr__(self, f.name, tuple(tuple(v) if isinstance(v, list) else v for v in value))
+
+    def check_ints(self, *names: str, minimum: int = 1) -> None:
+        """Each named field must be an integer >= minimum (the message names the config and the field)."""
+        for name in names:
+            require_int(f"{type(self).__name__}.{name}", getattr(self, name), minimum=minimum)
 
     def replace(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)

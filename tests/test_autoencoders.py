@@ -306,14 +306,14 @@ def test_bad_images_raise_clear_errors(make):
         (AutoencoderKLConfig, {"norm_groups": 3}, "norm_groups=3 must divide"),
         (AutoencoderKLConfig, {"channel_mult": ()}, "channel_mult"),
         (AutoencoderKLConfig, {"channel_mult": (1, 0)}, "channel_mult"),
-        (AutoencoderKLConfig, {"latent_channels": 0}, "latent_channels must be an int >= 1"),
-        (AutoencoderKLConfig, {"base_channels": 8.0}, "base_channels must be an int"),
+        (AutoencoderKLConfig, {"latent_channels": 0}, "KLConfig.latent_channels must be an integer >= 1, got 0"),
+        (AutoencoderKLConfig, {"base_channels": 8.0}, "base_channels must be an integer"),
         (AutoencoderKLConfig, {"rec_loss": "l3"}, "rec_loss must be one of"),
         (AutoencoderKLConfig, {"scaling_factor": 0.0}, r"scaling_factor must be a finite number in \(0.0"),
         (AutoencoderKLConfig, {"scaling_factor": float("nan")}, "scaling_factor"),
         (AutoencoderKLConfig, {"kl_weight": -1.0}, "kl_weight"),
         (AutoencoderKLConfig, {"mid_attention": "yes"}, "mid_attention must be a bool"),
-        (VQAutoencoderConfig, {"num_embeddings": 1}, "num_embeddings must be an int >= 2"),
+        (VQAutoencoderConfig, {"num_embeddings": 1}, "Config.num_embeddings must be an integer >= 2, got 1"),
         (VQAutoencoderConfig, {"beta": -0.1}, "beta"),
         (VQAutoencoderConfig, {"usage_decay": 1.0}, r"usage_decay must be a finite number in \[0.0, 1.0\)"),
         (VQAutoencoderConfig, {"dead_code_threshold": True}, "dead_code_threshold"),
@@ -331,7 +331,7 @@ def test_other_bad_inputs():
         vq_tiny().config = AutoencoderKLConfig(**TINY)
     with pytest.raises(ValueError, match="even channel count"):
         DiagonalGaussian(torch.zeros(1, 3, 2, 2))
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+    with pytest.raises(ValueError, match=r"batch_size must be an integer >= 1, got 0"):
         estimate_scaling_factor(kl_tiny(), images(2, 8), batch_size=0)
     with pytest.raises(TypeError, match="unexpected keyword"):
         AUTOENCODERS.build("kl-f4", tiny=True, latent_chanels=4)

@@ -13,8 +13,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import zoo
-from zoo.build import WEIGHTS_ROOT, IncompatiblePartsError
+from zoo.assembly import IncompatiblePartsError
 from zoo.data.shapes import Attributes, render
+from zoo.pipeline_io import WEIGHTS_ROOT
 from zoo.registry import PIPELINES, UnknownNameError
 
 zoo.available()  # fills the registries
@@ -198,8 +199,10 @@ def test_unknown_pipeline_name_raises_with_the_close_match():
         ({"steps": -1}, ValueError, r"steps must be an integer in \[1, 50\]"),
         ({"steps": 51}, ValueError, r"steps must be an integer in \[1, 50\] \(the schedule's T\), got 51"),
         ({"steps": 2.5}, ValueError, "steps must be an integer"),
-        ({"seed": -1}, ValueError, r"seed must be in \[0, 2\*\*63 - 1\], got -1"),
-        ({"seed": "7"}, TypeError, "seed must be an integer, got str"),
+        ({"seed": -1}, ValueError, r"seed must be an integer in \[0, 9223372036854775807\] \(2\*\*63 - 1.*got -1"),
+        ({"seed": "7"}, TypeError, r"seed must be an integer .*got '7' \(str\)"),
+        ({"seed": True}, TypeError, r"seed must be an integer .*got True \(bool\)"),
+        ({"num_images": np.int64(2), "steps": 51}, ValueError, r"steps must be an integer in \[1, 50\]"),
         ({"num_images": 0}, ValueError, r"num_images must be an integer in \[1, 16\], got 0"),
         ({"num_images": 17}, ValueError, r"num_images must be an integer in \[1, 16\], got 17"),
         ({"sampler": "ddimm"}, UnknownNameError, "unknown sampler 'ddimm'. Did you mean 'ddim'"),
@@ -213,7 +216,7 @@ def test_bad_generate_inputs_raise_clear_errors(name, change, error, message):
 
 @pytest.mark.parametrize("w", [-0.5, 30.5])
 def test_guidance_scale_out_of_range_raises(w):
-    with pytest.raises(ValueError, match=rf"guidance_scale must be in \[0, 30\], got {w}"):
+    with pytest.raises(ValueError, match=rf"guidance_scale must be a number in \[0, 30\], got {w}"):
         tiny("ldm-clip-kl", randomise=False).generate(PROMPT, guidance_scale=w, steps=STEPS, seed=0)
 
 
@@ -227,10 +230,10 @@ def test_a_map_conditioned_pipeline_without_a_map_raises():
 @pytest.mark.parametrize(
     ("image", "t", "kwargs", "error", "message"),
     [
-        ("image", -1, {}, ValueError, r"t must be an integer in \[0, 50\], got -1"),
-        ("image", 51, {}, ValueError, r"t must be an integer in \[0, 50\], got 51"),
+        ("image", -1, {}, ValueError, r"t must be an integer in \[0, 50\] \(0 the image, T pure noise\), got -1"),
+        ("image", 51, {}, ValueError, r"t must be an integer in \[0, 50\] \(0 the image, T pure noise\), got 51"),
         ("image", 1.5, {}, ValueError, r"t must be an integer in \[0, 50\]"),
-        ("image", 3, {"seed": -2}, ValueError, "seed must be in"),
+        ("image", 3, {"seed": -2}, ValueError, r"seed must be an integer in \[0, "),
         ("a cat.png", 3, {}, TypeError, "expected a PIL image, a uint8 array or an image tensor, got str"),
         (np.zeros((8, 8, 3), np.float32), 3, {}, ValueError, "an image array must be uint8"),
         (torch.zeros(1, 4, 8, 8), 3, {}, ValueError, r"an image tensor must be float \(3, H, W\)"),
@@ -252,33 +255,33 @@ def test_forward_noise_at_t0_returns_the_image():
 
 
 def test_forward_noise_pixels_have_the_closed_forms_mean_and_variance():
-    """DDPM Eq. 4 read back from PNG pixels: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps. Paper's t = 3 is the
-    schedule's 0-based index 2. Grey levels 96 / 160 and a std of 0.17 keep clamping at [-1, 1] over 4 sigma away;
-    the uint8 rounding adds (2/255)^2 / 12 = 5e-6 of variance, negligible against 1 - abar_t = 0.03."""
+    """DDPM Eq. 4 read back from PNG pixels: x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps. Paper's t = 3
+    is the schedule's 0-based index 2. Grey levels 96 / 160 and a std of 0.17 keep clamping at [-1, 1] over 4 sigma
+    away; the uint8 rounding adds (2/255)^2 / 12 = 5e-6 of variance, negligible against 1 - alpha_bar_t = 0.03."""
     pipe = tiny("ddpm-linear", randomise=False)
-    t, abar = 3, float(pipe.scheduler.alphas_cumprod[2])
+    t, alpha_cumprod = 3, float(pipe.scheduler.alphas_cumprod[2])
     x_t = np.stack(
         [np.asarray(pipe.forward_noise(two_halves(96, 160), t, seed=s)) / 127.5 - 1 for s in range(16)]
     )  # (16, 64, 64, 3) in [-1, 1]
     for half, level in ((x_t[:, :, :32], 96), (x_t[:, :, 32:], 160)):
         x0 = level / 127.5 - 1
-        standard_error = (1 - abar) ** 0.5 / half.size**0.5
-        assert abs(half.mean() - abar**0.5 * x0) < 4 * standard_error
-        assert half.var() == pytest.approx(1 - abar, rel=0.03)
+        standard_error = (1 - alpha_cumprod) ** 0.5 / half.size**0.5
+        assert abs(half.mean() - alpha_cumprod**0.5 * x0) < 4 * standard_error
+        assert half.var() == pytest.approx(1 - alpha_cumprod, rel=0.03)
     neighbours = [float(1 - pipe.scheduler.alphas_cumprod[i]) for i in (1, 3)]  # t = 2 and t = 4 would fail
     assert all(abs(x_t[:, :, :32].var() / v - 1) > 0.3 for v in neighbours)
 
 
 def test_closed_form_tensor_statistics_over_many_seeds():
-    """Per element over 400 seeds at t = T/2: mean sqrt(abar_t) x_0, variance 1 - abar_t (DDPM Eq. 4)."""
+    """Per element over 400 seeds at t = T/2: mean sqrt(alpha_bar_t) x_0, variance 1 - alpha_bar_t (DDPM Eq. 4)."""
     pipe = tiny("ddpm-cosine", randomise=False)
     t = pipe.num_timesteps // 2
-    abar = float(pipe.scheduler.alphas_cumprod[t - 1])
+    alpha_cumprod = float(pipe.scheduler.alphas_cumprod[t - 1])
     x0 = torch.linspace(-0.9, 0.9, 3 * 8 * 8).reshape(1, 3, 8, 8)
     x_t = torch.cat([pipe.closed_form(x0, t, seed) for seed in range(400)]).double()
-    tolerance = 4 * ((1 - abar) / 400) ** 0.5
-    assert (x_t.mean(0) - abar**0.5 * x0[0]).abs().max() < tolerance
-    assert x_t.var(0).mean().item() == pytest.approx(1 - abar, rel=0.05)
+    tolerance = 4 * ((1 - alpha_cumprod) / 400) ** 0.5
+    assert (x_t.mean(0) - alpha_cumprod**0.5 * x0[0]).abs().max() < tolerance
+    assert x_t.var(0).mean().item() == pytest.approx(1 - alpha_cumprod, rel=0.05)
     assert torch.equal(pipe.closed_form(x0, t, 7), pipe.closed_form(x0, t, 7))  # seeded
 
 
@@ -309,7 +312,7 @@ def test_scheduler_exposes_the_schedule():
     pipe = tiny("ddpm-linear", randomise=False)
     s = pipe.scheduler
     assert s is pipe.schedule and s.num_timesteps == pipe.num_timesteps == 50
-    torch.testing.assert_close(s.alphas_cumprod, torch.cumprod(1 - s.betas, 0))  # abar_t = prod(1 - beta_s)
+    torch.testing.assert_close(s.alphas_cumprod, torch.cumprod(1 - s.betas, 0))  # alpha_bar_t = prod(1 - beta_s)
     assert s.betas.dtype == torch.float64 and bool((s.alphas_cumprod.diff() < 0).all())
 
 
@@ -335,9 +338,13 @@ def test_guidance_at_w1_is_the_conditional_and_at_w0_the_unconditional_predictio
     with torch.no_grad():
         eps_cond, eps_uncond = pipe.unet(x_t, t, **cond), pipe.unet(x_t, t, **uncond)
         assert (eps_cond - eps_uncond).abs().mean() > 1e-2  # the U-Net reads the context, so the check can fail
-        torch.testing.assert_close(pipe.denoiser(cond, uncond, 1.0)(x_t, t), eps_cond)
-        torch.testing.assert_close(pipe.denoiser(cond, uncond, 0.0)(x_t, t), eps_uncond, atol=1e-5, rtol=1e-4)
-        guided = pipe.denoiser(cond, uncond, 3.0)(x_t, t)  # Ho & Salimans Eq. 6: eps_u + w (eps_c - eps_u)
+        torch.testing.assert_close(pipe.denoiser(cond, uncond, 1.0).network_output(x_t, t), eps_cond)
+        torch.testing.assert_close(
+            pipe.denoiser(cond, uncond, 0.0).network_output(x_t, t), eps_uncond, atol=1e-5, rtol=1e-4
+        )
+        guided = pipe.denoiser(cond, uncond, 3.0).network_output(
+            x_t, t
+        )  # Ho & Salimans Eq. 6: eps_u + w (eps_c - eps_u)
         torch.testing.assert_close(guided, eps_uncond + 3.0 * (eps_cond - eps_uncond), atol=1e-5, rtol=1e-4)
 
 
@@ -366,3 +373,19 @@ def test_the_prompt_and_the_map_reach_the_image():
     reference = pixels(pipe.generate(PROMPT, semantic_map=a_map("circle"), **base))
     assert np.abs(pixels(pipe.generate(OTHER_PROMPT, semantic_map=a_map("circle"), **base)) - reference).mean() > 0.5
     assert np.abs(pixels(pipe.generate(PROMPT, semantic_map=a_map("square"), **base)) - reference).mean() > 0.5
+
+
+def test_assemble_uses_the_given_parts_as_they_are_and_builds_the_rest():
+    """The one assembly: training hands it trained parts, the loaders all of them, zoo.build none."""
+    from zoo.assembly import assemble
+
+    recipe = zoo.recipe("ldm-class-kl")
+    first = assemble(recipe, tiny=True, device="cpu")
+    again = assemble(recipe, {"autoencoder": first.autoencoder}, tiny=True, device="cpu", pretrained=True)
+    assert again.autoencoder is first.autoencoder and again.unet is not first.unet and again.pretrained
+    assert type(again).__name__ == "LatentPipeline" and not first.pretrained
+    with pytest.raises(IncompatiblePartsError, match=r"parts \['spatial'\] have no role in the recipe"):
+        assemble(recipe, {"spatial": first.autoencoder}, tiny=True, device="cpu")
+    narrow = type(first.autoencoder)(first.autoencoder.config.replace(latent_channels=3))
+    with pytest.raises(IncompatiblePartsError, match="makes 3 latent channels"):  # a given part is checked too
+        assemble(recipe, {"autoencoder": narrow}, tiny=True, device="cpu")

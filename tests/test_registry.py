@@ -11,7 +11,7 @@ import pytest
 
 import zoo
 from zoo import catalog
-from zoo.build import WEIGHTS_ROOT
+from zoo.pipeline_io import WEIGHTS_ROOT
 from zoo.recipes import Part, Recipe
 from zoo.registry import PIPELINES, SCHEDULES, UNETS, DuplicateNameError, Registry, UnknownNameError
 

@@ -1,5 +1,6 @@
 """Samplers against diffusers' schedulers (one step and whole runs, same inputs and noise), an oracle denoiser,
-the exact denoiser of Gaussian data (the samples must have the data's mean and spread), and bad inputs."""
+the exact denoiser of Gaussian data (the samples must have the data's mean and spread), the grid and the
+denoiser adapter, and bad inputs."""
 
 import math
 
@@ -11,11 +12,12 @@ import components.samplers.ddpm
 import components.samplers.dpmpp
 import components.schedulers.cosine
 import components.schedulers.linear  # noqa: F401  (the imports register samplers and schedules)
-from components.samplers.common import spaced_timesteps
-from components.samplers.ddim import ddim_sigma, ddim_step, sample_ddim
-from components.samplers.ddpm import ddpm_step, sample_ddpm
-from components.samplers.dpmpp import dpm_timesteps, sample_dpmpp
-from zoo.registry import SAMPLERS, SCHEDULES
+from components.registry import SAMPLERS, SCHEDULES
+from components.samplers.common import Grid, spaced_grid, spaced_timesteps
+from components.samplers.ddim import ddim_sigma, ddim_step
+from components.samplers.ddpm import ddpm_step
+from components.samplers.denoiser import Denoiser
+from components.samplers.dpmpp import dpm_timesteps
 
 T = 50
 DIFFUSERS_PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
@@ -33,6 +35,32 @@ def toy_model(x, t):
 
 def x_T(seed=0):
     return torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def run(
+    name,
+    model,
+    x,
+    sched,
+    steps,
+    *,
+    prediction_type="eps",
+    clip_x0=None,
+    grid=None,
+    seed=None,
+    callback=None,
+    spacing="trailing",
+    offset=0,
+    set_alpha_to_one=True,
+    **options,
+):
+    """The pipeline's call sequence: the registered sampler, its grid, the denoiser adapter, then the steps."""
+    sampler = SAMPLERS.build(name, **options)
+    if grid is None:
+        grid = sampler.grid(sched, steps, spacing=spacing, offset=offset, set_alpha_to_one=set_alpha_to_one)
+    denoiser = Denoiser(model, sched, prediction_type, clip_x0=clip_x0)
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    return sampler.sample(denoiser, x, grid, generator=generator, callback=callback)
 
 
 def oracle_scheduler(cls_name, sched, prediction_type, **kwargs):
@@ -80,8 +108,8 @@ def test_one_ddpm_step_equals_diffusers(prediction_type):
     expected = oracle.step(out, t, x, generator=torch.Generator().manual_seed(5)).prev_sample
     _, x0 = sched.split_prediction(out, x, t, prediction_type)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
-    abar = sched.alphas_cumprod
-    got = ddpm_step(x0, x, float(abar[t]), float(abar[t_prev]), noise)
+    alphas_cumprod = sched.alphas_cumprod
+    got = ddpm_step(x0, x, float(alphas_cumprod[t]), float(alphas_cumprod[t_prev]), noise)
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
 
 
@@ -95,10 +123,11 @@ def test_one_ddim_step_equals_diffusers(prediction_type, eta):
     out, noise = toy_model(x, torch.full((2,), t)), torch.randn_like(x)
     expected = oracle.step(out, t, x, eta=eta, variance_noise=noise if eta else None).prev_sample
     eps, x0 = sched.split_prediction(out, x, t, prediction_type)
-    abar_t, abar_prev = float(sched.alphas_cumprod[t]), float(sched.alphas_cumprod[t_prev])
-    got = ddim_step(x0, eps, abar_prev, ddim_sigma(abar_t, abar_prev, eta), noise if eta else None)
+    alpha_cumprod_t, alpha_cumprod_prev = float(sched.alphas_cumprod[t]), float(sched.alphas_cumprod[t_prev])
+    sigma = ddim_sigma(alpha_cumprod_t, alpha_cumprod_prev, eta)
+    got = ddim_step(x0, eps, alpha_cumprod_prev, sigma, noise if eta else None)
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
-    noiseless = ddim_step(x0, eps, abar_prev, ddim_sigma(abar_t, abar_prev, eta), None)
+    noiseless = ddim_step(x0, eps, alpha_cumprod_prev, sigma, None)
     assert ((got - noiseless).abs().max() > 0.01) == (eta > 0)  # eta > 0 really injects the noise
 
 
@@ -109,15 +138,7 @@ def test_ddpm_run_equals_diffusers(prediction_type, spacing):
     sched, x = schedule(), x_T()
     oracle = oracle_scheduler("DDPMScheduler", sched, prediction_type, timestep_spacing=spacing, clip_sample=False)
     expected = diffusers_run(oracle, x, 10, seed=3)
-    got = sample_ddpm(
-        toy_model,
-        x,
-        sched,
-        steps=10,
-        prediction_type=prediction_type,
-        timestep_spacing=spacing,
-        generator=torch.Generator().manual_seed(3),
-    )
+    got = run("ddpm", toy_model, x, sched, 10, prediction_type=prediction_type, spacing=spacing, seed=3)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
@@ -134,16 +155,7 @@ def test_ddim_run_equals_diffusers(prediction_type, eta, clip):
         clip_sample_range=clip or 1.0,
     )
     expected = diffusers_run(oracle, x, 10, seed=4, eta=eta)
-    got = sample_ddim(
-        toy_model,
-        x,
-        sched,
-        steps=10,
-        prediction_type=prediction_type,
-        eta=eta,
-        generator=torch.Generator().manual_seed(4),
-        clip_x0=clip,
-    )
+    got = run("ddim", toy_model, x, sched, 10, prediction_type=prediction_type, eta=eta, seed=4, clip_x0=clip)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
@@ -160,9 +172,9 @@ def test_dpmpp_run_equals_diffusers(prediction_type, steps):
         timestep_spacing="trailing",
     )
     expected = diffusers_run(oracle, x, steps, seed=0)
-    got = sample_dpmpp(toy_model, x, sched, steps=steps, prediction_type=prediction_type)
+    got = run("dpmpp", toy_model, x, sched, steps, prediction_type=prediction_type)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
-    first_order = sample_ddim(toy_model, x, sched, steps=steps, prediction_type=prediction_type)
+    first_order = run("ddim", toy_model, x, sched, steps, prediction_type=prediction_type)
     assert (got - first_order).abs().max() > 1e-3  # the second-order correction is really there
 
 
@@ -186,7 +198,7 @@ def test_dpmpp_spacings_equal_diffusers_dpm_solver_grid(spacing, offset):
         sched.num_timesteps, 10, spacing, offset
     )
     expected = diffusers_run(oracle, x, 10, seed=0)
-    got = sample_dpmpp(toy_model, x, sched, steps=10, timestep_spacing=spacing, steps_offset=offset)
+    got = run("dpmpp", toy_model, x, sched, 10, spacing=spacing, offset=offset)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
@@ -202,7 +214,7 @@ def test_oracle_model_recovers_x0(name, prediction_type):
 
     x = torch.randn_like(x0)
     kwargs = {"eta": 1.0} if name == "ddim" else {}  # stochastic DDIM too: the oracle's x0 cancels the noise
-    got = SAMPLERS.get(name)(oracle, x, sched, steps=7, prediction_type=prediction_type, **kwargs)
+    got = run(name, oracle, x, sched, 7, prediction_type=prediction_type, **kwargs)
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, x0, atol=1e-8, rtol=1e-8)
 
@@ -222,7 +234,7 @@ def test_exact_denoiser_of_gaussian_data_reproduces_the_data_distribution(name, 
         return (xt - a * x0_mean) / sigma
 
     x = torch.special.ndtri((torch.arange(n, dtype=torch.float64) + 0.5) / n).view(n, 1)  # N(0, 1) quantiles
-    samples = SAMPLERS.get(name)(exact, x, sched, steps=steps, generator=torch.Generator().manual_seed(0), **kwargs)
+    samples = run(name, exact, x, sched, steps, seed=0, **kwargs)
     assert samples.mean().item() == pytest.approx(m, abs=0.01)
     assert samples.std().item() == pytest.approx(s, abs=0.012)
 
@@ -232,21 +244,19 @@ def test_exact_denoiser_of_gaussian_data_reproduces_the_data_distribution(name, 
 def test_callback_sees_every_step_and_the_generator_makes_runs_reproducible(name):
     sched, seen = schedule(), []
     callback = lambda i, xt, x0: seen.append((i, xt, x0))  # noqa: E731
-    run = lambda seed, cb=None: SAMPLERS.get(name)(  # noqa: E731
-        toy_model, x_T(), sched, steps=6, generator=torch.Generator().manual_seed(seed), callback=cb
-    )
-    out = run(0, callback)
+    go = lambda seed, cb=None: run(name, toy_model, x_T(), sched, 6, seed=seed, callback=cb)  # noqa: E731
+    out = go(0, callback)
     assert [i for i, _, _ in seen] == list(range(6)) and torch.equal(seen[-1][1], out)
-    torch.testing.assert_close(run(0), out, atol=0, rtol=0)
+    torch.testing.assert_close(go(0), out, atol=0, rtol=0)
     stochastic = name == "ddpm"  # ddim (eta = 0 by default) and dpmpp are deterministic
-    assert ((run(1) - out).abs().max() > 1e-3) == stochastic
+    assert ((go(1) - out).abs().max() > 1e-3) == stochastic
 
 
 @pytest.mark.parametrize("name", SAMPLERS.names())
 def test_clip_x0_bounds_the_predicted_x0(name):
     sched, seen = schedule(), []
     loud = lambda xt, t: -20 * xt  # noqa: E731  (an eps that sends x0 far outside [-1, 1])
-    SAMPLERS.get(name)(loud, x_T(), sched, steps=4, clip_x0=1.0, callback=lambda i, xt, x0: seen.append(x0))
+    run(name, loud, x_T(), sched, 4, clip_x0=1.0, callback=lambda i, xt, x0: seen.append(x0))
     assert all(x0.abs().max() <= 1.0 for x0 in seen) and seen[0].abs().max() == 1.0
 
 
@@ -255,35 +265,105 @@ def test_clip_x0_bounds_the_predicted_x0(name):
 @pytest.mark.parametrize("steps", [0, T + 1, 2.5, True])
 def test_steps_out_of_range_raise(name, steps):
     with pytest.raises(ValueError, match=r"steps must be an integer in \[1, 50\]"):
-        SAMPLERS.get(name)(toy_model, x_T(), schedule(), steps=steps)
+        run(name, toy_model, x_T(), schedule(), steps)
 
 
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
         ({"prediction_type": "epsilon"}, ValueError, "allowed: eps, x0, v"),
-        ({"timestep_spacing": "uniform"}, ValueError, "allowed: leading, trailing, linspace"),
-        ({"steps_offset": 1}, ValueError, "non-zero only with 'leading'"),
-        ({"steps_offset": -1, "timestep_spacing": "leading"}, ValueError, "non-negative"),
-        ({"steps": T, "steps_offset": 1, "timestep_spacing": "leading"}, ValueError, "beyond T - 1"),
+        ({"spacing": "uniform"}, ValueError, "allowed: leading, trailing, linspace"),
+        ({"offset": 1}, ValueError, "non-zero only with 'leading'"),
+        ({"offset": -1, "spacing": "leading"}, ValueError, r"steps_offset must be an integer >= 0, got -1"),
+        ({"offset": 0.5, "spacing": "leading"}, TypeError, r"steps_offset must be an integer >= 0, got 0.5"),
+        ({"steps": T, "offset": 1, "spacing": "leading"}, ValueError, "beyond T - 1"),
         ({"clip_x0": 0.0}, ValueError, "positive bound"),
+        ({"clip_x0": True}, TypeError, "clip_x0 must be a finite number"),
     ],
 )
 @pytest.mark.parametrize("name", SAMPLERS.names())
 def test_bad_sampler_arguments_raise(name, kwargs, error, message):
     with pytest.raises(error, match=message):
-        SAMPLERS.get(name)(toy_model, x_T(), schedule(), **{"steps": 5, **kwargs})
+        run(name, toy_model, x_T(), schedule(), **{"steps": 5, **kwargs})
 
 
 @pytest.mark.parametrize("name", SAMPLERS.names())
 def test_bad_x_and_bad_model_output_raise(name):
     with pytest.raises(TypeError, match="floating-point tensor"):
-        SAMPLERS.get(name)(toy_model, torch.zeros(2, 3, 8, 8, dtype=torch.long), schedule(), steps=5)
+        run(name, toy_model, torch.zeros(2, 3, 8, 8, dtype=torch.long), schedule(), 5)
     with pytest.raises(ValueError, match="model output has shape"):
-        SAMPLERS.get(name)(lambda x, t: torch.cat([x, x], 1), x_T(), schedule(), steps=5)
+        run(name, lambda x, t: torch.cat([x, x], 1), x_T(), schedule(), 5)
+    with pytest.raises(TypeError, match="grid must be a Grid"):
+        SAMPLERS.build(name).sample(Denoiser(toy_model, schedule()), x_T(), [49, 20, 0])
 
 
-@pytest.mark.parametrize("eta", [-0.5, math.nan, "1"])
+@pytest.mark.parametrize("eta", [-0.5, math.nan, "1", True])
 def test_bad_eta_raises(eta):
-    with pytest.raises(ValueError, match="eta must be a number >= 0"):
-        sample_ddim(toy_model, x_T(), schedule(), steps=5, eta=eta)
+    with pytest.raises(ValueError, match=r"eta must be a (finite )?number >= 0"):
+        SAMPLERS.build("ddim", eta=eta)
+
+
+# The grid and the denoiser adapter.
+def test_the_grid_ends_where_set_alpha_to_one_says_and_slices_into_grids():
+    sched = schedule()
+    ends_at_data = spaced_grid(sched, 10)
+    ends_at_first = spaced_grid(sched, 10, set_alpha_to_one=False)
+    assert ends_at_data.timesteps == ends_at_first.timesteps == tuple(spaced_timesteps(T, 10))
+    assert ends_at_data.alphas_cumprod[-1] == 1.0
+    assert ends_at_first.alphas_cumprod[-1] == float(sched.alphas_cumprod[0])
+    tail = ends_at_first[-3:]
+    assert tail.timesteps == ends_at_first.timesteps[-3:] and tail.alphas_cumprod == ends_at_first.alphas_cumprod[-4:]
+    assert [step.last for step in tail] == [False, False, True]
+    head = ends_at_data[:2]
+    assert head.alphas_cumprod[-1] == float(sched.alphas_cumprod[ends_at_data.timesteps[2]])  # lands on the next one
+    with pytest.raises(TypeError, match="contiguous slice"):
+        ends_at_data[::2]
+    with pytest.raises(ValueError, match="S >= 1 timesteps and S \\+ 1"):
+        Grid((3, 1), (0.5, 0.9))
+
+
+@pytest.mark.parametrize("name", SAMPLERS.names())
+def test_a_run_on_the_last_k_entries_of_the_grid_continues_the_full_run(name):
+    """img2img's contract: starting at grid[-k:] from the full run's x at that point ends where the full run ends."""
+    sched = schedule()
+    grid = SAMPLERS.build(name).grid(sched, 8, spacing="trailing", offset=0, set_alpha_to_one=True)
+    seen = {}
+    full = run(name, toy_model, x_T(), sched, 8, grid=grid, callback=lambda i, xt, x0: seen.setdefault(i, xt))
+    if name == "dpmpp":  # multistep: the history restarts, so the first step of the tail is first order
+        tail = run(name, toy_model, seen[4], sched, 3, grid=grid[-3:])
+        assert (tail - full).abs().max() < 0.1 * full.abs().max()
+        return
+    tail = run(name, toy_model, seen[4], sched, 3, grid=grid[-3:], seed=None if name != "ddpm" else 0)
+    if name == "ddpm":
+        assert tail.shape == full.shape and torch.isfinite(tail).all()  # fresh noise: only the shape is shared
+    else:
+        torch.testing.assert_close(tail, full, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", SAMPLERS.names())
+def test_a_tensor_returned_by_the_callback_replaces_x_t(name):
+    """Inpainting's hook: what the callback returns is where the next step starts."""
+    sched, starts = schedule(), []
+    model = lambda xt, t: (starts.append(xt.clone()), toy_model(xt, t))[1]  # noqa: E731
+    run(name, model, x_T(), sched, 3, callback=lambda i, xt, x0: torch.zeros_like(xt))
+    assert all(torch.equal(x, torch.zeros_like(x)) for x in starts[1:])
+    assert not torch.equal(starts[0], torch.zeros_like(starts[0]))
+
+
+def test_the_denoiser_guides_with_one_batched_call():
+    calls = []
+
+    def network(x, t, context):
+        calls.append(x.shape[0])
+        return x * 0 + context.view(-1, 1, 1, 1)
+
+    sched, x = schedule(), x_T()
+    cond, uncond = {"context": torch.full((2,), 2.0)}, {"context": torch.full((2,), -1.0)}
+    for w, expected in [(1.0, 2.0), (0.0, -1.0), (3.0, -1.0 + 3.0 * 3.0)]:
+        denoiser = Denoiser(network, sched, "eps", cond=cond, uncond=uncond, guidance_scale=w)
+        eps, x0 = denoiser(x, 10)  # Ho & Salimans Eq. 6: eps_u + w (eps_c - eps_u)
+        torch.testing.assert_close(eps, torch.full_like(x, expected))
+        torch.testing.assert_close(x0, sched.predict_x0_from_eps(x, 10, eps))
+    assert calls == [2, 4, 4]  # w = 1 needs no unconditional pass; otherwise both in one batch
+    with pytest.raises(ValueError, match=r"guidance_scale must be a number in \[0, 30\], got 31"):
+        Denoiser(network, sched, guidance_scale=31)

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 import zoo
 import zoo.train.stages as stages
 from components.conditioners.clip import CLIPTextConditioner
-from zoo.build import component_class
+from zoo.pipeline_io import component_class
 from zoo.train.__main__ import main
 
 STEPS = 4

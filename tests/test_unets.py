@@ -333,12 +333,15 @@ def test_bad_concat_and_labels_for_models_that_take_them():
     "changes, message",
     [
         ({"norm_groups": 32}, "divisible by norm_groups=32"),
-        ({"attention_levels": (2,)}, r"level indices in 0..1"),
+        (
+            {"attention_levels": (2,)},
+            r"attention_levels entry must be an integer in \[0, 1\] \(a level index\), got 2",
+        ),
         ({"num_heads": 2}, "exactly one of num_heads or num_head_channels"),
         ({"num_head_channels": 12}, "divisible by num_head_channels=12"),
-        ({"model_channels": 0}, "model_channels must be an int >= 1"),
+        ({"model_channels": 0}, "UNetConfig.model_channels must be an integer >= 1, got 0"),
         ({"channel_mult": ()}, "channel_mult must be a non-empty tuple"),
-        ({"context_dim": -1}, "context_dim must be an int >= 1"),
+        ({"context_dim": -1}, "UNetConfig.context_dim must be an integer >= 1, got -1"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
         ({"model_channels": 15, "norm_groups": 5, "num_head_channels": 5}, "model_channels must be even"),
     ],

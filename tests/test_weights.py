@@ -17,9 +17,9 @@ from safetensors import safe_open
 import components.base
 import zoo
 from components.base import WeightsError
-from zoo.build import WEIGHTS_ROOT
 from zoo.data.analyser import analyse
 from zoo.data.shapes import Attributes, eval_prompts, render
+from zoo.pipeline_io import WEIGHTS_ROOT
 
 SHIPPED = ("ldm-clip-kl", "ldm-bert-vq", "ldm-seg-kl", "ddpm-cosine", "ddpm-linear")
 PROMPT = "a small yellow triangle in the top left on a black background"

@@ -6,7 +6,8 @@ pipe = zoo.build("ldm-clip-kl")                   # embedded weights, offline
 pipe.generate("a red circle on a blue background", seed=0)[0].save("x.png")
 """
 
-from zoo.build import IncompatiblePartsError, available, build, load_pipeline, recipe
+from zoo.assembly import IncompatiblePartsError
+from zoo.build import available, build, load_pipeline, recipe
 from zoo.recipes import Part, Recipe
 from zoo.registry import DuplicateNameError, UnknownNameError
 

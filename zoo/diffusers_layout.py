@@ -1,4 +1,7 @@
-"""Stable Diffusion checkpoints in diffusers' folder layout, served by the zoo's own components (and written back).
+"""Stable Diffusion checkpoints in diffusers' folder layout, read into the zoo's own components (and written back).
+
+A file format only: `read_diffusers` returns (recipe, parts) and `write_diffusers` writes a pipeline's parts;
+zoo/pipeline_io.py chooses the layout and zoo/assembly.py makes the pipeline.
 
 The layout (what diffusers' StableDiffusionPipeline.save_pretrained writes, and what Hub repos such as
 stable-diffusion-v1-5/stable-diffusion-v1-5 hold):
@@ -32,7 +35,6 @@ from components.base import WeightsError
 from components.conditioners.clip import CLIPTextConditioner
 from components.unets import diffusers_compat as unet_compat
 from components.unets.unet import UNet
-from zoo.pipelines.latent import LatentPipeline
 from zoo.recipes import Part, Recipe
 from zoo.registry import AUTOENCODERS, SCHEDULES
 
@@ -42,7 +44,7 @@ MODEL_INDEX = "model_index.json"
 PIPELINE_CLASSES = ("StableDiffusionPipeline",)
 MODEL_WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
-PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}  # diffusers' name -> ours
+DIFFUSERS_PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}  # diffusers' name -> ours
 BETA_SCHEDULES = {"scaled_linear": "scaled-linear", "linear": "linear"}  # diffusers' name -> our schedule
 # Scheduler options that change the process itself: the values under which our schedules and samplers agree.
 SCHEDULER_NO_OPS = {"trained_betas": (None,), "rescale_betas_zero_snr": (False,), "thresholding": (False,)}
@@ -213,10 +215,10 @@ def scheduler_settings(root: Path) -> dict[str, Any]:
             raise DiffusersLayoutError(f"{path}: {key}={config[key]!r} is not supported (only {allowed[0]!r})")
     beta_schedule = config.get("beta_schedule", "linear")
     prediction = config.get("prediction_type", "epsilon")
-    if beta_schedule not in BETA_SCHEDULES or prediction not in PREDICTION_TYPES:
+    if beta_schedule not in BETA_SCHEDULES or prediction not in DIFFUSERS_PREDICTION_TYPES:
         raise DiffusersLayoutError(
             f"{path}: beta_schedule={beta_schedule!r}, prediction_type={prediction!r}; supported: beta_schedule in "
-            f"{sorted(BETA_SCHEDULES)}, prediction_type in {sorted(PREDICTION_TYPES)}"
+            f"{sorted(BETA_SCHEDULES)}, prediction_type in {sorted(DIFFUSERS_PREDICTION_TYPES)}"
         )
     if beta_schedule == "linear" and config.get("num_train_timesteps", 1000) != 1000:
         raise DiffusersLayoutError(f"{path}: a 'linear' beta_schedule needs num_train_timesteps=1000 (ours rescales)")
@@ -224,7 +226,7 @@ def scheduler_settings(root: Path) -> dict[str, Any]:
     kwargs.update({k: config[k] for k in ("beta_start", "beta_end") if k in config})
     return {
         "schedule": Part(BETA_SCHEDULES[beta_schedule], kwargs),
-        "prediction_type": PREDICTION_TYPES[prediction],
+        "prediction_type": DIFFUSERS_PREDICTION_TYPES[prediction],
         "timestep_spacing": config.get("timestep_spacing", "leading"),
         "steps_offset": config.get("steps_offset", 0),
         "set_alpha_to_one": bool(config.get("set_alpha_to_one", True)),
@@ -232,16 +234,15 @@ def scheduler_settings(root: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- the pipeline
-def load_diffusers(
+def read_diffusers(
     source: str | Path,
     *,
     name: str | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | str | None = None,
     variant: str | None = None,
     **hub_kwargs: Any,
-) -> LatentPipeline:
-    """A StableDiffusionPipeline folder (or Hub repo id) as a zoo LatentPipeline made of our own components."""
+) -> tuple[Recipe, dict[str, Any]]:
+    """A StableDiffusionPipeline folder (or Hub repo id) as a recipe and the zoo's own components, loaded;
+    zoo.assembly.assemble checks they fit and makes the pipeline."""
     root = resolve(source, variant=variant, **hub_kwargs)
     check_model_index(root)
     settings = scheduler_settings(root)
@@ -252,13 +253,8 @@ def load_diffusers(
         "conditioner": load_text_encoder(root, variant),
     }
     chosen = recipe_for(root, source, name, parts, settings)
-    from zoo.build import check_compatible  # zoo.build routes folders here: imported late, no cycle
-
-    check_compatible(chosen, parts)
-    pipeline = LatentPipeline(chosen, parts, device=device, dtype=dtype)
-    pipeline.pretrained = True
-    logger.info("loaded %s from %s (diffusers layout)", chosen.name, root)
-    return pipeline
+    logger.info("read %s from %s (diffusers layout)", chosen.name, root)
+    return chosen, parts
 
 
 def recipe_for(root: Path, source: str | Path, name: str | None, parts: dict, settings: dict) -> Recipe:
@@ -302,7 +298,7 @@ def clip_kwargs(text_config: Any) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------------- writing
-def save_diffusers(pipeline: LatentPipeline, folder: str | Path) -> Path:
+def write_diffusers(pipeline: Any, folder: str | Path) -> Path:
     """Write `pipeline` in diffusers' StableDiffusionPipeline layout (loadable by diffusers and by zoo.build),
     plus recipe.json with the zoo's sampling defaults. Needs SD's unmasked CLIP conditioner and a KL autoencoder:
     a zoo-trained CLIP conditioner masks padding, which diffusers' pipeline does not, so its images would differ."""
@@ -322,12 +318,12 @@ def save_diffusers(pipeline: LatentPipeline, folder: str | Path) -> Path:
 
 
 def check_exportable(pipeline: Any) -> None:
-    if not isinstance(getattr(pipeline, "conditioner", None), UnmaskedCLIPTextConditioner):
+    if pipeline.recipe.kind != "latent" or not isinstance(pipeline.conditioner, UnmaskedCLIPTextConditioner):
         raise ValueError(
             "only a pipeline with Stable Diffusion's unmasked CLIP text encoder (loaded from a diffusers layout) "
             "saves in diffusers' layout; save others with the zoo's layout (recipe layout='zoo')"
         )
-    if not isinstance(pipeline.autoencoder, AutoencoderKL) or getattr(pipeline, "spatial", None) is not None:
+    if not isinstance(pipeline.autoencoder, AutoencoderKL) or pipeline.spatial is not None:
         raise ValueError("diffusers' StableDiffusionPipeline has a KL autoencoder and no concatenated map")
 
 
@@ -423,10 +419,10 @@ def vae_config_to_diffusers(config: AutoencoderKLConfig) -> dict[str, Any]:
     }
 
 
-def scheduler_config(pipeline: LatentPipeline) -> dict[str, Any]:
+def scheduler_config(pipeline: Any) -> dict[str, Any]:
     """A DDIMScheduler config of the pipeline's schedule (its first and last beta) and sampling settings."""
     names = {ours: theirs for theirs, ours in BETA_SCHEDULES.items()}
-    predictions = {ours: theirs for theirs, ours in PREDICTION_TYPES.items()}
+    predictions = {ours: theirs for theirs, ours in DIFFUSERS_PREDICTION_TYPES.items()}
     recipe, betas = pipeline.recipe, pipeline.schedule.betas
     if recipe.schedule.name not in names:
         raise ValueError(f"the {recipe.schedule.name!r} schedule has no diffusers beta_schedule ({sorted(names)})")
@@ -443,7 +439,7 @@ def scheduler_config(pipeline: LatentPipeline) -> dict[str, Any]:
     }
 
 
-def model_index(pipeline: LatentPipeline) -> dict[str, Any]:
+def model_index(pipeline: Any) -> dict[str, Any]:
     return {
         "_class_name": PIPELINE_CLASSES[0],
         "_diffusers_version": diffusers_version(),

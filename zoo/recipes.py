@@ -11,10 +11,21 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from components.registry import AUTOENCODERS, CONDITIONERS, SCHEDULES, UNETS, Registry
+from components.samplers.common import TIMESTEP_SPACINGS
+from components.schedulers.schedule import PREDICTION_TYPES
+from components.validation import require_int
+
 PIPELINE_KINDS = ("pixel", "latent")
-PREDICTION_TYPES = ("eps", "x0", "v")
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")  # as components/samplers/common.py spaces them
-LAYOUTS = ("zoo", "diffusers")  # how save_pretrained writes the weights (zoo/diffusers_layout.py)
+LAYOUTS = ("zoo", "diffusers")  # how save_pretrained writes the weights (zoo/pipeline_io.py)
+# The registry that builds each role of a recipe (a semantic map is a conditioner too, on the concat path).
+REGISTRIES: dict[str, Registry] = {
+    "schedule": SCHEDULES,
+    "unet": UNETS,
+    "autoencoder": AUTOENCODERS,
+    "conditioner": CONDITIONERS,
+    "spatial": CONDITIONERS,
+}
 
 
 def as_tuples(value: Any) -> Any:
@@ -60,16 +71,15 @@ class Recipe:
     layout: str = "zoo"  # "diffusers": saved as model_index.json + unet/ vae/ text_encoder/ tokenizer/ scheduler/
 
     def __post_init__(self) -> None:
-        if self.kind not in PIPELINE_KINDS:
-            raise ValueError(f"recipe {self.name!r}: kind must be one of {PIPELINE_KINDS}, got {self.kind!r}")
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"recipe {self.name!r}: prediction_type must be one of {PREDICTION_TYPES}")
-        if self.timestep_spacing not in TIMESTEP_SPACINGS:
-            raise ValueError(f"recipe {self.name!r}: timestep_spacing must be one of {TIMESTEP_SPACINGS}")
-        if isinstance(self.steps_offset, bool) or not isinstance(self.steps_offset, int) or self.steps_offset < 0:
-            raise ValueError(f"recipe {self.name!r}: steps_offset must be an integer >= 0, got {self.steps_offset!r}")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"recipe {self.name!r}: layout must be one of {LAYOUTS}, got {self.layout!r}")
+        for field, value, allowed in (
+            ("kind", self.kind, PIPELINE_KINDS),
+            ("prediction_type", self.prediction_type, PREDICTION_TYPES),
+            ("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS),
+            ("layout", self.layout, LAYOUTS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"recipe {self.name!r}: {field} must be one of {allowed}, got {value!r}")
+        require_int(f"recipe {self.name!r}: steps_offset", self.steps_offset, minimum=0)
         if self.kind == "latent" and self.autoencoder is None:
             raise ValueError(f"recipe {self.name!r}: a latent pipeline needs an autoencoder")
         if self.kind == "pixel" and (self.autoencoder or self.conditioner or self.spatial):

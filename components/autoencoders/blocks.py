@@ -20,6 +20,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from components.base import Config, HubModule
+from components.blocks import Upsample
+from components.validation import require_int
 
 logger = logging.getLogger(__name__)
 
@@ -79,17 +81,6 @@ class Downsample(nn.Module):
         return self.conv(F.pad(x, (0, 1, 0, 1)))
 
 
-class Upsample(nn.Module):
-    """Double H and W: nearest-neighbour interpolation, then a 3x3 conv."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-
-
 class MidBlock(nn.Module):
     """resnet -> attention (optional) -> resnet, at the lowest resolution."""
 
@@ -121,25 +112,18 @@ class Level(nn.Module):
 
 # --------------------------------------------------------------------------------------------- encoder / decoder
 class Encoder(nn.Module):
-    """x (B, in, H, W) -> (B, out, H/f, W/f), f = 2**(len(channels)-1); `channels` are the levels' widths."""
+    """x (B, in, H, W) -> (B, out, H/f, W/f), f = 2**(len(channels)-1); `config.channels` are the levels' widths."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        channels: tuple[int, ...],
-        num_res_blocks: int,
-        groups: int,
-        attention: bool,
-    ):
+    def __init__(self, config: AutoencoderConfig, in_channels: int, out_channels: int):
         super().__init__()
+        channels, groups = config.channels, config.norm_groups
         self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
         last = len(channels) - 1
         self.down = nn.ModuleList(
-            Level(channels[max(i - 1, 0)], c, num_res_blocks, groups, Downsample(c) if i < last else None)
+            Level(channels[max(i - 1, 0)], c, config.num_res_blocks, groups, Downsample(c) if i < last else None)
             for i, c in enumerate(channels)
         )
-        self.mid = MidBlock(channels[-1], groups, attention)
+        self.mid = MidBlock(channels[-1], groups, config.mid_attention)
         self.norm_out = group_norm(channels[-1], groups)
         self.conv_out = nn.Conv2d(channels[-1], out_channels, 3, padding=1)
 
@@ -153,22 +137,14 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """z (B, in, h, w) -> (B, out, h*f, w*f); levels run deepest first, each with num_res_blocks + 1 resnets."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        channels: tuple[int, ...],
-        num_res_blocks: int,
-        groups: int,
-        attention: bool,
-    ):
+    def __init__(self, config: AutoencoderConfig, in_channels: int, out_channels: int):
         super().__init__()
-        widths = tuple(reversed(channels))
+        widths, groups = tuple(reversed(config.channels)), config.norm_groups
         last = len(widths) - 1
         self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
-        self.mid = MidBlock(widths[0], groups, attention)
+        self.mid = MidBlock(widths[0], groups, config.mid_attention)
         self.up = nn.ModuleList(
-            Level(widths[max(i - 1, 0)], c, num_res_blocks + 1, groups, Upsample(c) if i < last else None)
+            Level(widths[max(i - 1, 0)], c, config.num_res_blocks + 1, groups, Upsample(c) if i < last else None)
             for i, c in enumerate(widths)
         )
         self.norm_out = group_norm(widths[-1], groups)
@@ -309,10 +285,11 @@ class AutoencoderConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in COUNT_KNOBS:
-            check_int(self, name, minimum=1)
-        if not self.channel_mult or not all(is_int(m) and m >= 1 for m in self.channel_mult):
+        self.check_ints(*COUNT_KNOBS, minimum=1)
+        if not self.channel_mult:
             raise ValueError(f"channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult!r}")
+        for m in self.channel_mult:
+            require_int(f"each {type(self).__name__}.channel_mult entry", m, minimum=1)
         if any(c % self.norm_groups for c in self.channels):
             raise ValueError(f"norm_groups={self.norm_groups} must divide each level width {self.channels}")
         if self.rec_loss not in REC_LOSSES:
@@ -370,11 +347,11 @@ class LatentAutoencoder(HubModule):
 
     def build_encoder(self, out_channels: int) -> Encoder:
         c = self.config
-        return Encoder(c.in_channels, out_channels, c.channels, c.num_res_blocks, c.norm_groups, c.mid_attention)
+        return Encoder(c, c.in_channels, out_channels)
 
     def build_decoder(self) -> Decoder:
         c = self.config
-        return Decoder(c.latent_channels, c.out_channels, c.channels, c.num_res_blocks, c.norm_groups, c.mid_attention)
+        return Decoder(c, c.latent_channels, c.out_channels)
 
     def check_images(self, x: Any) -> None:
         """Images must be a float (B, in_channels, H, W) tensor with H and W divisible by f."""
@@ -396,17 +373,6 @@ class LatentAutoencoder(HubModule):
         """Mean |x - x_hat| (l1, LDM's choice) or mean (x - x_hat)^2 (l2) over every pixel value, in float32."""
         diff = x_hat.float() - x.float()
         return diff.abs().mean() if self.config.rec_loss == "l1" else diff.pow(2).mean()
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_int(config: Config, name: str, *, minimum: int) -> None:
-    """ValueError unless `config.<name>` is an int >= minimum."""
-    value = getattr(config, name)
-    if not is_int(value) or value < minimum:
-        raise ValueError(f"{type(config).__name__}.{name} must be an int >= {minimum}, got {value!r}")
 
 
 def check_float(config: Config, name: str, *, low: float, high: float, low_open: bool = False) -> None:
@@ -436,8 +402,7 @@ def estimate_scaling_factor(
     KL latents are the posterior means unless `sample` (LDM itself used one posterior sample); VQ latents are the
     pre-quantisation latents. The std is over every latent element, like LDM's `1 / z.flatten().std()`.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    require_int("batch_size", batch_size, minimum=1)
     autoencoder.check_images(images)
     z = torch.cat([autoencoder.encode(chunk, sample=sample).float() for chunk in images.split(batch_size)])
     std = float(z.flatten().std())

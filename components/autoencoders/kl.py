@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from components.autoencoders.blocks import AutoencoderConfig, DiagonalGaussian, LatentAutoencoder, check_float
-from zoo.registry import AUTOENCODERS
+from components.registry import AUTOENCODERS
 
 TINY = {"base_channels": 8, "norm_groups": 4}
 

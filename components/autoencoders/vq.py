@@ -21,9 +21,8 @@ from components.autoencoders.blocks import (
     LatentAutoencoder,
     VectorQuantizer,
     check_float,
-    check_int,
 )
-from zoo.registry import AUTOENCODERS
+from components.registry import AUTOENCODERS
 
 TINY = {"base_channels": 8, "norm_groups": 4, "num_embeddings": 16}
 
@@ -37,7 +36,7 @@ class VQAutoencoderConfig(AutoencoderConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_int(self, "num_embeddings", minimum=2)
+        self.check_ints("num_embeddings", minimum=2)
         check_float(self, "beta", low=0.0, high=math.inf)
         check_float(self, "usage_decay", low=0.0, high=1.0)
         check_float(self, "dead_code_threshold", low=0.0, high=1.0)

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import torch
 from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from components.base import WeightsError
 from components.conditioners import tokenizer as tok
+from components.validation import require_int
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +66,43 @@ class TextConditioner(nn.Module):
     mode = "crossattn"
     kind = "text"  # what it takes: "text" (prompts), "class" (labels), "map" (semantic maps); test this, not hasattr
     model_class: ClassVar[type[PreTrainedModel]]
-    model_kwargs: ClassVar[dict[str, Any]] = {}  # extra constructor arguments for `model_class.from_pretrained`
+    config_class: ClassVar[type[PretrainedConfig]]  # the transformers config of `model_class`
+    model_kwargs: ClassVar[dict[str, Any]] = {}  # extra arguments for `model_class` and its from_pretrained
+    tokenizer_kind: ClassVar[str]  # "bpe" or "wordpiece" (components/conditioners/tokenizer.py)
+
+    @classmethod
+    def from_config(
+        cls,
+        texts: Iterable[str] | None = None,
+        *,
+        hidden_size: int = 128,
+        num_layers: int = 3,
+        num_heads: int = 4,
+        max_length: int = 32,
+        vocab_size: int = 1000,
+        mlp_ratio: int = 4,
+    ) -> Self:
+        """A small randomly initialised text model with a tokenizer of `tokenizer_kind` built from `texts` (our
+        captions by default); in eval mode (call train() before training: dropout is then on)."""
+        if require_int("hidden_size", hidden_size, minimum=1) % require_int("num_heads", num_heads, minimum=1):
+            raise ValueError(f"hidden_size ({hidden_size}) must be a positive multiple of num_heads ({num_heads})")
+        tokenizer = tok.build_tokenizer(texts, kind=cls.tokenizer_kind, vocab_size=vocab_size, max_length=max_length)
+        config = cls.config_class(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=mlp_ratio * hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            max_position_embeddings=max_length,
+            pad_token_id=tokenizer.pad_token_id,
+            **cls.special_tokens(tokenizer),
+        )
+        return cls(cls.model_class(config, **cls.model_kwargs), tokenizer).eval()
+
+    @classmethod
+    def special_tokens(cls, tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+        """Token ids the model's config needs beyond padding (none by default)."""
+        return {}
 
     def __init__(self, text_model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
         super().__init__()

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from components.base import Config, HubModule
-from zoo.registry import CONDITIONERS
+from components.registry import CONDITIONERS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,10 +25,7 @@ class ClassConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("num_classes", "dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"ClassConfig.{name} must be a positive int, got {value!r}")
+        self.check_ints("num_classes", "dim", minimum=1)
 
 
 class ClassConditioner(HubModule):

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from components.base import Config, HubModule
-from zoo.registry import CONDITIONERS
+from components.registry import CONDITIONERS
+from components.validation import require_int
 
 # Label 0 is the background (black), then distinct colours (Trubetskoy's list), one per label.
 DEFAULT_PALETTE = (
@@ -42,10 +43,7 @@ class SpatialConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("num_labels", "downsample_factor", "image_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"SpatialConfig.{name} must be a positive int, got {value!r}")
+        self.check_ints("num_labels", "downsample_factor", "image_size", minimum=1)
         if len(self.palette) != self.num_labels:
             raise ValueError(f"palette needs one RGB triple per label ({self.num_labels}), got {len(self.palette)}")
         if any(len(c) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in self.palette):
@@ -142,8 +140,7 @@ def as_tensor(maps: Any) -> torch.Tensor:
 def seg(*, num_labels: int = 4, palette: Any = None, **config: int) -> SpatialConditioner:
     """A semantic map as label-fraction channels at the latent grid, concatenated to z_t (default palette if None)."""
     if palette is None:
-        if not isinstance(num_labels, int) or not 1 <= num_labels <= len(DEFAULT_PALETTE):
-            most = len(DEFAULT_PALETTE)
-            raise ValueError(f"without a palette, num_labels must be in [1, {most}], got {num_labels!r}")
+        why = "without a palette: one default colour each"
+        require_int("num_labels", num_labels, minimum=1, maximum=len(DEFAULT_PALETTE), why=why)
         palette = DEFAULT_PALETTE[:num_labels]
     return SpatialConditioner(SpatialConfig(num_labels=num_labels, palette=tuple(map(tuple, palette)), **config))

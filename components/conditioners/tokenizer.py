@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from components.validation import require_int
+
 KINDS = ("wordpiece", "bpe")
 PAD, UNK = "[PAD]", "[UNK]"
 SPECIALS = {"wordpiece": ("[CLS]", "[SEP]"), "bpe": ("[BOS]", "[EOS]")}  # (start, end) of a sequence
@@ -44,10 +46,8 @@ def build_tokenizer(
     corpus = check_corpus(CAPTION_VOCABULARY if texts is None else texts)
     start, end = SPECIALS[kind]
     specials = [PAD, UNK, start, end]
-    if not isinstance(vocab_size, int) or vocab_size < 64:
-        raise ValueError(f"vocab_size must be an int >= 64 (the alphabet alone takes ~40 entries), got {vocab_size!r}")
-    if not isinstance(max_length, int) or max_length < 3:
-        raise ValueError(f"max_length must be an int >= 3 (start, one word, end), got {max_length!r}")
+    require_int("vocab_size", vocab_size, minimum=64, why="the alphabet alone takes ~40 entries")
+    require_int("max_length", max_length, minimum=3, why="start, one word, end")
     backend = backend_tokenizer(kind)
     backend.train_from_iterator(corpus, trainer(kind, vocab_size, specials))
     backend.post_processor = processors.TemplateProcessing(

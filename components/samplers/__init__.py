@@ -1,12 +1,15 @@
-"""Samplers: one function per method with one signature, like k-diffusion's `sample_<name>(model, x, ...)`.
+"""Samplers, k-diffusion style: the caller builds the timestep grid once, a denoiser adapter turns the network's
+output into (eps, x0), and `sample_<name>(denoiser, x, grid, *, generator, callback)` only steps.
 
-    x0 = sample_ddim(model, x_T, schedule, steps=50, prediction_type="eps", eta=0.0)
+    sampler = SAMPLERS.build("ddim")                         # a Sampler: its grid convention and its loop
+    grid = sampler.grid(schedule, 50, spacing="trailing")    # timesteps + alpha_bar, sliceable (grid[-k:])
+    x0 = sampler.sample(Denoiser(unet, schedule, "eps"), x_T, grid, callback=lambda i, x_t, x0: None)
 
-`model(x_t, t)` returns the network output for a batch (t a LongTensor (B,)); progress is reported through
-`callback(step_index, x_t, x0_pred)`. Each sampler registers itself in `zoo.registry.SAMPLERS`
-(ddpm.py, ddim.py, dpmpp.py); zoo/catalog.py imports them.
+Each sampler registers itself in `components.registry.SAMPLERS` (ddpm.py, ddim.py, dpmpp.py); zoo/catalog.py
+imports them. common.py holds the grid, denoiser.py the adapter.
 """
 
-from components.samplers.common import TIMESTEP_SPACINGS, spaced_timesteps
+from components.samplers.common import TIMESTEP_SPACINGS, Grid, Sampler, spaced_grid, spaced_timesteps
+from components.samplers.denoiser import Denoiser, Prediction
 
-__all__ = ["TIMESTEP_SPACINGS", "spaced_timesteps"]
+__all__ = ["TIMESTEP_SPACINGS", "Denoiser", "Grid", "Prediction", "Sampler", "spaced_grid", "spaced_timesteps"]

@@ -1,32 +1,34 @@
-"""What the samplers share: the timestep subsequence, argument checks, the model call, noise and progress.
+"""What the samplers share: the timestep grid, the registered sampler, noise and progress.
+
+The contract (k-diffusion's `sample_<name>(model, x, sigmas, callback=...)`): the caller builds the grid once,
+a `Denoiser` (denoiser.py) turns the network's output into (eps, x0), and the sampler only steps:
+
+    sampler = SAMPLERS.build("ddim", eta=0.0)
+    grid = sampler.grid(schedule, 50, spacing="trailing", offset=0, set_alpha_to_one=True)
+    x0 = sampler.sample(Denoiser(unet, schedule, "eps"), x_T, grid, generator=generator, callback=callback)
 
 Timesteps are 0-based training indices (t = 0 is the paper's t = 1), as in components/schedulers/schedule.py.
-A sampler visits the descending subsequence tau_1 > ... > tau_S of [0, T - 1] (DDIM Sec. 4.2 "respacing");
-after the last one comes "t = -1", the data, where alpha_bar = 1.
+A grid is the descending subsequence tau_1 > ... > tau_S of [0, T - 1] (DDIM Sec. 4.2 "respacing") with
+alpha_bar at each entry plus one more, where the last step lands: 1 for the data itself, or alpha_bar_0 for
+DDIM with set_alpha_to_one=False (diffusers' DDIMScheduler option). img2img starts from `grid[-k:]`.
 """
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from components.schedulers.schedule import NoiseSchedule, check_prediction_type
+from components.schedulers.schedule import NoiseSchedule
+from components.validation import require_choice, require_int
 
-logger = logging.getLogger(__name__)
-
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
+# callback(step_index, x_t, x0_pred) after every step; a returned tensor replaces x_t (inpainting's blend), None
+# keeps it.
+Callback = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None]
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
-
-
-def check_steps(num_timesteps: int, steps: int) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_timesteps:
-        raise ValueError(f"steps must be an integer in [1, {num_timesteps}] (the schedule's T), got {steps!r}")
-    return steps
 
 
 def spaced_timesteps(num_timesteps: int, steps: int, spacing: str = "trailing", offset: int = 0) -> list[int]:
@@ -36,13 +38,12 @@ def spaced_timesteps(num_timesteps: int, steps: int, spacing: str = "trailing", 
     multiples of T // S (+ offset, diffusers' steps_offset, which only "leading" uses); "trailing" counts
     down from T - 1 in strides of T / S, so the first step starts at the last training timestep.
     """
-    T, S = num_timesteps, check_steps(num_timesteps, steps)
-    if spacing not in TIMESTEP_SPACINGS:
-        raise ValueError(f"unknown timestep_spacing {spacing!r}; allowed: {', '.join(TIMESTEP_SPACINGS)}")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or (offset and spacing != "leading"):
-        raise ValueError(
-            f"steps_offset must be a non-negative integer, and non-zero only with 'leading', got {offset!r}"
-        )
+    T = num_timesteps
+    S = require_int("steps", steps, minimum=1, maximum=T, why="the schedule's T")
+    require_choice("timestep_spacing", spacing, TIMESTEP_SPACINGS)
+    require_int("steps_offset", offset, minimum=0)
+    if offset and spacing != "leading":
+        raise ValueError(f"steps_offset must be non-zero only with 'leading' spacing, got {offset!r} with {spacing!r}")
     if spacing == "linspace":
         timesteps = np.linspace(0, T - 1, S).round()[::-1]
     elif spacing == "leading":
@@ -56,32 +57,78 @@ def spaced_timesteps(num_timesteps: int, steps: int, spacing: str = "trailing", 
     return [int(t) for t in timesteps]
 
 
-def step_pairs(timesteps: list[int]) -> Iterator[tuple[int, int, int]]:
-    """(step_index, t, t_prev) over the subsequence, with t_prev = -1 (the data) after the last step."""
-    for i, t in enumerate(timesteps):
-        yield i, t, timesteps[i + 1] if i + 1 < len(timesteps) else -1
+class Step(NamedTuple):
+    """One step of a grid: its index, the timestep t, alpha_bar_t, and alpha_bar where the step lands."""
+
+    index: int
+    t: int
+    alpha_cumprod: float
+    alpha_cumprod_prev: float
+    last: bool
 
 
-def alpha_bar(schedule: NoiseSchedule, t: int) -> float:
-    """alpha_bar_t as a float64 Python float; 1 at t = -1 (x_0 itself, diffusers' set_alpha_to_one)."""
-    return 1.0 if t < 0 else float(schedule.alphas_cumprod[t])
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """The timesteps a sampler visits and the alpha_bar of each, plus where the last step lands.
+
+    timesteps: tau_1 > ... > tau_S (0-based training indices). alphas_cumprod: S + 1 float64 values,
+    alphas_cumprod[i] = alpha_bar at timesteps[i], alphas_cumprod[S] = the end of the last step.
+    A slice is a grid again: `grid[-k:]` keeps the last k steps (img2img starts there).
+    """
+
+    timesteps: tuple[int, ...]
+    alphas_cumprod: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.alphas_cumprod) != len(self.timesteps) + 1 or not self.timesteps:
+            raise ValueError(
+                f"a grid needs S >= 1 timesteps and S + 1 alphas_cumprod, got {len(self.timesteps)} and "
+                f"{len(self.alphas_cumprod)}"
+            )
+
+    @classmethod
+    def on(cls, schedule: NoiseSchedule, timesteps: list[int], final_alpha_cumprod: float = 1.0) -> Grid:
+        """The grid of `timesteps` on `schedule`, its last step landing at `final_alpha_cumprod`."""
+        values = [float(schedule.alphas_cumprod[t]) for t in timesteps]
+        return cls(tuple(timesteps), (*values, float(final_alpha_cumprod)))
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def __getitem__(self, index: slice) -> Grid:
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError(f"a grid is sliced with a contiguous slice (e.g. grid[-k:]), got {index!r}")
+        start, stop, _ = index.indices(len(self))
+        return Grid(self.timesteps[start:stop], self.alphas_cumprod[start:stop] + (self.alphas_cumprod[stop],))
+
+    def __iter__(self) -> Iterator[Step]:
+        S = len(self)
+        for i, t in enumerate(self.timesteps):
+            yield Step(i, t, self.alphas_cumprod[i], self.alphas_cumprod[i + 1], i == S - 1)
 
 
-def check_sampler_args(x: torch.Tensor, prediction_type: str, clip_x0: float | None) -> None:
+def spaced_grid(
+    schedule: NoiseSchedule, steps: int, *, spacing: str = "trailing", offset: int = 0, set_alpha_to_one: bool = True
+) -> Grid:
+    """diffusers' DDIMScheduler grid: spaced_timesteps, the last step landing on the data (alpha_bar = 1), or
+    with set_alpha_to_one=False at alpha_bar_0, as Stable Diffusion's scheduler config asks."""
+    timesteps = spaced_timesteps(schedule.num_timesteps, steps, spacing, offset)
+    return Grid.on(schedule, timesteps, 1.0 if set_alpha_to_one else float(schedule.alphas_cumprod[0]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """A registered sampler: how it places its timesteps (`grid`, the convention of its reference
+    implementation) and the loop that steps over them (`sample(denoiser, x, grid, *, generator, callback)`)."""
+
+    name: str
+    sample: Callable[..., torch.Tensor]  # sample(denoiser, x, grid, *, generator=None, callback=None)
+    grid: Callable[..., Grid]  # grid(schedule, steps, *, spacing, offset, set_alpha_to_one)
+
+
+def check_x(x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor (the starting noise x_T), got {type(x).__name__}")
-    check_prediction_type(prediction_type)
-    if clip_x0 is not None and not clip_x0 > 0:
-        raise ValueError(f"clip_x0 must be None or a positive bound (e.g. 1.0 for pixels), got {clip_x0!r}")
-
-
-def predict(
-    model: Model, x: torch.Tensor, t: int, schedule: NoiseSchedule, prediction_type: str, clip_x0: float | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(eps, x0) predicted at timestep t; x0 clamped to [-clip_x0, clip_x0] when asked (eps is left as predicted)."""
-    t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-    eps, x0 = schedule.split_prediction(model(x, t_batch), x, t_batch, prediction_type)
-    return eps, x0 if clip_x0 is None else x0.clamp(-clip_x0, clip_x0)
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -91,10 +138,14 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
 
-def progress_bar(pairs: Iterator, total: int, enabled: bool) -> Iterator:
-    return tqdm(pairs, total=total, disable=not enabled, desc="sampling")
+def steps_of(grid: Grid) -> Iterator[Step]:
+    """The grid's steps (progress is the callback's to report: the app's bar, a tqdm bar in a script)."""
+    if not isinstance(grid, Grid):
+        raise TypeError(f"grid must be a Grid (sampler.grid(schedule, steps, ...)), got {type(grid).__name__}")
+    return iter(grid)
 
 
-def report(callback: Callback | None, step_index: int, x: torch.Tensor, x0: torch.Tensor) -> None:
-    if callback is not None:
-        callback(step_index, x, x0)
+def report(callback: Callback | None, step_index: int, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """Call the callback; the tensor it returns (if any) replaces x_t."""
+    replaced = callback(step_index, x, x0) if callback is not None else None
+    return x if replaced is None else replaced

@@ -10,59 +10,55 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Generator, Tensor
 
-from components.samplers.common import (
-    Callback,
-    Model,
-    alpha_bar,
-    check_sampler_args,
-    predict,
-    progress_bar,
-    randn_like,
-    report,
-    spaced_timesteps,
-    step_pairs,
-)
+from components.registry import SAMPLERS
+from components.samplers.common import Callback, Grid, Sampler, check_x, randn_like, report, spaced_grid, steps_of
+from components.samplers.denoiser import Denoiser
 from components.schedulers.schedule import NoiseSchedule
-from zoo.registry import SAMPLERS
 
 
 def ddpm_step(
-    x0: torch.Tensor, xt: torch.Tensor, alpha_bar_t: float, alpha_bar_prev: float, noise: torch.Tensor | None
+    x0: torch.Tensor,
+    xt: torch.Tensor,
+    alpha_cumprod_t: float,
+    alpha_cumprod_prev: float,
+    noise: torch.Tensor | None,
 ) -> torch.Tensor:
     """x_{t'} ~ N(mu~(x_t, x0), beta~ I), the posterior of DDPM Eqs. 6-7 with the respaced beta' (variance
     "fixed_small"). With x0 from Eq. 15 the mean equals Alg. 2's (Eq. 11); noise=None gives the mean."""
-    beta = 1.0 - alpha_bar_t / alpha_bar_prev
-    coef_x0 = math.sqrt(alpha_bar_prev) * beta / (1.0 - alpha_bar_t)
-    coef_xt = math.sqrt(1.0 - beta) * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar_t)
+    beta = 1.0 - alpha_cumprod_t / alpha_cumprod_prev
+    coef_x0 = math.sqrt(alpha_cumprod_prev) * beta / (1.0 - alpha_cumprod_t)
+    coef_xt = math.sqrt(1.0 - beta) * (1.0 - alpha_cumprod_prev) / (1.0 - alpha_cumprod_t)
     mean = coef_x0 * x0 + coef_xt * xt
     if noise is None:
         return mean
-    posterior_variance = beta * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar_t)
+    posterior_variance = beta * (1.0 - alpha_cumprod_prev) / (1.0 - alpha_cumprod_t)
     return mean + math.sqrt(posterior_variance) * noise
 
 
-@SAMPLERS.register("ddpm", description="DDPM ancestral sampling (Alg. 2), respaced for steps < T")
 def sample_ddpm(
-    model: Model,
-    x: torch.Tensor,
-    schedule: NoiseSchedule,
-    *,
-    steps: int,
-    prediction_type: str = "eps",
-    timestep_spacing: str = "trailing",
-    steps_offset: int = 0,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    clip_x0: float | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
+    denoiser: Denoiser, x: Tensor, grid: Grid, *, generator: Generator | None = None, callback: Callback | None = None
+) -> Tensor:
     """DDPM Alg. 2 from x = x_T: at each step sample the posterior given the predicted x0; no noise at the last."""
-    check_sampler_args(x, prediction_type, clip_x0)
-    timesteps = spaced_timesteps(schedule.num_timesteps, steps, timestep_spacing, steps_offset)
-    for i, t, t_prev in progress_bar(step_pairs(timesteps), len(timesteps), progress):
-        _, x0 = predict(model, x, t, schedule, prediction_type, clip_x0)
-        noise = randn_like(x, generator) if t_prev >= 0 else None
-        x = ddpm_step(x0, x, alpha_bar(schedule, t), alpha_bar(schedule, t_prev), noise)
-        report(callback, i, x, x0)
+    check_x(x)
+    for step in steps_of(grid):
+        _, x0 = denoiser(x, step.t)
+        noise = None if step.last else randn_like(x, generator)
+        x = ddpm_step(x0, x, step.alpha_cumprod, step.alpha_cumprod_prev, noise)
+        x = report(callback, step.index, x, x0)
     return x
+
+
+def ddpm_grid(
+    schedule: NoiseSchedule, steps: int, *, spacing: str = "trailing", offset: int = 0, set_alpha_to_one: bool = True
+) -> Grid:
+    """diffusers' DDPMScheduler grid: spaced as DDIM's, and its last step always lands on the data (the
+    scheduler has no set_alpha_to_one; the argument is accepted for the common signature)."""
+    return spaced_grid(schedule, steps, spacing=spacing, offset=offset)
+
+
+@SAMPLERS.register("ddpm", description="DDPM ancestral sampling (Alg. 2), respaced for steps < T")
+def ddpm() -> Sampler:
+    """DDPM Alg. 2 on diffusers' DDPMScheduler grid."""
+    return Sampler("ddpm", sample_ddpm, ddpm_grid)

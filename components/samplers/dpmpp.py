@@ -14,47 +14,39 @@ import math
 
 import numpy as np
 import torch
+from torch import Generator, Tensor
 
-from components.samplers.common import (
-    Callback,
-    Model,
-    alpha_bar,
-    check_sampler_args,
-    predict,
-    progress_bar,
-    report,
-    spaced_timesteps,
-    step_pairs,
-)
+from components.registry import SAMPLERS
+from components.samplers.common import Callback, Grid, Sampler, check_x, report, spaced_timesteps, steps_of
+from components.samplers.denoiser import Denoiser
 from components.schedulers.schedule import NoiseSchedule
-from zoo.registry import SAMPLERS
 
 
-def half_log_snr(alpha_bar_t: float) -> float:
+def half_log_snr(alpha_cumprod_t: float) -> float:
     """lambda_t = log(alpha_t / sigma_t) = 0.5 log(alpha_bar_t / (1 - alpha_bar_t)), DPM-Solver (Lu et al. 2022)."""
-    return 0.5 * (math.log(alpha_bar_t) - math.log1p(-alpha_bar_t))
+    return 0.5 * (math.log(alpha_cumprod_t) - math.log1p(-alpha_cumprod_t))
 
 
 def dpmpp_2m_step(
     xs: torch.Tensor,
     x0: torch.Tensor,
-    alpha_bar_s: float,
-    alpha_bar_t: float,
+    alpha_cumprod_s: float,
+    alpha_cumprod_t: float,
     x0_last: torch.Tensor | None = None,
-    alpha_bar_last: float | None = None,
+    alpha_cumprod_last: float | None = None,
 ) -> torch.Tensor:
     """x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) D, h = lambda_t - lambda_s (DPM-Solver++ Alg. 2).
 
     D = (1 + 1 / (2 r)) x0_s - 1 / (2 r) x0_last with r = h_last / h (second order, from the previous step's
-    x0_last at alpha_bar_last); D = x0_s without history (first order, which is DDIM with eta = 0).
+    x0_last at alpha_cumprod_last); D = x0_s without history (first order, which is DDIM with eta = 0).
     """
-    alpha_t, sigma_t = math.sqrt(alpha_bar_t), math.sqrt(1.0 - alpha_bar_t)
-    alpha_s, sigma_s = math.sqrt(alpha_bar_s), math.sqrt(1.0 - alpha_bar_s)
+    alpha_t, sigma_t = math.sqrt(alpha_cumprod_t), math.sqrt(1.0 - alpha_cumprod_t)
+    alpha_s, sigma_s = math.sqrt(alpha_cumprod_s), math.sqrt(1.0 - alpha_cumprod_s)
     exp_neg_h = (sigma_t / alpha_t) / (sigma_s / alpha_s)  # e^{-h}; 0 when t is the data (sigma_t = 0)
     D = x0
-    if x0_last is not None and alpha_bar_last is not None:
-        h = half_log_snr(alpha_bar_t) - half_log_snr(alpha_bar_s)
-        r = (half_log_snr(alpha_bar_s) - half_log_snr(alpha_bar_last)) / h
+    if x0_last is not None and alpha_cumprod_last is not None:
+        h = half_log_snr(alpha_cumprod_t) - half_log_snr(alpha_cumprod_s)
+        r = (half_log_snr(alpha_cumprod_s) - half_log_snr(alpha_cumprod_last)) / h
         D = x0 + (0.5 / r) * (x0 - x0_last)
     return (sigma_t / sigma_s) * xs + alpha_t * (1.0 - exp_neg_h) * D
 
@@ -70,30 +62,30 @@ def dpm_timesteps(num_timesteps: int, steps: int, spacing: str = "trailing", off
     return checked
 
 
-@SAMPLERS.register("dpmpp", description="DPM-Solver++(2M) (Lu et al. 2022), ~20 steps")
+def dpm_grid(
+    schedule: NoiseSchedule, steps: int, *, spacing: str = "trailing", offset: int = 0, set_alpha_to_one: bool = True
+) -> Grid:
+    """diffusers' DPM-Solver grid (dpm_timesteps), ending at sigma = 0, the data (diffusers' final_sigmas_type
+    "zero"; set_alpha_to_one is a DDIM option, accepted for the common signature)."""
+    return Grid.on(schedule, dpm_timesteps(schedule.num_timesteps, steps, spacing, offset), 1.0)
+
+
 def sample_dpmpp(
-    model: Model,
-    x: torch.Tensor,
-    schedule: NoiseSchedule,
-    *,
-    steps: int,
-    prediction_type: str = "eps",
-    timestep_spacing: str = "trailing",
-    steps_offset: int = 0,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    clip_x0: float | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
+    denoiser: Denoiser, x: Tensor, grid: Grid, *, generator: Generator | None = None, callback: Callback | None = None
+) -> Tensor:
     """DPM-Solver++(2M) from x = x_T; deterministic (the generator is accepted for the common signature, unused)."""
-    check_sampler_args(x, prediction_type, clip_x0)
-    timesteps = dpm_timesteps(schedule.num_timesteps, steps, timestep_spacing, steps_offset)
-    x0_last, alpha_bar_last = None, None
-    for i, t, t_prev in progress_bar(step_pairs(timesteps), len(timesteps), progress):
-        _, x0 = predict(model, x, t, schedule, prediction_type, clip_x0)
-        alpha_bar_s, alpha_bar_t = alpha_bar(schedule, t), alpha_bar(schedule, t_prev)
-        history = (x0_last, alpha_bar_last) if t_prev >= 0 else (None, None)  # last step: first order
-        x = dpmpp_2m_step(x, x0, alpha_bar_s, alpha_bar_t, *history)
-        x0_last, alpha_bar_last = x0, alpha_bar_s
-        report(callback, i, x, x0)
+    check_x(x)
+    x0_last, alpha_cumprod_last = None, None
+    for step in steps_of(grid):
+        _, x0 = denoiser(x, step.t)
+        history = (None, None) if step.last else (x0_last, alpha_cumprod_last)  # last step: first order
+        x = dpmpp_2m_step(x, x0, step.alpha_cumprod, step.alpha_cumprod_prev, *history)
+        x0_last, alpha_cumprod_last = x0, step.alpha_cumprod
+        x = report(callback, step.index, x, x0)
     return x
+
+
+@SAMPLERS.register("dpmpp", description="DPM-Solver++(2M) (Lu et al. 2022), ~20 steps")
+def dpmpp() -> Sampler:
+    """DPM-Solver++(2M) on diffusers' DPM-Solver grid."""
+    return Sampler("dpmpp", sample_dpmpp, dpm_grid)

@@ -6,8 +6,8 @@ import math
 
 import torch
 
+from components.registry import SCHEDULES
 from components.schedulers.schedule import NoiseSchedule, check_num_timesteps
-from zoo.registry import SCHEDULES
 
 
 def cosine_alpha_bar(tau: torch.Tensor, s: float) -> torch.Tensor:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from components.registry import SCHEDULES
 from components.schedulers.schedule import NoiseSchedule, check_num_timesteps
-from zoo.registry import SCHEDULES
 
 MAX_BETA = 0.999
 

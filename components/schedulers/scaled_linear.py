@@ -10,8 +10,8 @@ import math
 
 import torch
 
+from components.registry import SCHEDULES
 from components.schedulers.schedule import NoiseSchedule, check_num_timesteps
-from zoo.registry import SCHEDULES
 
 
 @SCHEDULES.register("scaled-linear", tiny={"num_timesteps": 50})

@@ -132,15 +132,14 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn1 = Attention(dim, heads)
-        if context_dim is not None:
-            self.norm2 = nn.LayerNorm(dim)
-            self.attn2 = Attention(dim, heads, context_dim=context_dim)
+        self.norm2 = nn.LayerNorm(dim) if context_dim is not None else None
+        self.attn2 = Attention(dim, heads, context_dim=context_dim) if context_dim is not None else None
         self.norm3 = nn.LayerNorm(dim)
         self.ff = GEGLU(dim, dropout=dropout)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None, key_mask: torch.Tensor | None) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x))
-        if context is not None and hasattr(self, "attn2"):
+        if context is not None and self.attn2 is not None:
             x = x + self.cross_attend(self.norm2(x), context, key_mask)
         return x + self.ff(self.norm3(x))
 
@@ -211,14 +210,3 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
-
-
-class Upsample(nn.Module):
-    """Double H and W: nearest-neighbour x2, then a 3x3 conv (DDPM Appendix B / improved-diffusion `Upsample`)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

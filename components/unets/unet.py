@@ -25,17 +25,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.base import Config, HubModule
+from components.blocks import Upsample
+from components.registry import UNETS
 from components.unets.blocks import (
     RESNET_EPS,
     Downsample,
     ResBlock,
     SpatialTransformer,
     TimestepMLP,
-    Upsample,
     timestep_embedding,
     zero_,
 )
-from zoo.registry import UNETS
+from components.validation import require_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,17 +84,14 @@ class UNetConfig(Config):
         return self.num_heads if self.num_heads is not None else channels // self.num_head_channels
 
     def _check_sizes(self) -> None:
-        for name in ("in_channels", "out_channels", "model_channels", "num_res_blocks", "transformer_depth"):
-            _require_int(name, getattr(self, name), minimum=1)
-        _require_int("norm_groups", self.norm_groups, minimum=1)
-        _require_int("concat_channels", self.concat_channels, minimum=0)
-        for name in ("context_dim", "num_classes"):
-            if getattr(self, name) is not None:
-                _require_int(name, getattr(self, name), minimum=1)
+        self.check_ints("in_channels", "out_channels", "model_channels", "num_res_blocks", "transformer_depth")
+        self.check_ints("norm_groups")
+        self.check_ints("concat_channels", minimum=0)
+        self.check_ints(*(name for name in ("context_dim", "num_classes") if getattr(self, name) is not None))
         if not isinstance(self.channel_mult, tuple) or not self.channel_mult:
             raise ValueError(f"channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult!r}")
         for m in self.channel_mult:
-            _require_int("each channel_mult entry", m, minimum=1)
+            require_int("each channel_mult entry", m, minimum=1)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -109,24 +107,19 @@ class UNetConfig(Config):
 
     def _check_attention(self) -> None:
         levels, chosen = len(self.channel_mult), self.attention_levels
-        if any(not isinstance(i, int) or not 0 <= i < levels for i in chosen):
-            raise ValueError(f"attention_levels must hold level indices in 0..{levels - 1}, got {chosen}")
+        for i in chosen:
+            require_int("each attention_levels entry", i, minimum=0, maximum=levels - 1, why="a level index")
         if (self.num_heads is None) == (self.num_head_channels is None):
             got = f"num_heads={self.num_heads}, num_head_channels={self.num_head_channels}"
             raise ValueError(f"set exactly one of num_heads or num_head_channels, got {got}")
         what = "num_heads" if self.num_heads is not None else "num_head_channels"
-        _require_int(what, getattr(self, what), minimum=1)
+        self.check_ints(what)
         attended = [self.level_channels[i] for i in chosen] + [self.level_channels[-1]]  # + the mid block
         if any(ch % getattr(self, what) for ch in attended):
             raise ValueError(
                 f"channels of the attention levels and mid block {attended} must be divisible by "
                 f"{what}={getattr(self, what)}"
             )
-
-
-def _require_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _transformer(config: UNetConfig, channels: int) -> SpatialTransformer:

@@ -40,6 +40,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from components.validation import require_int
+
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "orange": (245, 140, 20),
@@ -149,9 +151,9 @@ def split_pairs(split: str) -> list[tuple[str, str]]:
 
 
 def _check_image_size(image_size: object) -> int:
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32 or image_size % 4:
-        raise ValueError(f"image_size must be an int >= 32 divisible by 4, got {image_size!r}")
-    return image_size
+    if require_int("image_size", image_size, minimum=32, why="divisible by 4") % 4:
+        raise ValueError(f"image_size must be an integer >= 32 divisible by 4, got {image_size!r}")
+    return int(image_size)
 
 
 # ------------------------------------------------------------------------------------------ rendering
@@ -234,15 +236,11 @@ def to_float_chw(image: np.ndarray) -> torch.Tensor:
 
 
 def _check_count(num_samples: object) -> int:
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
-        raise ValueError(f"num_samples must be a non-negative int, got {num_samples!r}")
-    return num_samples
+    return require_int("num_samples", num_samples, minimum=0)
 
 
 def _check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    return seed
+    return require_int("seed", seed, minimum=0)
 
 
 class ShapesDataset(Dataset):
@@ -262,8 +260,7 @@ class ShapesDataset(Dataset):
         return self.num_samples
 
     def __getitem__(self, index: int) -> dict:
-        if isinstance(index, bool) or not isinstance(index, int | np.integer):
-            raise TypeError(f"index must be an int, got {type(index).__name__}")
+        index = require_int("index", index)
         if not -self.num_samples <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for a ShapesDataset of {self.num_samples} samples")
         item = sample_item(int(index) % self.num_samples, seed=self.seed, split=self.split, image_size=self.image_size)

@@ -1,15 +1,15 @@
 """What pixel and latent pipelines share: devices, seeds, image conversion, the sampling call, saving.
 
 The sampling loop itself lives in the samplers (components/samplers), one function per method, which the
-pipelines call with a `model(x_t, t)` closure; this keeps process, network and pipeline separate.
+pipelines call with a `Denoiser` (the network under its parameterisation, guided) on a timestep grid built
+here once from the recipe; this keeps process, network and pipeline separate.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,15 @@ import torch
 from PIL import Image
 from torch import nn
 
+from components.registry import SAMPLERS
+from components.samplers.common import Callback, Grid, Sampler
+from components.samplers.denoiser import Denoiser
+from components.validation import require_int
+from zoo import pipeline_io
 from zoo.recipes import Recipe
-from zoo.registry import SAMPLERS
 
 logger = logging.getLogger(__name__)
 
-Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
 MAX_SEED = 2**63 - 1
 MAX_IMAGES = 16
 
@@ -52,17 +55,11 @@ def check_seed(seed: int | None) -> int:
     """A seed for torch's CPU generator; None draws a fresh one (returned, so it can be shown and reused)."""
     if seed is None:
         return random.randrange(MAX_SEED)
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
-    if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be in [0, 2**63 - 1], got {seed}")
-    return int(seed)
+    return require_int("seed", seed, minimum=0, maximum=MAX_SEED, why="2**63 - 1, torch's largest seed")
 
 
 def check_num_images(num_images: int) -> int:
-    if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= MAX_IMAGES:
-        raise ValueError(f"num_images must be an integer in [1, {MAX_IMAGES}], got {num_images!r}")
-    return num_images
+    return require_int("num_images", num_images, minimum=1, maximum=MAX_IMAGES)
 
 
 def to_tensor(image: Any, size: int | None = None) -> torch.Tensor:
@@ -93,6 +90,30 @@ def to_pil(x: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in array]  # (3, H, W) -> (H, W, 3)
 
 
+def image_grid(
+    images: Sequence[Image.Image],
+    columns: int | None = None,
+    *,
+    gap: int = 0,
+    background: str | tuple[int, int, int] = (128, 128, 128),
+) -> Image.Image:
+    """The images on one sheet, left to right in rows of `columns` (one row by default; columns=1 stacks them),
+    `gap` pixels apart; each cell is as wide as its column's widest image and as tall as its row's tallest."""
+    if not images:
+        raise ValueError("image_grid needs at least one image")
+    columns = require_int("columns", len(images) if columns is None else columns, minimum=1)
+    gap = require_int("gap", gap, minimum=0)
+    rows = [images[i : i + columns] for i in range(0, len(images), columns)]
+    widths = [max(row[c].width for row in rows if c < len(row)) for c in range(min(columns, len(images)))]
+    heights = [max(image.height for image in row) for row in rows]
+    size = (sum(widths) + gap * (len(widths) - 1), sum(heights) + gap * (len(heights) - 1))
+    sheet = Image.new("RGB", size, background)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            sheet.paste(image, (sum(widths[:c]) + gap * c, sum(heights[:r]) + gap * r))
+    return sheet
+
+
 class Pipeline:
     """A recipe's parts, assembled. Subclasses add `generate` and their own `forward_noise`."""
 
@@ -107,7 +128,7 @@ class Pipeline:
         self.schedule = parts["schedule"]
         self.unet: nn.Module = parts["unet"]
         self.pretrained = False  # set by the builder when trained weights were loaded
-        self.offloaded = False
+        self.offload_hooks: dict[str, Any] = {}  # role -> accelerate's offload hook (enable_model_cpu_offload)
         self.to(device or default_device(), dtype)
 
     @property
@@ -124,7 +145,7 @@ class Pipeline:
 
     def to(self, device: torch.device | str, dtype: torch.dtype | str | None = None) -> Pipeline:
         """Move every module to `device`; cast them to `dtype` when given (and the device supports it)."""
-        if self.offloaded:
+        if self.offload_hooks:
             raise ValueError("this pipeline uses model CPU offload (accelerate's hooks place each module): rebuild it")
         self.device = torch.device(device)
         self.dtype = check_dtype(dtype, self.device)
@@ -133,9 +154,9 @@ class Pipeline:
             module.eval()
         return self
 
-    def offload_order(self) -> list[nn.Module]:
-        """The modules in the order one generation calls them (each is moved in, the previous one out)."""
-        return [self.unet]
+    def offload_order(self) -> list[str]:
+        """The roles of the modules in the order one generation calls them (each moved in, the previous out)."""
+        return ["unet"]
 
     def enable_model_cpu_offload(self, device: torch.device | str | None = None) -> Pipeline:
         """Keep every module on the CPU and move each to `device` only while it runs (accelerate's cpu offload
@@ -143,25 +164,20 @@ class Pipeline:
         from accelerate import cpu_offload_with_hook
 
         execution = torch.device(device) if device is not None else default_device()
-        hook = None
-        for module in self.offload_order():
-            module.to("cpu")
-            _, hook = cpu_offload_with_hook(module, execution, prev_module_hook=hook)
-        self.device, self.offloaded = execution, True
+        hook, modules = None, self.modules()
+        for role in self.offload_order():
+            modules[role].to("cpu")
+            _, hook = cpu_offload_with_hook(modules[role], execution, prev_module_hook=hook)
+            self.offload_hooks[role] = hook
+        self.device = execution
         return self
 
     def check_steps(self, steps: int) -> int:
-        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.num_timesteps:
-            raise ValueError(
-                f"steps must be an integer in [1, {self.num_timesteps}] (the schedule's T), got {steps!r}"
-            )
-        return steps
+        return require_int("steps", steps, minimum=1, maximum=self.num_timesteps, why="the schedule's T")
 
     def check_t(self, t: int) -> int:
         """Forward-noise time in the paper's convention: t = 0 is the clean image, t = T the last step."""
-        if isinstance(t, bool) or not isinstance(t, int | np.integer) or not 0 <= t <= self.num_timesteps:
-            raise ValueError(f"t must be an integer in [0, {self.num_timesteps}], got {t!r}")
-        return int(t)
+        return require_int("t", t, minimum=0, maximum=self.num_timesteps, why="0 the image, T pure noise")
 
     def noise(self, shape: Sequence[int], seed: int) -> tuple[torch.Tensor, torch.Generator]:
         """Starting noise from a CPU generator seeded per call (the same image on every device), then moved."""
@@ -169,65 +185,47 @@ class Pipeline:
         return torch.randn(tuple(shape), generator=generator, dtype=self.dtype).to(self.device), generator
 
     def closed_form(self, x0: torch.Tensor, t: int, seed: int) -> torch.Tensor:
-        """x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), DDPM Eq. 4 (t = 0 returns x_0)."""
+        """x_t ~ q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I), DDPM Eq. 4 (t = 0 returns x_0)."""
         if t == 0:
             return x0
         eps, _ = self.noise(x0.shape, seed)
         index = torch.full((x0.shape[0],), t - 1, dtype=torch.long, device=self.device)  # 0-based index
         return self.schedule.q_sample(x0, index, eps)
 
+    def grid(self, sampler: Sampler, steps: int) -> Grid:
+        """The timestep grid `sampler` visits in `steps` steps, placed as the recipe says (spacing, offset, where
+        the last step lands); img2img starts from its last entries (`grid[-k:]`)."""
+        return sampler.grid(
+            self.schedule,
+            self.check_steps(steps),
+            spacing=self.recipe.timestep_spacing,
+            offset=self.recipe.steps_offset,
+            set_alpha_to_one=self.recipe.set_alpha_to_one,
+        )
+
     @torch.no_grad()
     def sample(
         self,
-        model: Callable,
+        denoiser: Denoiser,
         x_T: torch.Tensor,
         *,
         sampler: str,
         steps: int,
         generator: torch.Generator,
         callback: Callback | None,
-        clip_x0: float | None = None,
     ) -> torch.Tensor:
-        """Run the registered sampler `sampler` from x_T with the model closure."""
-        sample_fn = SAMPLERS.get(sampler)
-        return sample_fn(
-            model,
-            x_T,
-            self.schedule,
-            steps=self.check_steps(steps),
-            prediction_type=self.recipe.prediction_type,
-            timestep_spacing=self.recipe.timestep_spacing,
-            steps_offset=self.recipe.steps_offset,
-            generator=generator,
-            callback=callback,
-            clip_x0=clip_x0,
-            **({"set_alpha_to_one": self.recipe.set_alpha_to_one} if sampler == "ddim" else {}),
-        )
+        """Run the registered sampler `sampler` from x_T on its grid of `steps` steps."""
+        chosen = SAMPLERS.build(sampler)
+        return chosen.sample(denoiser, x_T, self.grid(chosen, steps), generator=generator, callback=callback)
 
-    # Saving: the Hub layout, one subfolder per component plus recipe.json.
+    # Saving: zoo/pipeline_io.py knows the layouts; the pipeline only hands itself over.
     def save_pretrained(self, folder: str | Path) -> Path:
         """recipe.json + one Hub-layout folder per part; a "diffusers"-layout recipe writes diffusers' layout."""
-        if self.recipe.layout == "diffusers":
-            from zoo.diffusers_layout import save_diffusers
-
-            return save_diffusers(self, folder)
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "recipe.json").write_text(self.recipe.to_json())
-        for role, module in self.modules().items():
-            module.save_pretrained(folder / role)
-        return folder
+        return pipeline_io.save(self, folder)
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
         """Save to a temporary folder and upload it with huggingface_hub; returns the commit URL."""
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message="Upload Diffusion Zoo pipeline")
-        return str(info)
+        return pipeline_io.push_to_hub(self, repo_id, private=private, token=token)
 
     def __repr__(self) -> str:
         weights = "trained" if self.pretrained else "random"

@@ -2,7 +2,8 @@
 
 Conditioning follows the LDM figure's switch: token sequences (CLIP, BERT, class label) enter the U-Net
 through cross-attention; spatially aligned maps (semantic maps) are concatenated to z_t; both, or none.
-Classifier-free guidance (Ho & Salimans 2022, Eq. 6): eps = eps_uncond + w (eps_cond - eps_uncond).
+Classifier-free guidance (Ho & Salimans 2022, Eq. 6): eps = eps_uncond + w (eps_cond - eps_uncond), in the
+denoiser adapter (components/samplers/denoiser.py).
 """
 
 from __future__ import annotations
@@ -13,31 +14,24 @@ import torch
 from PIL import Image
 from torch import nn
 
-from zoo.pipelines.base import Callback, Pipeline, check_num_images, check_seed, to_pil, to_tensor
+from components.samplers.common import Callback
+from components.samplers.denoiser import MAX_GUIDANCE, Denoiser
+from components.validation import require_int, require_number
+from zoo.pipelines.base import Pipeline, check_num_images, check_seed, to_pil, to_tensor
 from zoo.recipes import Recipe
 
 SPACES = ("pixel", "latent")
 
 
-def guided(unet_out_cond: torch.Tensor, unet_out_uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-    """Classifier-free guidance, Ho & Salimans 2022 Eq. 6: w = 1 is the conditional model, w = 0 the unconditional."""
-    return unet_out_uncond + guidance_scale * (unet_out_cond - unet_out_uncond)
-
-
 class LatentPipeline(Pipeline):
     """The Stable Diffusion shape of pipeline, at the zoo's size."""
 
-    def __init__(
-        self,
-        recipe: Recipe,
-        parts: dict[str, Any],
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | str | None = None,
-    ):
+    def __init__(self, recipe: Recipe, parts: dict[str, Any], **placement: Any):
+        """As Pipeline's (placement: device, dtype), plus the autoencoder and the optional conditioners."""
         self.autoencoder = parts["autoencoder"]
         self.conditioner = parts.get("conditioner")
         self.spatial = parts.get("spatial")
-        super().__init__(recipe, parts, device, dtype)
+        super().__init__(recipe, parts, **placement)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | str | None = None) -> LatentPipeline:
         """As Pipeline.to, but a float16 autoencoder stays in float32 (SD's VAE overflows in float16, which is
@@ -47,8 +41,8 @@ class LatentPipeline(Pipeline):
             self.autoencoder.float()
         return self
 
-    def offload_order(self) -> list[nn.Module]:
-        return [m for m in (self.conditioner, self.spatial, self.unet, self.autoencoder) if m is not None]
+    def offload_order(self) -> list[str]:
+        return [role for role in ("conditioner", "spatial", "unet", "autoencoder") if role in self.modules()]
 
     def modules(self) -> dict[str, nn.Module]:
         found = {"unet": self.unet, "autoencoder": self.autoencoder}
@@ -62,16 +56,15 @@ class LatentPipeline(Pipeline):
 
     def latent_shape_for(self, height: int | None, width: int | None) -> tuple[int, int, int]:
         """(C, h, w) of the latents of a height x width image (the recipe's image_size where None)."""
-        multiple = self.autoencoder.downsample_factor * 2 ** (len(self.unet.config.channel_mult) - 1)
+        factor = self.autoencoder.downsample_factor
+        multiple = factor * 2 ** (len(self.unet.config.channel_mult) - 1)
         sides = []
         for name, side in (("height", height), ("width", width)):
             side = self.recipe.image_size if side is None else side
-            if isinstance(side, bool) or not isinstance(side, int) or side < multiple or side % multiple:
-                raise ValueError(
-                    f"{name} must be a positive multiple of {multiple} (the autoencoder's factor "
-                    f"{self.autoencoder.downsample_factor} x the U-Net's downsampling), got {side!r}"
-                )
-            sides.append(side // self.autoencoder.downsample_factor)
+            why = f"a multiple of {multiple}, the autoencoder's factor {factor} x the U-Net's downsampling"
+            if require_int(name, side, minimum=multiple, why=why) % multiple:
+                raise ValueError(f"{name} must be {why}, got {side!r}")
+            sides.append(side // factor)
         return (self.autoencoder.latent_channels, *sides)
 
     @property
@@ -97,14 +90,14 @@ class LatentPipeline(Pipeline):
     def autoencoder_input(self, x: torch.Tensor) -> torch.Tensor:
         """x on the autoencoder's device and dtype; with CPU offload its hook moves it in first (encode and
         decode are not `forward`, which is all the hook wraps: diffusers' apply_forward_hook does the same)."""
-        if (hook := getattr(self.autoencoder, "_hf_hook", None)) is not None:
-            hook.pre_forward(self.autoencoder)
+        if (hook := self.offload_hooks.get("autoencoder")) is not None:
+            hook.hook.pre_forward(self.autoencoder)  # accelerate's CpuOffload hook moves it in
         weight = next(self.autoencoder.parameters())
         return x.to(weight.device, weight.dtype)
 
     def unknown_words(self, prompt: str | None) -> list[str]:
         """Words of `prompt` the text conditioner does not know (empty for other conditioners)."""
-        if not prompt or self.conditioner is None or not hasattr(self.conditioner, "unknown_words"):
+        if not prompt or self.conditioner is None or self.conditioner.kind != "text":
             return []
         return self.conditioner.unknown_words([prompt])[0]
 
@@ -121,18 +114,17 @@ class LatentPipeline(Pipeline):
             kwargs["concat"] = maps.expand(batch, *maps.shape[1:]).to(self.device)
         return kwargs
 
-    def denoiser(self, cond: dict, uncond: dict | None, guidance_scale: float):
-        """model(x_t, t) for the sampler: the U-Net, with classifier-free guidance when w != 1."""
-        if uncond is None or guidance_scale == 1.0:
-            return lambda x_t, t: self.unet(x_t, t, **cond)
-
-        both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
-
-        def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            out_uncond, out_cond = self.unet(torch.cat([x_t, x_t]), torch.cat([t, t]), **both).chunk(2)
-            return guided(out_cond, out_uncond, guidance_scale)
-
-        return model
+    def denoiser(self, cond: dict, uncond: dict | None, guidance_scale: float) -> Denoiser:
+        """The U-Net as the samplers see it: (eps, x0) under the recipe's parameterisation, with classifier-free
+        guidance (Ho & Salimans 2022 Eq. 6) when an unconditional input is given and w != 1."""
+        return Denoiser(
+            self.unet,
+            self.schedule,
+            self.recipe.prediction_type,
+            cond=cond,
+            uncond=uncond,
+            guidance_scale=guidance_scale,
+        )
 
     def generate(
         self,
@@ -158,9 +150,8 @@ class LatentPipeline(Pipeline):
         if self.spatial is not None and (height, width) != (None, None):
             raise ValueError(f"{self.recipe.name} draws at its semantic map's size: leave height and width unset")
         latent_shape = self.latent_shape_for(height, width)
-        w = self.recipe.guidance_scale if guidance_scale is None else float(guidance_scale)
-        if not 0.0 <= w <= 30.0:
-            raise ValueError(f"guidance_scale must be in [0, 30], got {w}")
+        w = self.recipe.guidance_scale if guidance_scale is None else guidance_scale
+        w = require_number("guidance_scale", w, minimum=0, maximum=MAX_GUIDANCE)
         if self.spatial is not None and semantic_map is None:
             raise ValueError(f"{self.recipe.name} is conditioned on a semantic map: pass semantic_map=")
         has_condition = self.conditioner is not None or self.spatial is not None

@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from zoo.pipelines.base import Callback, Pipeline, check_num_images, check_seed, to_pil, to_tensor
+from components.samplers.common import Callback
+from components.samplers.denoiser import Denoiser
+from zoo.pipelines.base import Pipeline, check_num_images, check_seed, to_pil, to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +35,14 @@ class PixelPipeline(Pipeline):
         seed, num_images = check_seed(seed), check_num_images(num_images)
         size = self.recipe.image_size
         x_T, generator = self.noise((num_images, self.unet.config.in_channels, size, size), seed)
-        model = lambda x_t, t: self.unet(x_t, t)  # noqa: E731
+        denoiser = Denoiser(self.unet, self.schedule, self.recipe.prediction_type, clip_x0=1.0)  # pixels in [-1, 1]
         x0 = self.sample(
-            model,
+            denoiser,
             x_T,
             sampler=sampler or self.recipe.sampler,
             steps=self.recipe.steps if steps is None else steps,
             generator=generator,
             callback=callback,
-            clip_x0=1.0,
         )
         return to_pil(x0)
 

@@ -30,12 +30,10 @@ def batch_indices(step: int, batch: int, total: int, seed: int) -> torch.Tensor:
 
 
 def grid(images: list[Image.Image], columns: int = 8) -> Image.Image:
-    w, h = images[0].size
-    rows = (len(images) + columns - 1) // columns
-    sheet = Image.new("RGB", (columns * w, rows * h), (128, 128, 128))
-    for i, image in enumerate(images):
-        sheet.paste(image, ((i % columns) * w, (i // columns) * h))
-    return sheet
+    """Training's sample sheets: rows of 8 on grey (the library's one grid maker)."""
+    from zoo.pipelines.base import image_grid
+
+    return image_grid(images, columns=min(columns, len(images)))
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -206,21 +204,14 @@ def zero_shot_on(clip: Any, tokenizer: Any, max_length: int, n: int, seed: int, 
 
 
 # ---------------------------------------------------------------------------------------------- diffusion
-def load_part(role: str, name: str, folder: str) -> Any:
-    from zoo.build import component_class
-
-    return component_class(role, name).from_pretrained(folder)
-
-
 def build_for_training(args: Any) -> Any:
     """The pipeline with random U-Net, and the trained autoencoder / frozen CLIP tower from earlier stages."""
-    from zoo.build import assemble, check_compatible
-    from zoo.pipelines.latent import LatentPipeline
-    from zoo.pipelines.pixel import PixelPipeline
+    from zoo.assembly import assemble
+    from zoo.build import load_pipeline
+    from zoo.build import recipe as registered_recipe
+    from zoo.pipeline_io import load_part
 
     if args.init:  # continue from a saved pipeline (e.g. the embedded weights); frozen parts stay frozen
-        from zoo.build import load_pipeline
-
         pipe = load_pipeline(args.init, device="cpu")
         if args.overrides:  # e.g. {"prediction_type": "v"}: fine-tune the same network to a new target
             pipe.recipe = pipe.recipe.replace(**json.loads(args.overrides))
@@ -228,26 +219,21 @@ def build_for_training(args: Any) -> Any:
             trainable = role == "unet" or (role == "conditioner" and pipe.recipe.conditioner.name == "bert")
             module.requires_grad_(trainable)
         return pipe
-    from zoo.build import recipe as registered_recipe
-
     recipe = registered_recipe(args.pipeline)
     if args.overrides:
         recipe = recipe.replace(**json.loads(args.overrides))
-    pipe = assemble(recipe, tiny=args.tiny, device="cpu")
-    parts = {"schedule": pipe.schedule, **pipe.modules()}
+    trained = {}
     if recipe.autoencoder is not None:
         if not args.autoencoder:
             raise SystemExit(f"{recipe.name} is a latent pipeline: pass --autoencoder <trained autoencoder folder>")
-        parts["autoencoder"] = load_part("autoencoder", recipe.autoencoder.name, args.autoencoder).requires_grad_(
-            False
-        )
+        trained["autoencoder"] = load_part("autoencoder", recipe.autoencoder.name, args.autoencoder)
     if recipe.conditioner is not None and recipe.conditioner.name == "clip":
         if not args.conditioner:
             raise SystemExit(f"{recipe.name} uses the CLIP text tower: pass --conditioner <trained CLIP folder>")
-        parts["conditioner"] = load_part("conditioner", "clip", args.conditioner).requires_grad_(False)
-    check_compatible(recipe, parts)
-    cls = LatentPipeline if recipe.kind == "latent" else PixelPipeline
-    return cls(recipe, parts, device="cpu")
+        trained["conditioner"] = load_part("conditioner", "clip", args.conditioner)
+    for module in trained.values():
+        module.requires_grad_(False)
+    return assemble(recipe, trained, tiny=args.tiny, device="cpu")
 
 
 def train_diffusion(args: Any) -> Path:

@@ -1,0 +1,105 @@
+"""Saving and loading pipelines: the one module that knows the file layouts (pipelines do not).
+
+Two layouts, chosen by the recipe's `layout` when saving and by what the folder holds when loading:
+
+    zoo        recipe.json + one Hub-layout folder per part (config.json + model.safetensors, tokenizer files)
+    diffusers  model_index.json + unet/ vae/ text_encoder/ tokenizer/ scheduler/ (zoo/diffusers_layout.py)
+
+Loading returns plain data, `(recipe, parts)`; zoo/assembly.py turns that into a pipeline, as it does for
+random parts and for training. Only safetensors and JSON are ever read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import typing
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from components.base import WeightsError, resolve_folder
+from zoo import catalog
+from zoo.recipes import REGISTRIES, Recipe
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_ROOT = Path(__file__).parent / "weights"  # the embedded weights, one zoo-layout folder per pipeline
+RECIPE_FILE = "recipe.json"
+
+
+def embedded_weights(name: str) -> Path | None:
+    """zoo/weights/<name> when the package ships trained weights for that pipeline."""
+    folder = WEIGHTS_ROOT / name
+    return folder if (folder / RECIPE_FILE).is_file() else None
+
+
+def component_class(role: str, name: str) -> type[nn.Module]:
+    """The class a registered factory declares it returns: the class whose from_pretrained loads the part
+    (HubModule's, or a text conditioner's, which also reads its tokenizer)."""
+    factory = REGISTRIES[role].get(name)
+    cls = typing.get_type_hints(factory).get("return")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(
+            f"the {role} factory {name!r} must declare its return class (an nn.Module with from_pretrained)"
+        )
+    return cls
+
+
+def load_part(role: str, name: str, folder: str | os.PathLike) -> nn.Module:
+    """One trained part (config.json + model.safetensors) of the registered kind `name`."""
+    catalog.load()
+    return component_class(role, name).from_pretrained(folder)
+
+
+def read_zoo(source: str | os.PathLike) -> tuple[Recipe, dict[str, Any]]:
+    """The recipe and trained parts of a zoo-layout folder or Hub repo id (downloaded by huggingface_hub)."""
+    catalog.load()
+    folder = resolve_folder(source)
+    recipe_file = folder / RECIPE_FILE
+    if not recipe_file.is_file():
+        raise WeightsError(f"missing {recipe_file}: a pipeline folder holds {RECIPE_FILE} and one folder per part")
+    recipe = Recipe.from_json(recipe_file.read_text())
+    parts: dict[str, Any] = {"schedule": REGISTRIES["schedule"].build(recipe.schedule.name, **recipe.schedule.kwargs)}
+    for role, part in recipe.parts.items():
+        if role != "schedule":
+            parts[role] = component_class(role, part.name).from_pretrained(folder / role)
+    logger.info("read %s from %s", recipe.name, folder)
+    return recipe, parts
+
+
+def read(source: str | os.PathLike, *, name: str | None = None) -> tuple[Recipe, dict[str, Any]]:
+    """The recipe and trained parts saved at `source`, in whichever layout it holds."""
+    from zoo import diffusers_layout  # imports transformers: only when a pipeline is read
+
+    if diffusers_layout.holds_model_index(source):
+        return diffusers_layout.read_diffusers(source, name=name)
+    return read_zoo(source)
+
+
+def save(pipeline: Any, folder: str | os.PathLike) -> Path:
+    """Write `pipeline` (its recipe and its modules) in the layout its recipe names; returns the folder."""
+    if pipeline.recipe.layout == "diffusers":
+        from zoo import diffusers_layout
+
+        return diffusers_layout.write_diffusers(pipeline, folder)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RECIPE_FILE).write_text(pipeline.recipe.to_json())
+    for role, module in pipeline.modules().items():
+        module.save_pretrained(folder / role)
+    return folder
+
+
+def push_to_hub(pipeline: Any, repo_id: str, *, private: bool = False, token: str | None = None) -> str:
+    """Save to a temporary folder and upload it with huggingface_hub; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        save(pipeline, tmp)
+        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message="Upload Diffusion Zoo pipeline")
+    return str(info)
