@@ -233,3 +233,22 @@ def test_the_plan_trains_every_shipped_model_after_the_parts_it_needs(preset):
         for name, src in plan.EMBEDDED_PARTS.items():
             assert (Path(zoo.__file__).parent / "weights" / src / "config.json").is_file()
             assert names.index(name) < names.index("ldm-clip-kl")
+
+
+def test_a_unet_warm_start_copies_the_weights_and_refuses_another_architecture(runs, kl, tmp_path):
+    source = zoo.build("ldm-class-kl", tiny=True, pretrained=False, device="cpu").unet
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_()
+    source.save_pretrained(tmp_path / "unet")
+    from zoo.train.__main__ import parser
+
+    argv = ["diffusion", "--pipeline", "ldm-class-kl", "--autoencoder", str(kl / "final")]
+    argv += ["--out", str(tmp_path / "o")]
+    warm = stages.build_for_training(parser().parse_args([*argv, "--tiny", "--unet-from", str(tmp_path / "unet")]))
+    for key, value in source.state_dict().items():
+        assert torch.equal(warm.unet.state_dict()[key], value)
+    other = zoo.build("ldm-seg-kl", tiny=True, pretrained=False, device="cpu").unet  # concat channels: other conv_in
+    other.save_pretrained(tmp_path / "seg-unet")
+    with pytest.raises(SystemExit, match="not the architecture"):
+        stages.build_for_training(parser().parse_args([*argv, "--tiny", "--unet-from", str(tmp_path / "seg-unet")]))

@@ -58,6 +58,7 @@ def parser() -> argparse.ArgumentParser:
     diffusion.add_argument("--autoencoder", help="trained autoencoder folder (latent pipelines)")
     diffusion.add_argument("--conditioner", help="trained CLIP text-tower folder (CLIP pipelines)")
     diffusion.add_argument("--init", help="start from a saved pipeline folder (e.g. zoo/weights/ldm-clip-kl)")
+    diffusion.add_argument("--unet-from", help="start the U-Net from this trained U-Net folder (same architecture)")
     diffusion.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (e.g. 5)")
     common(diffusion, steps=8000, batch=64, lr=3e-4)
     exp = sub.add_parser("export", help="copy a trained pipeline into zoo/weights, in float16 safetensors")

@@ -233,7 +233,16 @@ def build_for_training(args: Any) -> Any:
         trained["conditioner"] = load_part("conditioner", "clip", args.conditioner)
     for module in trained.values():
         module.requires_grad_(False)
-    return assemble(recipe, trained, tiny=args.tiny, device="cpu")
+    pipe = assemble(recipe, trained, tiny=args.tiny, device="cpu")
+    if getattr(args, "unet_from", None):  # warm start: another pipeline's trained U-Net of the same architecture
+        source = load_part("unet", recipe.unet.name, args.unet_from)
+        try:
+            pipe.unet.load_state_dict(source.state_dict(), strict=True)
+        except RuntimeError as error:
+            raise SystemExit(
+                f"--unet-from {args.unet_from}: not the architecture of {recipe.name}'s U-Net: {error}"
+            ) from None
+    return pipe
 
 
 def train_diffusion(args: Any) -> Path:
