@@ -61,12 +61,15 @@ def train_autoencoder(args: Any) -> Path:
     torch.manual_seed(args.seed)
     ae = AUTOENCODERS.build(args.name, tiny=args.tiny, **json.loads(args.overrides or "{}"))
     trainer = Trainer(out, {"autoencoder": ae}, loop_config(args))
+    refuse_vq_across_processes(ae, trainer.shard.world)
     device = trainer.device
     images = images.to(device)  # uint8: 50,000 images are 0.6 GB
+    generator = torch.Generator(device=device)
 
     def step(i: int) -> tuple[torch.Tensor, dict]:
-        x = to_float(images[batch_indices(i, args.batch, len(images), args.seed)]).to(device)
-        return ae.loss(x)
+        x = to_float(images[trainer.shard(batch_indices(i, args.batch, len(images), args.seed))]).to(device)
+        generator.manual_seed((args.seed * 7_919 + i) * 1_009 + trainer.shard.index)  # per step and batch part
+        return ae.loss(x, generator=generator)
 
     def sample(path: Path) -> None:
         x = to_float(images[:16]).to(device)
@@ -75,6 +78,8 @@ def train_autoencoder(args: Any) -> Path:
         grid([*to_images(x), *to_images(rec)]).save(path)
 
     history = trainer.run(step, sample)
+    if not trainer.is_main:  # the main process evaluates and exports
+        return out / "final"
     with trainer.ema_weights():
         ae.eval()
         with torch.no_grad():
@@ -86,6 +91,17 @@ def train_autoencoder(args: Any) -> Path:
         ae.cpu().save_pretrained(out / "final")
     write_metrics(out, {"psnr_heldout_db": psnr(rec.cpu(), x.cpu()), "scaling_factor": scale, "history": history[-3:]})
     return out / "final"
+
+
+def refuse_vq_across_processes(ae: Any, world: int) -> None:
+    """A VQ autoencoder restarts dead codes from its own batch inside the forward: processes would disagree."""
+    from components.autoencoders.vq import VQAutoencoder
+
+    if world > 1 and isinstance(ae, VQAutoencoder):
+        raise SystemExit(
+            f"a VQ autoencoder trains on one process only (this launch started {world}): its dead-code restarts "
+            "write the codebook from the local batch, so the processes' codebooks would drift apart"
+        )
 
 
 def to_images(x: torch.Tensor) -> list[Image.Image]:
@@ -102,8 +118,13 @@ def loop_config(args: Any) -> LoopConfig:
         ema_decay=args.ema_decay,
         sample_every=args.sample_every,
         checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
         seed=args.seed,
         max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+        batch=args.batch,
+        grad_accum=args.grad_accum,
+        processes=args.processes,
+        mixed_precision=args.mixed_precision,
     )
 
 
@@ -145,12 +166,14 @@ def train_clip(args: Any) -> Path:
     width, layers = (16, 1) if args.tiny else (args.vision_width, args.vision_layers)
     clip = clip_model_for(conditioner, images.shape[-1], width=width, layers=layers, patch=8)
     tokenizer = conditioner.tokenizer
+    if args.grad_accum != 1:
+        raise SystemExit("--grad-accum must be 1 for clip: the contrastive loss needs the whole batch at once")
     trainer = Trainer(out, {"clip": clip}, loop_config(args))
     device = trainer.device
     images = images.to(device)
 
     def step(i: int) -> tuple[torch.Tensor, dict]:
-        idx = batch_indices(i, args.batch, len(images), args.seed)
+        idx = trainer.shard(batch_indices(i, args.batch, len(images), args.seed))
         tokens = tokenizer(
             [captions[j] for j in idx],
             padding="max_length",
@@ -159,10 +182,13 @@ def train_clip(args: Any) -> Path:
             return_tensors="pt",
         ).to(device)
         x = to_float(images[idx]).to(device)
-        result = clip(**tokens, pixel_values=x, return_loss=True)
-        return result.loss, {}
+        result = clip(**tokens, pixel_values=x)
+        text, image = trainer.gather(result.text_embeds), trainer.gather(result.image_embeds)
+        return contrastive_loss(clip.logit_scale.exp() * text @ image.t()), {}
 
     history = trainer.run(step)
+    if not trainer.is_main:
+        return out / "final"
     with trainer.ema_weights():
         clip.eval()
         metrics = zero_shot_on(clip, tokenizer, conditioner.max_length, 256, args.data_seed + 2, device)
@@ -172,6 +198,13 @@ def train_clip(args: Any) -> Path:
         text.save_pretrained(out / "final")
     write_metrics(out, {**metrics, "history": history[-3:]})
     return out / "final"
+
+
+def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
+    """The symmetric InfoNCE loss over a batch's text-image similarities (Radford et al. 2021, Fig. 3)."""
+    labels = torch.arange(len(logits_per_text), device=logits_per_text.device)
+    ce = torch.nn.functional.cross_entropy
+    return (ce(logits_per_text, labels) + ce(logits_per_text.t(), labels)) / 2
 
 
 def features(output: Any) -> torch.Tensor:
@@ -267,11 +300,15 @@ def train_diffusion(args: Any) -> Path:
     generator = torch.Generator(device="cpu")
 
     def step(i: int) -> tuple[torch.Tensor, dict]:
+        # Step i's draws (samples, condition dropout, t, eps) are made for the whole global batch from one seed,
+        # then cut to this process's part: N processes train exactly what one process trains on the whole batch.
         idx = batch_indices(i, args.batch, len(x0_all), args.seed)
-        x0 = x0_all[idx].to(device)
-        x0 = to_float(x0) if x0.dtype == torch.uint8 else x0
         generator.manual_seed(args.seed * 7_919 + i)
-        kwargs = condition.batch(idx, generator)
+        kwargs = {k: trainer.shard(v) for k, v in condition.batch(idx, generator).items()}  # (a BERT runs on all)
+        t = trainer.shard(torch.randint(0, pipe.schedule.num_timesteps, (len(idx),), generator=generator))
+        eps = trainer.shard(torch.randn((len(idx), *x0_all.shape[1:]), generator=generator))
+        x0 = x0_all[trainer.shard(idx)].to(device)
+        x0 = to_float(x0) if x0.dtype == torch.uint8 else x0
         loss = diffusion_loss(
             pipe.unet,
             x0,
@@ -279,6 +316,8 @@ def train_diffusion(args: Any) -> Path:
             prediction_type=recipe.prediction_type,
             model_kwargs=kwargs,
             snr_gamma=args.snr_gamma,
+            t=t.to(device),
+            noise=eps.to(device),
         )
         return loss, {}
 
@@ -289,6 +328,8 @@ def train_diffusion(args: Any) -> Path:
             module.train()
 
     history = trainer.run(step, sample)
+    if not trainer.is_main:
+        return out / "final"
     with trainer.ema_weights():
         pipe.to("cpu").save_pretrained(out / "final")
     write_metrics(out, {"history": history[-3:]})
