@@ -152,13 +152,14 @@ class Trainer:
         params = [p for m in self.modules.values() for p in m.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.ema = {name: EMA(m, config.ema_decay) for name, m in self.modules.items() if has_trainable(m)}
-        self.step = 0
+        self.step, self.saved_step = 0, -1
         self.history: list[dict] = []
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
         self.resume()
-        logger.info("%s: %s", self.out, self.describe())
+        if self.is_main:
+            logger.info("%s: %s", self.out, self.describe())
 
     def describe(self) -> str:
         cfg, world, setup = self.config, self.accelerator.num_processes, self.accelerator.distributed_type.value
@@ -180,6 +181,7 @@ class Trainer:
         """Every process checks that its weights equal the main process's; the main one writes the checkpoint to
         checkpoint.tmp/ and renames it into place, so a run killed at any moment leaves a complete checkpoint."""
         self.check_identical()
+        self.saved_step = self.step
         if not self.is_main:
             return
         tmp, old = self.out / "checkpoint.tmp", self.out / "checkpoint.old"
@@ -253,7 +255,8 @@ class Trainer:
             self.history.append({"step": self.step, "stopped": f"time box of {cfg.max_seconds:.0f} s reached"})
             logger.warning("%s: stopped at step %d of %d (time box)", self.out, self.step, cfg.steps)
             self.sample(sample_fn)
-        self.save_checkpoint()
+        if self.saved_step != self.step:
+            self.save_checkpoint()
         return self.history
 
     def train_step(self, step_fn: Callable[[int], tuple[torch.Tensor, dict]]) -> dict[str, float]:
