@@ -206,7 +206,13 @@ class Trainer:
     def layout(self) -> dict[str, Any]:
         """How this run splits its batch (saved with the checkpoint; a resume may use another split)."""
         cfg = self.config
-        return {"global_batch": cfg.batch, "processes": self.accelerator.num_processes, "grad_accum": cfg.grad_accum}
+        world, precision = self.accelerator.num_processes, self.accelerator.mixed_precision
+        return {
+            "global_batch": cfg.batch,
+            "processes": world,
+            "grad_accum": cfg.grad_accum,
+            "mixed_precision": precision,
+        }
 
     def resume(self) -> None:
         folder = latest_checkpoint(self.out)
@@ -295,7 +301,7 @@ class Trainer:
         cfg = self.config
         if self.step % cfg.log_every == 0 or self.step == cfg.steps:
             mean = self.mean_over_processes({k: sum(w[k] for w in window) / len(window) for k in window[0]})
-            record = {"step": self.step, "seconds": round(time.perf_counter() - started, 1), **mean}
+            record = {"step": self.step, "seconds": round(time.perf_counter() - started, 2), **mean}
             record["processes"] = self.accelerator.num_processes
             self.history.append(record)
             if self.is_main:
@@ -366,17 +372,19 @@ class Trainer:
 
 def process_state() -> Any:
     """accelerate's process state (rank, world size, device), set up once per process: on the CPU, with gloo,
-    where ACCELERATE_USE_CPU is set or there is no GPU, so a plain torchrun launch works on a CPU machine too
-    (accelerate's own PartialState() reads that flag only through an Accelerator)."""
+    where ACCELERATE_USE_CPU is set or several processes have no GPU, so a plain torchrun launch works on a CPU
+    machine too (accelerate's own PartialState() reads that flag only through an Accelerator)."""
     from accelerate import PartialState
 
     return PartialState(cpu=use_cpu())
 
 
 def use_cpu() -> bool:
+    """ACCELERATE_USE_CPU, or a multi-process launch without CUDA (one process keeps accelerate's choice: MPS...)."""
     from accelerate.utils import parse_flag_from_env
 
-    return parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return parse_flag_from_env("ACCELERATE_USE_CPU") or (world > 1 and not torch.cuda.is_available())
 
 
 def make_accelerator(mixed_precision: str) -> Any:
