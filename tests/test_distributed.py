@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,13 +75,17 @@ def one(runs) -> Path:
 
 @pytest.fixture(scope="module")
 def two(runs, one) -> Path:
-    """A 2-process run, then (same launch) one whose second process dies before step 3 (`died`)."""
+    """A 2-process run; then, in the same launch, the 1-process run `one` resumed on 2 processes for 2 more steps
+    (`grown`), and a run whose second process dies before step 3 (`died`)."""
+    shutil.copytree(one / "checkpoint", runs / "grown" / "checkpoint")
     result = launch(
         [str(runs / "probe"), *stage(runs, runs / "two", "--processes", "2")],
+        [str(runs / "probe-grown"), *stage(runs, runs / "grown", steps=STEPS + 2)],
         [str(runs / "probe-died"), *stage(runs, runs / "died")],
-        PROBE_DIE="1:1:3",
+        PROBE_DIE="2:1:3",
     )
-    assert all(rank.get("finished") for rank in ranks(runs)), result.stderr[-3000:]
+    finished = [rank.get("finished") for probe in ("probe", "probe-grown") for rank in ranks(runs, probe)]
+    assert all(finished), result.stderr[-3000:]
     assert result.returncode != 0  # the second run's process 1 died; torchrun stopped the other one
     return runs / "two"
 
@@ -155,6 +160,14 @@ def test_a_two_process_checkpoint_resumes_on_one_process_as_the_same_run(runs, t
     assert [(line["step"], line["processes"]) for line in lines] == [(4, 1), (6, 1)]
 
 
+def test_a_one_process_checkpoint_resumes_on_two_processes_as_the_same_run(runs, one, two):
+    out = runs / "grown-alone"
+    shutil.copytree(one / "checkpoint", out / "checkpoint")
+    main(stage(runs, out, steps=STEPS + 2))
+    assert_same_run(weights(runs / "grown" / "checkpoint"), weights(out / "checkpoint"))
+    assert json.loads((runs / "grown" / "checkpoint" / "state.json").read_text())["processes"] == 2
+
+
 def test_one_process_with_two_micro_batches_is_the_same_run(runs, one):
     out = runs / "accum"
     main(stage(runs, out, "--grad-accum", "2"))
@@ -223,6 +236,18 @@ def test_resuming_with_another_global_batch_names_the_checkpoint(runs, one):
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == STEPS  # untouched
 
 
+def test_a_resumed_run_keeps_the_vocabulary_its_checkpoint_was_trained_with(runs):
+    """The tokenizers library trains a different vocabulary in each process, so the checkpoint carries it."""
+    out = runs / "clip-vocab"
+    argv = ["clip", "--out", str(out), "--tiny", "--samples", str(SAMPLES), "--batch", "4", "--threads", "1"]
+    argv += ["--cache", str(runs / "data"), "--checkpoint-every", "2"]
+    main([*argv, "--steps", "2"])
+    saved = json.loads((out / "checkpoint" / "clip.tokenizer.json").read_text())["model"]["vocab"]
+    main([*argv, "--steps", "4"])
+    exported = json.loads((out / "final" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert exported == saved and len(saved) > 100
+
+
 def test_fp16_from_the_launcher_is_refused(runs, monkeypatch):
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
     with pytest.raises(SystemExit, match=r"fp16 from the launcher \(ACCELERATE_MIXED_PRECISION\) needs loss scaling"):
@@ -242,3 +267,38 @@ def test_a_checkpoint_of_the_previous_format_still_resumes(runs, one):
     state_file.write_text(json.dumps(state))
     main(stage(runs, out, steps=STEPS + 2))
     assert json.loads(state_file.read_text())["step"] == STEPS + 2
+
+
+# ------------------------------------------------------------------- the other stages on 2 processes (slow)
+def other_stage(runs: Path, kind: list[str], out: Path, *extra: str) -> list[str]:
+    args = f"--tiny --steps 4 --samples {SAMPLES} --batch {BATCH} --threads 1 --sample-every 100 --warmup 1"
+    args += f" --lr 3e-3 --checkpoint-every 2 --log-every 2 --cache {runs / 'data'}"
+    return [*kind, "--out", str(out), *args.split(), *extra]
+
+
+@pytest.mark.slow
+def test_clip_and_the_kl_autoencoder_train_the_same_run_on_two_processes(runs, one):
+    """CLIP's contrastive loss spans the whole global batch (embeddings gathered with their gradients), so two
+    processes continue a 1-process CLIP checkpoint as one process does (the checkpoint carries the tokenizer:
+    tokenizers trained in two processes get different vocabularies). The KL autoencoder draws its posterior
+    noise per batch part, so two processes equal one with two micro-batches. VQ is refused on two processes."""
+    clip, kl, vq = ["clip"], ["autoencoder", "--name", "kl-f4"], ["autoencoder", "--name", "vq-f4"]
+    environ = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    single = [sys.executable, "tests/distributed_probe.py", str(runs / "probe-clip-1")]
+    single += other_stage(runs, clip, runs / "clip-1")
+    subprocess.run(single, cwd=ROOT, env=environ, check=True, capture_output=True, timeout=300)
+    shutil.copytree(runs / "probe-clip-1" / "checkpoint-2", runs / "clip-2" / "checkpoint")
+    result = launch(
+        [str(runs / "probe-clip"), *other_stage(runs, clip, runs / "clip-2")],
+        [str(runs / "probe-kl"), *other_stage(runs, kl, runs / "kl-2")],
+        [str(runs / "probe-vq"), *other_stage(runs, vq, runs / "vq-2")],
+    )
+    assert "a VQ autoencoder trains on one process only (this launch started 2)" in result.stderr
+    assert all(rank.get("finished") for probe in ("probe-clip", "probe-kl") for rank in ranks(runs, probe))
+    main(other_stage(runs, kl, runs / "kl-1", "--grad-accum", "2"))
+    for name, module in (("clip", "clip"), ("kl", "autoencoder")):
+        two_processes, one_process = (runs / f"{name}-{n}" / "checkpoint" for n in (2, 1))
+        for file in (f"{module}.safetensors", f"{module}.ema.safetensors"):
+            a, b = load_file(two_processes / file), load_file(one_process / file)
+            for key in a:
+                torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-4, msg=f"{name} {file} {key}")

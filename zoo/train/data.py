@@ -25,7 +25,10 @@ logger = logging.getLogger(__name__)
 
 
 def cached_dataset(cache_dir: Path, num_samples: int, *, seed: int, split: str = "train") -> dict:
-    """{"images": uint8 (N, 3, 64, 64), "semantic_maps": uint8 (N, 64, 64), "class_labels": (N,), "captions"}."""
+    """{"images": uint8 (N, 3, 64, 64), "semantic_maps": uint8 (N, 64, 64), "class_labels": (N,), "captions"}.
+
+    Under a distributed launch this waits for all processes (the main one builds, then the others read): call it
+    on every process, never from main-only code."""
     from zoo.train.loop import process_state
 
     with process_state().main_process_first():

@@ -140,8 +140,13 @@ class Trainer:
     """Runs `step` for `config.steps` optimiser steps over `modules`' trainable parameters, resumably, on every
     process of a distributed launch (see the module docstring); the stage's `step` cuts its batch with `shard`."""
 
-    def __init__(self, out: Path, modules: dict[str, nn.Module], config: LoopConfig):
+    def __init__(
+        self, out: Path, modules: dict[str, nn.Module], config: LoopConfig, *, tokenizers: dict[str, Any] | None = None
+    ):
+        """`tokenizers`: ones the run trains its own vocabulary for (a new BERT's, CLIP's). They are saved with the
+        checkpoint and come back on resume (read `trainer.tokenizers`), the same on every process."""
         self.out, self.config = Path(out), config
+        self.tokenizers = dict(tokenizers or {})
         self.accelerator = make_accelerator(config.mixed_precision)
         self.is_main = self.accelerator.is_main_process
         check_launch(config, self.accelerator.num_processes)
@@ -158,6 +163,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
         self.resume()
+        self.tokenizers = {name: tokenizer_of_main(tokenizer) for name, tokenizer in self.tokenizers.items()}
         if self.is_main:
             logger.info("%s: %s", self.out, self.describe())
 
@@ -193,6 +199,8 @@ class Trainer:
             )
             if name in self.ema:
                 save_file({k: v.cpu() for k, v in self.ema[name].shadow.items()}, tmp / f"{name}.ema.safetensors")
+        for name, tokenizer in self.tokenizers.items():
+            (tmp / f"{name}.tokenizer.json").write_text(tokenizer.backend_tokenizer.to_str())
         tensors, groups = optimizer_tensors(self.optimizer)
         save_file(tensors, tmp / "optimizer.safetensors")
         state = {"step": self.step, "history": self.history, **self.layout(), **groups}
@@ -237,6 +245,8 @@ class Trainer:
         except (ValueError, KeyError) as error:
             raise SystemExit(f"cannot resume from {file}: it does not fit this run's parameters ({error})") from None
         self.step, self.history = state["step"], state["history"]
+        for name, tokenizer in self.tokenizers.items():
+            self.tokenizers[name] = load_tokenizer(folder / f"{name}.tokenizer.json", tokenizer)
         before = state.get("processes", 1), state.get("grad_accum", 1)
         logger.info("resumed %s at step %d (written by %d process(es) x %d micro-batches)", folder, self.step, *before)
 
@@ -379,6 +389,46 @@ def process_state() -> Any:
     return PartialState(cpu=use_cpu())
 
 
+def load_tokenizer(file: Path, like: Any) -> Any:
+    """The tokenizer saved with a checkpoint, as a `like` one; a checkpoint from before tokenizers were saved keeps
+    `like` (built afresh), with a warning: its token ids may not be those the run was trained with."""
+    if not file.is_file():
+        logger.warning("%s is missing: the tokenizer was built again; its token ids may differ from the run's", file)
+        return like
+    return tokenizer_from_json(file.read_text(), like)
+
+
+def tokenizer_from_json(text: str, like: Any) -> Any:
+    """A transformers fast tokenizer from its backend's JSON, with `like`'s special tokens and length."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(text), model_max_length=like.model_max_length, **like.special_tokens_map
+    )
+
+
+def tokenizer_of_main(tokenizer: Any) -> Any:
+    """The main process's tokenizer, on every process. The tokenizers library's BPE / WordPiece training breaks
+    ties in a per-process random order, so processes that each train one from the same captions get different
+    vocabularies (measured: three processes, three vocabularies); the main one's travels as its JSON."""
+    state = process_state()
+    if state.num_processes == 1:
+        return tokenizer
+    text = broadcast_text(tokenizer.backend_tokenizer.to_str() if state.is_main_process else "", state.device)
+    return tokenizer if state.is_main_process else tokenizer_from_json(text, tokenizer)
+
+
+def broadcast_text(text: str, device: torch.device) -> str:
+    """The main process's `text` on every process (UTF-8 bytes in a tensor: no pickle)."""
+    from accelerate.utils import broadcast
+
+    data = torch.tensor(list(text.encode()), dtype=torch.uint8, device=device)
+    length = int(broadcast(torch.tensor([len(data)], device=device)))
+    buffer = data if len(data) == length else torch.zeros(length, dtype=torch.uint8, device=device)
+    return bytes(broadcast(buffer).cpu().tolist()).decode()
+
+
 def use_cpu() -> bool:
     """ACCELERATE_USE_CPU, or a multi-process launch without CUDA (one process keeps accelerate's choice: MPS...)."""
     from accelerate.utils import parse_flag_from_env
@@ -467,7 +517,7 @@ def latest_checkpoint(out: Path) -> Path | None:
 def read_tensors(file: Path, device: torch.device) -> dict[str, torch.Tensor]:
     if not file.is_file():
         raise SystemExit(f"cannot resume: {file} is missing (a checkpoint of another model or stage?)")
-    return load_file(file, device=str(device))
+    return load_file(file, device="cpu" if device.type == "cpu" else str(device))  # not "cpu:0" (gloo ranks)
 
 
 def load_into(module: nn.Module, file: Path, device: torch.device) -> None:

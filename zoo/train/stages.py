@@ -78,6 +78,7 @@ def train_autoencoder(args: Any) -> Path:
         grid([*to_images(x), *to_images(rec)]).save(path)
 
     history = trainer.run(step, sample)
+    heldout = cached_dataset(args.cache, 512, seed=args.data_seed + 1, split="all")  # every process: it waits for all
     if not trainer.is_main:  # the main process evaluates and exports
         return out / "final"
     with trainer.ema_weights():
@@ -85,7 +86,6 @@ def train_autoencoder(args: Any) -> Path:
         with torch.no_grad():
             scale = estimate_scaling_factor(ae, to_float(images[:2048]).to(device))
             ae.config = ae.config.replace(scaling_factor=float(scale))
-            heldout = cached_dataset(args.cache, 512, seed=args.data_seed + 1, split="all")
             x = to_float(heldout["images"]).to(device)
             rec = torch.cat([ae.decode(ae.encode(chunk)) for chunk in x.split(128)])
         ae.cpu().save_pretrained(out / "final")
@@ -165,10 +165,10 @@ def train_clip(args: Any) -> Path:
     conditioner = CLIPTextConditioner.from_config(caption_vocabulary(), **overrides)
     width, layers = (16, 1) if args.tiny else (args.vision_width, args.vision_layers)
     clip = clip_model_for(conditioner, images.shape[-1], width=width, layers=layers, patch=8)
-    tokenizer = conditioner.tokenizer
     if args.grad_accum != 1:
         raise SystemExit("--grad-accum must be 1 for clip: the contrastive loss needs the whole batch at once")
-    trainer = Trainer(out, {"clip": clip}, loop_config(args))
+    trainer = Trainer(out, {"clip": clip}, loop_config(args), tokenizers={"clip": conditioner.tokenizer})
+    tokenizer = conditioner.tokenizer = trainer.tokenizers["clip"]  # the checkpoint's, the same on every process
     device = trainer.device
     images = images.to(device)
 
@@ -289,7 +289,11 @@ def train_diffusion(args: Any) -> Path:
     recipe = pipe.recipe
     data = cached_dataset(args.cache, args.samples, seed=args.data_seed)
     trainables = {role: m for role, m in pipe.modules().items() if any(p.requires_grad for p in m.parameters())}
-    trainer = Trainer(out, trainables, loop_config(args))
+    text = trainables.get("conditioner")
+    text = text if text is not None and text.kind == "text" else None
+    trainer = Trainer(out, trainables, loop_config(args), tokenizers={"conditioner": text.tokenizer} if text else None)
+    if text:  # a text encoder trained here (BERT) with its own new vocabulary: the checkpoint's, on every process
+        text.tokenizer = trainer.tokenizers["conditioner"]
     device = trainer.device
     pipe.to(device)
     for module in trainables.values():
