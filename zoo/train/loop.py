@@ -255,8 +255,8 @@ class Trainer:
     ):
         """Train until config.steps; returns the logged history (one dict per log interval)."""
         cfg, started, window = self.config, time.perf_counter(), []
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.out.name, mininterval=5, disable=None)
-        bar.disable = bar.disable or not self.is_main
+        quiet = None if self.is_main else True  # None: tqdm's own choice (off when not a terminal)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.out.name, mininterval=5, disable=quiet)
         while self.step < cfg.steps and not self.out_of_time(started):
             for group in self.optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(self.step, cfg.warmup, cfg.steps, self.time_fraction(started))
