@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from zoo.train.data import cached_dataset, to_float
-from zoo.train.loop import LoopConfig, Trainer
+from zoo.train.loop import LoopConfig, Trainer, process_state
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +298,8 @@ def train_diffusion(args: Any) -> Path:
     pipe.to(device)
     for module in trainables.values():
         module.train()
-    x0_all = encode_all(pipe, data["images"], device, args.cache) if recipe.kind == "latent" else data["images"]
+    with process_state().main_process_first():  # under a launch the main process encodes, the others read
+        x0_all = encode_all(pipe, data["images"], device, args.cache) if recipe.kind == "latent" else data["images"]
     x0_all = x0_all.to(device)
     condition = TrainingCondition(pipe, data, device, dropout=recipe.cfg_dropout)
     generator = torch.Generator(device="cpu")
