@@ -55,7 +55,8 @@ def assert_run_folder(out: Path, modules: set[str], steps: int = STEPS) -> dict:
     """checkpoint/ with each module's weights, EMA and the optimiser in safetensors, state.json at `steps`."""
     checkpoint = out / "checkpoint"
     expected = {f"{m}.safetensors" for m in modules} | {f"{m}.ema.safetensors" for m in modules}
-    assert expected | {"optimizer.safetensors", "state.json"} == {f.name for f in checkpoint.iterdir()}
+    tokenizers = {f"{m}.tokenizer.json" for m in modules if m == "clip"}  # a vocabulary the run trained itself
+    assert expected | tokenizers | {"optimizer.safetensors", "state.json"} == {f.name for f in checkpoint.iterdir()}
     state = json.loads((checkpoint / "state.json").read_text())
     assert state["step"] == steps
     for module in modules:

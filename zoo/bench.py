@@ -1,23 +1,36 @@
 """Benchmarks (not tests): our parts timed against a reference measured in the same run.
 
     python -m zoo.bench unet [--config default] [--repeats 20] [--warmup 3]
+    python -m zoo.bench train [--processes 1 2] [--pipeline ldm-seg-kl] [--batch 32] [--steps 12]
 
 `unet`: one forward of our U-Net and of diffusers' UNet2DConditionModel built to the same architecture and
 loaded with the same weights through components/unets/diffusers_compat.py (the report gives the largest output
 difference, which shows they are the same network). Eval mode, no_grad, torch's default thread count, calls
 interleaved (ours, theirs, ours, ...) so drifting machine load hits both alike; median of the repeats after
 warm-up. Bench configs are a registry: `UNET_BENCHES`.
+
+`train`: training throughput (samples per second) of one diffusion stage launched on N data-parallel processes
+for each N given, through the README's launch command (ACCELERATE_USE_CPU=true accelerate launch --config_file
+configs/accelerate/cpu.yaml on a CPU, configs/accelerate/gpus.yaml on GPUs), 1 torch thread per process, the
+same global batch for every N. The rate is read from the run's own log.jsonl between the first and the last
+logged step, so start-up (imports, data, latents) and the first `--log-every` steps are not timed. The model is
+the recipe's full-size U-Net on a random (untrained) autoencoder: the cost per step is the trained one's.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -151,6 +164,73 @@ def report(result: UNetBenchResult) -> str:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainBenchResult:
+    processes: int
+    samples_per_s: float
+    steps_timed: int
+    seconds: float
+    mixed_precision: str  # as the run's checkpoint records it
+
+
+def train_launch(processes: int) -> tuple[list[str], dict[str, str]]:
+    """The README's launch command and environment for `processes` data-parallel processes here."""
+    config = "gpus.yaml" if torch.cuda.is_available() else "cpu.yaml"
+    env = {"OMP_NUM_THREADS": "1"} | ({} if torch.cuda.is_available() else {"ACCELERATE_USE_CPU": "true"})
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"configs/accelerate/{config}"]
+    if processes == 1:  # one process: accelerate's multi-process launcher wants at least two
+        command = [sys.executable]
+    else:
+        command += ["--num_processes", str(processes), "--main_process_port", str(29_500 + processes)]
+    return [*command, "-m", "zoo.train"], env
+
+
+def run_train(processes: int, args: argparse.Namespace, work: Path) -> TrainBenchResult:
+    """Train `args.pipeline` on `processes` processes; samples/s between the first and the last logged step."""
+    out = work / f"run-{processes}"
+    command, env = train_launch(processes)
+    command += ["diffusion", "--pipeline", args.pipeline, "--autoencoder", str(work / "ae"), "--out", str(out)]
+    command += f"--batch {args.batch} --steps {args.steps} --log-every {args.log_every} --threads 1 --warmup 1".split()
+    command += f"--samples {args.samples} --sample-every 1000000 --checkpoint-every 1000000".split()
+    command += ["--cache", str(work / "data"), "--processes", str(processes)]
+    command += ["--max-minutes", str(args.max_minutes)] if args.max_minutes else []
+    root = Path(__file__).resolve().parents[1]  # the configs/ and the zoo/ this bench belongs to
+    env |= {"PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(command, cwd=root, env={**os.environ, **env}, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    if len(logs) < 2:
+        raise RuntimeError(f"need two logged steps to time, got {len(logs)}: raise --steps or lower --log-every")
+    steps, seconds = logs[-1]["step"] - logs[0]["step"], logs[-1]["seconds"] - logs[0]["seconds"]
+    precision = json.loads((out / "checkpoint" / "state.json").read_text())["mixed_precision"]
+    return TrainBenchResult(processes, steps * args.batch / seconds, steps, seconds, precision)
+
+
+def run_train_bench(args: argparse.Namespace) -> list[TrainBenchResult]:
+    from zoo import catalog
+    from zoo.build import recipe
+    from zoo.registry import AUTOENCODERS
+
+    catalog.load()
+    with tempfile.TemporaryDirectory(prefix="zoo-bench-train-") as folder:
+        work = Path(folder)
+        torch.manual_seed(0)
+        AUTOENCODERS.build(recipe(args.pipeline).autoencoder.name).save_pretrained(work / "ae")
+        return [run_train(n, args, work) for n in args.processes]
+
+
+def train_report(results: list[TrainBenchResult], args: argparse.Namespace) -> str:
+    where = f"{torch.cuda.device_count()} GPU(s)" if torch.cuda.is_available() else f"{os.cpu_count()} CPU cores"
+    base = results[0].samples_per_s
+    rates = "; ".join(
+        f"{r.processes} process(es) {r.samples_per_s:.1f} samples/s (x{r.samples_per_s / base:.2f}, "
+        f"{r.steps_timed} steps in {r.seconds:.1f} s, mixed precision {r.mixed_precision})"
+        for r in results
+    )
+    return f"train bench {args.pipeline!r} (global batch {args.batch}, 1 thread per process, {where}): {rates}"
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m zoo.bench", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -158,15 +238,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unet.add_argument("--config", default="default", choices=UNET_BENCHES.names(), help="bench config")
     unet.add_argument("--repeats", type=int, default=20, help="timed forwards of each (median reported)")
     unet.add_argument("--warmup", type=int, default=3, help="untimed forwards of each first")
+    train = commands.add_parser("train", help="training samples/s on 1, 2, ... data-parallel processes")
+    train.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="process counts to time, in turn")
+    train.add_argument("--pipeline", default="ldm-seg-kl", help="a latent pipeline (its recipe's full-size U-Net)")
+    train.add_argument("--batch", type=int, default=32, help="the global batch, the same for every process count")
+    train.add_argument("--steps", type=int, default=12)
+    train.add_argument("--log-every", type=int, default=4, help="the first logged step starts the clock")
+    train.add_argument("--samples", type=int, default=512, help="training set size")
+    train.add_argument("--max-minutes", type=float, default=0, help="time box per run (as zoo.train's)")
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> UNetBenchResult:
+def main(argv: Sequence[str] | None = None) -> UNetBenchResult | list[TrainBenchResult]:
     """Run the benchmark named on the command line; log the report line to stdout and return the result."""
     args = parse_args(argv)
     if not logger.handlers:
         logger.addHandler(logging.StreamHandler(sys.stdout))
         logger.setLevel(logging.INFO)
+    if args.command == "train":
+        results = run_train_bench(args)
+        logger.info(train_report(results, args))
+        return results
     result = run_unet(args.config, repeats=args.repeats, warmup=args.warmup)
     logger.info(report(result))
     return result

@@ -7,7 +7,11 @@
     python -m zoo.train export --run runs/ldm-clip-kl/final --to zoo/weights/ldm-clip-kl
     python -m zoo.train plan [--only NAME ...]        # every shipped model, in order, resumable
 
-Every run resumes from <out>/checkpoint when started again with the same --out.
+Every run resumes from <out>/checkpoint when started again with the same --out, on any number of processes.
+Distributed (data parallel; --batch is the global batch, split over the processes and --grad-accum):
+
+    ACCELERATE_USE_CPU=true accelerate launch --config_file configs/accelerate/cpu.yaml -m zoo.train diffusion ...
+    accelerate launch --config_file configs/accelerate/gpus.yaml --num_processes 8 -m zoo.train diffusion ...
 """
 
 from __future__ import annotations
@@ -39,6 +43,12 @@ def common(parser: argparse.ArgumentParser, *, steps: int, batch: int, lr: float
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--tiny", action="store_true", help="the parts' tiny variants (smoke tests)")
     parser.add_argument("--max-minutes", type=float, default=0, help="stop (and finish) after this wall time")
+    parser.add_argument("--log-every", type=int, default=50, help="optimiser steps per log.jsonl line")
+    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step (per process)")
+    parser.add_argument("--processes", type=int, help="stop unless the launcher started exactly this many processes")
+    parser.add_argument(
+        "--mixed-precision", default="auto", choices=["auto", "no", "bf16"], help="auto: bf16 on a GPU that has it"
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -94,6 +104,9 @@ def main(argv: list[str] | None = None) -> None:
             shipped.run_plan(args.runs, args.only, args.jobs, args.extra, args.preset, args.weights)
     else:
         from zoo.train import stages
+        from zoo.train.loop import process_state
+
+        process_state()  # before anything asks accelerate for a device: a distributed launch's ranks on the CPU
 
         {"autoencoder": stages.train_autoencoder, "clip": stages.train_clip, "diffusion": stages.train_diffusion}[
             args.stage

@@ -1,7 +1,9 @@
 """The training set, generated once and cached: images as uint8 (and latents, once an autoencoder exists).
 
 The procedural dataset is deterministic by seed, so the cache is a speed-up, never a source of truth:
-it is keyed by (split, number of samples, seed) and rebuilt when absent.
+it is keyed by (split, number of samples, seed) and rebuilt when absent. Under a distributed launch the main
+process builds it while the others wait, then they read it; files appear whole (written, then renamed), so
+runs sharing one cache never read half a file.
 """
 
 from __future__ import annotations
@@ -23,8 +25,17 @@ logger = logging.getLogger(__name__)
 
 
 def cached_dataset(cache_dir: Path, num_samples: int, *, seed: int, split: str = "train") -> dict:
-    """{"images": uint8 (N, 3, 64, 64), "semantic_maps": uint8 (N, 64, 64), "class_labels": (N,), "captions"}."""
-    cache_dir = Path(cache_dir)
+    """{"images": uint8 (N, 3, 64, 64), "semantic_maps": uint8 (N, 64, 64), "class_labels": (N,), "captions"}.
+
+    Under a distributed launch this waits for all processes (the main one builds, then the others read): call it
+    on every process, never from main-only code."""
+    from zoo.train.loop import process_state
+
+    with process_state().main_process_first():
+        return load_or_build(Path(cache_dir), num_samples, seed=seed, split=split)
+
+
+def load_or_build(cache_dir: Path, num_samples: int, *, seed: int, split: str) -> dict:
     stem = cache_dir / f"shapes-{split}-{num_samples}-seed{seed}"
     tensors_file, captions_file = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
     if tensors_file.is_file() and captions_file.is_file():
@@ -38,8 +49,11 @@ def cached_dataset(cache_dir: Path, num_samples: int, *, seed: int, split: str =
         "class_labels": data["class_labels"].long(),
     }
     cache_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tensors_file)
-    captions_file.write_text(json.dumps(data["captions"]))
+    partial = stem.with_name(f"{stem.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(data["captions"]))
+    os.replace(partial, captions_file)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, partial)
+    os.replace(partial, tensors_file)  # last: the pair is complete once the tensors file exists
     return {**tensors, "captions": data["captions"]}
 
 

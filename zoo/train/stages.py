@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from zoo.train.data import cached_dataset, to_float
-from zoo.train.loop import LoopConfig, Trainer
+from zoo.train.loop import LoopConfig, Trainer, process_state
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +61,15 @@ def train_autoencoder(args: Any) -> Path:
     torch.manual_seed(args.seed)
     ae = AUTOENCODERS.build(args.name, tiny=args.tiny, **json.loads(args.overrides or "{}"))
     trainer = Trainer(out, {"autoencoder": ae}, loop_config(args))
+    refuse_vq_across_processes(ae, trainer.shard.world)
     device = trainer.device
     images = images.to(device)  # uint8: 50,000 images are 0.6 GB
+    generator = torch.Generator(device=device)
 
     def step(i: int) -> tuple[torch.Tensor, dict]:
-        x = to_float(images[batch_indices(i, args.batch, len(images), args.seed)]).to(device)
-        return ae.loss(x)
+        x = to_float(images[trainer.shard(batch_indices(i, args.batch, len(images), args.seed))]).to(device)
+        generator.manual_seed((args.seed * 7_919 + i) * 1_009 + trainer.shard.index)  # per step and batch part
+        return ae.loss(x, generator=generator)
 
     def sample(path: Path) -> None:
         x = to_float(images[:16]).to(device)
@@ -75,17 +78,30 @@ def train_autoencoder(args: Any) -> Path:
         grid([*to_images(x), *to_images(rec)]).save(path)
 
     history = trainer.run(step, sample)
+    heldout = cached_dataset(args.cache, 512, seed=args.data_seed + 1, split="all")  # every process: it waits for all
+    if not trainer.is_main:  # the main process evaluates and exports
+        return out / "final"
     with trainer.ema_weights():
         ae.eval()
         with torch.no_grad():
             scale = estimate_scaling_factor(ae, to_float(images[:2048]).to(device))
             ae.config = ae.config.replace(scaling_factor=float(scale))
-            heldout = cached_dataset(args.cache, 512, seed=args.data_seed + 1, split="all")
             x = to_float(heldout["images"]).to(device)
             rec = torch.cat([ae.decode(ae.encode(chunk)) for chunk in x.split(128)])
         ae.cpu().save_pretrained(out / "final")
     write_metrics(out, {"psnr_heldout_db": psnr(rec.cpu(), x.cpu()), "scaling_factor": scale, "history": history[-3:]})
     return out / "final"
+
+
+def refuse_vq_across_processes(ae: Any, world: int) -> None:
+    """A VQ autoencoder restarts dead codes from its own batch inside the forward: processes would disagree."""
+    from components.autoencoders.vq import VQAutoencoder
+
+    if world > 1 and isinstance(ae, VQAutoencoder):
+        raise SystemExit(
+            f"a VQ autoencoder trains on one process only (this launch started {world}): its dead-code restarts "
+            "write the codebook from the local batch, so the processes' codebooks would drift apart"
+        )
 
 
 def to_images(x: torch.Tensor) -> list[Image.Image]:
@@ -102,8 +118,13 @@ def loop_config(args: Any) -> LoopConfig:
         ema_decay=args.ema_decay,
         sample_every=args.sample_every,
         checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
         seed=args.seed,
         max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+        batch=args.batch,
+        grad_accum=args.grad_accum,
+        processes=args.processes,
+        mixed_precision=args.mixed_precision,
     )
 
 
@@ -144,13 +165,15 @@ def train_clip(args: Any) -> Path:
     conditioner = CLIPTextConditioner.from_config(caption_vocabulary(), **overrides)
     width, layers = (16, 1) if args.tiny else (args.vision_width, args.vision_layers)
     clip = clip_model_for(conditioner, images.shape[-1], width=width, layers=layers, patch=8)
-    tokenizer = conditioner.tokenizer
-    trainer = Trainer(out, {"clip": clip}, loop_config(args))
+    if args.grad_accum != 1:
+        raise SystemExit("--grad-accum must be 1 for clip: the contrastive loss needs the whole batch at once")
+    trainer = Trainer(out, {"clip": clip}, loop_config(args), tokenizers={"clip": conditioner.tokenizer})
+    tokenizer = conditioner.tokenizer = trainer.tokenizers["clip"]  # the checkpoint's, the same on every process
     device = trainer.device
     images = images.to(device)
 
     def step(i: int) -> tuple[torch.Tensor, dict]:
-        idx = batch_indices(i, args.batch, len(images), args.seed)
+        idx = trainer.shard(batch_indices(i, args.batch, len(images), args.seed))
         tokens = tokenizer(
             [captions[j] for j in idx],
             padding="max_length",
@@ -159,10 +182,13 @@ def train_clip(args: Any) -> Path:
             return_tensors="pt",
         ).to(device)
         x = to_float(images[idx]).to(device)
-        result = clip(**tokens, pixel_values=x, return_loss=True)
-        return result.loss, {}
+        result = clip(**tokens, pixel_values=x)
+        text, image = trainer.gather(result.text_embeds), trainer.gather(result.image_embeds)
+        return contrastive_loss(clip.logit_scale.exp() * text @ image.t()), {}
 
     history = trainer.run(step)
+    if not trainer.is_main:
+        return out / "final"
     with trainer.ema_weights():
         clip.eval()
         metrics = zero_shot_on(clip, tokenizer, conditioner.max_length, 256, args.data_seed + 2, device)
@@ -172,6 +198,13 @@ def train_clip(args: Any) -> Path:
         text.save_pretrained(out / "final")
     write_metrics(out, {**metrics, "history": history[-3:]})
     return out / "final"
+
+
+def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
+    """The symmetric InfoNCE loss over a batch's text-image similarities (Radford et al. 2021, Fig. 3)."""
+    labels = torch.arange(len(logits_per_text), device=logits_per_text.device)
+    ce = torch.nn.functional.cross_entropy
+    return (ce(logits_per_text, labels) + ce(logits_per_text.t(), labels)) / 2
 
 
 def features(output: Any) -> torch.Tensor:
@@ -256,22 +289,31 @@ def train_diffusion(args: Any) -> Path:
     recipe = pipe.recipe
     data = cached_dataset(args.cache, args.samples, seed=args.data_seed)
     trainables = {role: m for role, m in pipe.modules().items() if any(p.requires_grad for p in m.parameters())}
-    trainer = Trainer(out, trainables, loop_config(args))
+    text = trainables.get("conditioner")
+    text = text if text is not None and text.kind == "text" else None
+    trainer = Trainer(out, trainables, loop_config(args), tokenizers={"conditioner": text.tokenizer} if text else None)
+    if text:  # a text encoder trained here (BERT) with its own new vocabulary: the checkpoint's, on every process
+        text.tokenizer = trainer.tokenizers["conditioner"]
     device = trainer.device
     pipe.to(device)
     for module in trainables.values():
         module.train()
-    x0_all = encode_all(pipe, data["images"], device, args.cache) if recipe.kind == "latent" else data["images"]
+    with process_state().main_process_first():  # under a launch the main process encodes, the others read
+        x0_all = encode_all(pipe, data["images"], device, args.cache) if recipe.kind == "latent" else data["images"]
     x0_all = x0_all.to(device)
     condition = TrainingCondition(pipe, data, device, dropout=recipe.cfg_dropout)
     generator = torch.Generator(device="cpu")
 
     def step(i: int) -> tuple[torch.Tensor, dict]:
+        # Step i's draws (samples, condition dropout, t, eps) are made for the whole global batch from one seed,
+        # then cut to this process's part: N processes train exactly what one process trains on the whole batch.
         idx = batch_indices(i, args.batch, len(x0_all), args.seed)
-        x0 = x0_all[idx].to(device)
-        x0 = to_float(x0) if x0.dtype == torch.uint8 else x0
         generator.manual_seed(args.seed * 7_919 + i)
-        kwargs = condition.batch(idx, generator)
+        kwargs = {k: trainer.shard(v) for k, v in condition.batch(idx, generator).items()}  # (a BERT runs on all)
+        t = trainer.shard(torch.randint(0, pipe.schedule.num_timesteps, (len(idx),), generator=generator))
+        eps = trainer.shard(torch.randn((len(idx), *x0_all.shape[1:]), generator=generator))
+        x0 = x0_all[trainer.shard(idx)].to(device)
+        x0 = to_float(x0) if x0.dtype == torch.uint8 else x0
         loss = diffusion_loss(
             pipe.unet,
             x0,
@@ -279,6 +321,8 @@ def train_diffusion(args: Any) -> Path:
             prediction_type=recipe.prediction_type,
             model_kwargs=kwargs,
             snr_gamma=args.snr_gamma,
+            t=t.to(device),
+            noise=eps.to(device),
         )
         return loss, {}
 
@@ -289,6 +333,8 @@ def train_diffusion(args: Any) -> Path:
             module.train()
 
     history = trainer.run(step, sample)
+    if not trainer.is_main:
+        return out / "final"
     with trainer.ema_weights():
         pipe.to("cpu").save_pretrained(out / "final")
     write_metrics(out, {"history": history[-3:]})
