@@ -388,3 +388,17 @@ def test_unmapped_state_dict_keys_are_named():
         state_dict_from_diffusers(keys)
     with pytest.raises(ValueError, match="context_dim=None has no twin"):
         config_to_diffusers(TINY_LDM.replace(context_dim=None))
+
+
+def test_generate_bench_times_the_unet_and_decoder_and_counts_flops():
+    torch.set_num_threads(1)
+    first, second = bench.main(
+        ["generate", "--versus", "ddpm-cosine", "--steps", "2", "--repeats", "1", "--threads", "1"]
+    )
+    assert first.pipeline == "ldm-clip-kl" and second.pipeline == "ddpm-cosine"
+    assert second.settings["steps"] == 2 and "guidance_scale" not in second.settings
+    for result in (first, second):
+        assert 0 < result.unet_share <= 1 and 0 <= result.decoder_share < 1 and result.unet_gflops_per_s > 0
+    assert first.decoder_share > 0 and second.decoder_share == 0
+    # FLOPs per sample: the pixel U-Net at 64x64 costs ~10x the latent one at 16x16 (which runs batch 2 for CFG)
+    assert second.unet_gflop > 5 * first.unet_gflop / 2

@@ -2,6 +2,7 @@
 
     python -m zoo.bench unet [--config default] [--repeats 20] [--warmup 3]
     python -m zoo.bench train [--processes 1 2] [--pipeline ldm-seg-kl] [--batch 32] [--steps 12]
+    python -m zoo.bench generate [--pipeline ldm-clip-kl] [--versus ddpm-cosine] [--steps 50] [--threads 2]
 
 `unet`: one forward of our U-Net and of diffusers' UNet2DConditionModel built to the same architecture and
 loaded with the same weights through components/unets/diffusers_compat.py (the report gives the largest output
@@ -15,6 +16,12 @@ configs/accelerate/cpu.yaml on a CPU, configs/accelerate/gpus.yaml on GPUs), 1 t
 same global batch for every N. The rate is read from the run's own log.jsonl between the first and the last
 logged step, so start-up (imports, data, latents) and the first `--log-every` steps are not timed. The model is
 the recipe's full-size U-Net on a random (untrained) autoencoder: the cost per step is the trained one's.
+
+`generate`: seconds per 64x64 image of a pipeline with its embedded weights at its recipe's defaults (or the
+given sampler / steps / guidance), median of the repeats after one warm-up; the share of that time spent in the
+U-Net and in the decoder; the U-Net's FLOPs per forward (torch.utils.flop_counter) and the GFLOP/s it reached.
+With `--versus`, the same for a second pipeline at the same steps and the ratio of the two times per image
+(LDM's argument: the latent U-Net step is cheaper than the pixel one).
 """
 
 from __future__ import annotations
@@ -231,6 +238,113 @@ def train_report(results: list[TrainBenchResult], args: argparse.Namespace) -> s
     return f"train bench {args.pipeline!r} (global batch {args.batch}, 1 thread per process, {where}): {rates}"
 
 
+@dataclasses.dataclass(frozen=True)
+class GenerateBenchResult:
+    pipeline: str
+    settings: dict[str, Any]
+    seconds_per_image: float
+    unet_share: float  # of the time per image, in the U-Net's forwards
+    decoder_share: float  # in the autoencoder's decode (0 for pixel pipelines)
+    unet_gflop: float  # per forward, at the batch generate runs it on (2 with guidance)
+    unet_gflops_per_s: float
+
+
+class _Stopwatch:
+    """Adds up the wall time of every call to `module.<method>` while installed."""
+
+    def __init__(self, module: torch.nn.Module | None, method: str):
+        self.module, self.method, self.seconds, self.calls = module, method, 0.0, 0
+
+    def __enter__(self) -> _Stopwatch:
+        if self.module is not None:
+            original = getattr(self.module, self.method)
+
+            def timed(*args: Any, **kwargs: Any) -> Any:
+                start = time.perf_counter()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    self.seconds += time.perf_counter() - start
+                    self.calls += 1
+
+            setattr(self.module, self.method, timed)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.module is not None:
+            delattr(self.module, self.method)  # the instance attribute goes; the class method shows through
+
+
+def generate_kwargs(pipe: Any) -> dict[str, Any]:
+    from zoo.evaluate import condition_kind
+
+    kind = condition_kind(pipe)
+    prompt = {"text": "a red circle in the top left on a blue background", "class": 0}.get(kind)
+    if kind == "seg":
+        from zoo.data.shapes import Attributes, render
+
+        return {"semantic_map": torch.from_numpy(render(Attributes("circle", "red", "blue", "large", "center"))[1])}
+    return {} if prompt is None else {"prompt": prompt}
+
+
+def unet_flops(pipe: Any, kwargs: dict[str, Any], settings: dict[str, Any]) -> tuple[float, int]:
+    """FLOPs of the U-Net forwards of one 1-step generation, divided by the number of forwards."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with _Stopwatch(pipe.unet, "forward") as watch, FlopCounterMode(display=False) as counter:
+        image = pipe.generate(**kwargs, **{**settings, "steps": 1}, seed=0)[0]
+    total = counter.get_total_flops()
+    ae = getattr(pipe, "autoencoder", None)
+    if ae is not None:  # the decoder's share of the count, measured alone
+        z = pipe.encode(image)
+        with FlopCounterMode(display=False) as decoder:
+            pipe.decode(z)
+        total -= decoder.get_total_flops()
+    return total / max(1, watch.calls), watch.calls
+
+
+def run_generate(name: str, *, repeats: int, sampler: str | None, steps: int | None, guidance: float | None) -> Any:
+    import zoo
+
+    pipe = zoo.build(name, device="cpu")
+    settings: dict[str, Any] = {"sampler": sampler or pipe.recipe.sampler, "steps": steps or pipe.recipe.steps}
+    if pipe.recipe.kind == "latent":
+        settings["guidance_scale"] = pipe.recipe.guidance_scale if guidance is None else guidance
+    kwargs = generate_kwargs(pipe)
+    flop, _ = unet_flops(pipe, kwargs, settings)
+    pipe.generate(**kwargs, **settings, seed=0)  # warm-up
+    runs = []
+    for repeat in range(repeats):
+        ae = getattr(pipe, "autoencoder", None)
+        with _Stopwatch(pipe.unet, "forward") as unet, _Stopwatch(ae, "decode") as decoder:
+            start = time.perf_counter()
+            pipe.generate(**kwargs, **settings, seed=repeat)
+            runs.append((time.perf_counter() - start, unet.seconds, unet.calls, decoder.seconds))
+    total, unet_s, calls, decode_s = (statistics.median(r[i] for r in runs) for i in range(4))
+    return GenerateBenchResult(
+        pipeline=name,
+        settings=settings,
+        seconds_per_image=total,
+        unet_share=unet_s / total,
+        decoder_share=decode_s / total,
+        unet_gflop=flop / 1e9,
+        unet_gflops_per_s=flop * calls / unet_s / 1e9,
+    )
+
+
+def generate_report(results: list[GenerateBenchResult]) -> str:
+    lines = [
+        f"{r.pipeline} ({', '.join(f'{k} {v}' for k, v in r.settings.items())}): {r.seconds_per_image:.3f} s/image, "
+        f"U-Net {r.unet_share:.0%}, decoder {r.decoder_share:.0%}, U-Net {r.unet_gflop:.2f} GFLOP per forward at "
+        f"{r.unet_gflops_per_s:.0f} GFLOP/s ({torch.get_num_threads()} threads)"
+        for r in results
+    ]
+    if len(results) == 2:
+        ratio = results[1].seconds_per_image / results[0].seconds_per_image
+        lines.append(f"{results[0].pipeline} is {ratio:.1f}x faster per image than {results[1].pipeline}")
+    return "\n".join(lines)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m zoo.bench", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -246,6 +360,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     train.add_argument("--log-every", type=int, default=4, help="the first logged step starts the clock")
     train.add_argument("--samples", type=int, default=512, help="training set size")
     train.add_argument("--max-minutes", type=float, default=0, help="time box per run (as zoo.train's)")
+    gen = commands.add_parser("generate", help="seconds per image, U-Net / decoder share, GFLOP/s")
+    gen.add_argument("--pipeline", default="ldm-clip-kl")
+    gen.add_argument("--versus", default=None, help="a second pipeline at the same steps, e.g. ddpm-cosine")
+    gen.add_argument("--sampler", default=None, help="default: each recipe's")
+    gen.add_argument("--steps", type=int, default=None, help="default: the first pipeline's recipe's")
+    gen.add_argument("--guidance", type=float, default=None, help="default: the recipe's")
+    gen.add_argument("--repeats", type=int, default=5)
+    gen.add_argument("--threads", type=int, default=2, help="torch threads (the README's figures: 2)")
     return parser.parse_args(argv)
 
 
@@ -255,6 +377,19 @@ def main(argv: Sequence[str] | None = None) -> UNetBenchResult | list[TrainBench
     if not logger.handlers:
         logger.addHandler(logging.StreamHandler(sys.stdout))
         logger.setLevel(logging.INFO)
+    if args.command == "generate":
+        torch.set_num_threads(args.threads)
+        first = run_generate(
+            args.pipeline, repeats=args.repeats, sampler=args.sampler, steps=args.steps, guidance=args.guidance
+        )
+        results = [first]
+        if args.versus:
+            steps = first.settings["steps"]
+            results.append(
+                run_generate(args.versus, repeats=args.repeats, sampler=args.sampler, steps=steps, guidance=None)
+            )
+        logger.info(generate_report(results))
+        return results
     if args.command == "train":
         results = run_train_bench(args)
         logger.info(train_report(results, args))
