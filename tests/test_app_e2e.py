@@ -1,6 +1,6 @@
 """End to end: `python app.py` as a subprocess on a free port, every named endpoint driven with gradio_client.
 
-The server runs with ZOO_APP_TINY=1 (zoo/service.py): tiny random pipelines, so each call takes well under a
+The server runs with ZOO_APP_TINY=1 (zoo/app/cache.py): tiny random pipelines, so each call takes well under a
 second on a CPU. The images are checked for size, for not being blank and for the seeded result repeating;
 bad inputs must come back as clear errors while the server keeps serving. The Space bundle is assembled with
 `spaces/deploy.py --dry-run` and its app started from the bundle's folder.
@@ -145,7 +145,7 @@ def test_forward_noise_from_an_example_and_from_an_upload(client, example, tmp_p
         example, None, 20, "cosine", "pixel", 0, api_name="/forward_noise"
     )
     assert_image(x_t, (64, 64))
-    assert Image.open(strip).size[1] > 128 and "DDPM Eq. 4" in formula and "q_sample" in code
+    assert Image.open(strip).size[1] > 128 and "DDPM Eq. 4" in formula and "closed_form" in code
     upload = tmp_path / "grey.png"
     Image.fromarray(np.arange(50 * 80, dtype=np.uint8).reshape(50, 80)).save(upload)  # mode L, not square
     x_t, *_ = client.predict("upload", handle_file(str(upload)), 10, "linear", "latent", 0, api_name="/forward_noise")
@@ -155,7 +155,7 @@ def test_forward_noise_from_an_example_and_from_an_upload(client, example, tmp_p
 def test_conditioning_switch_one_path_and_all_four(client, example):
     image, used_map, path, code = client.predict("semantic map", "", example, None, 3, 2, api_name="/switch")
     assert_image(image, (64, 64))
-    assert_image(used_map, (256, 256))  # the label map, enlarged, exact palette colours
+    assert_image(used_map, (64, 64))  # the label map at its own size, exact palette colours
     assert "concatenated to z_t" in path
     gallery, summary = client.predict("a red circle", example, None, 3, 1, api_name="/switch_all")
     assert len(gallery) == 4 and "Same seed 3" in summary
@@ -164,7 +164,7 @@ def test_conditioning_switch_one_path_and_all_four(client, example):
 
 
 def test_zoo_tables(client):
-    table = client.predict(False, api_name="/zoo_table")
+    table = client.predict(api_name="/zoo_table")
     assert [row[0] for row in table["data"]][:1] == ["ldm-clip-kl"] and "parameters" in table["headers"]
     components = client.predict(api_name="/components")
     assert {"unet", "autoencoder", "conditioner"} <= {row[0] for row in components["data"]}
@@ -192,10 +192,10 @@ def test_the_space_bundle_assembles_and_serves(tmp_path):
     subprocess.run([sys.executable, "spaces/deploy.py", "--dry-run", "--out", str(bundle)], cwd=ROOT, check=True)
     front_matter = (bundle / "README.md").read_text().split("---")[1]
     assert f"sdk_version: {gradio.__version__}" in front_matter and "app_file: app.py" in front_matter
-    assert (bundle / "requirements.txt").is_file() and (bundle / "zoo" / "service.py").is_file()
+    assert (bundle / "requirements.txt").is_file() and (bundle / "zoo" / "app" / "text_to_image.py").is_file()
     assert not list(bundle.rglob("__pycache__")) and not (bundle / "tests").exists()
     with serve(bundle, tmp_path / "bundle.log") as url:
-        table = Client(url, verbose=False).predict(False, api_name="/zoo_table")
+        table = Client(url, verbose=False).predict(api_name="/zoo_table")
     assert table["data"][0][0] == "ldm-clip-kl"
     again = [sys.executable, "spaces/deploy.py", "--dry-run", "--out", str(bundle)]
     refused = subprocess.run(again, cwd=ROOT, capture_output=True, text=True)

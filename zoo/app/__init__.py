@@ -1,0 +1,98 @@
+"""Diffusion Zoo's app: see diffusion work, one tab per idea, each tab a module of its own
+(layout + handlers), sharing only the pipeline cache (`cache.py`), the mapping of library errors to UI
+errors (`guard.py`) and how images are shown (`display.py`). The handlers call pipeline methods for every
+formula; the library (`import zoo`) never imports this package or gradio.
+
+    from zoo.app import build_app, launch
+    demo = launch()        # serves http://127.0.0.1:7860 and returns the Blocks (a notebook shows it inline)
+    demo.close()
+
+Environment: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (127.0.0.1:7860), ZOO_APP_SHARE=1 for a public share link
+(Colab needs one; off by default), and the pipeline cache's settings (zoo/app/cache.py): ZOO_APP_TINY,
+ZOO_APP_PIPELINES, ZOO_APP_ALLOW_DOWNLOADS, ZOO_APP_CACHE_MB.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read when gradio is imported: set it first
+
+import logging  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gradio as gr  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
+
+from zoo.app import conditioning, forward_noise, text_to_image, zoo_tab  # noqa: E402
+from zoo.app.cache import PipelineCache, flag  # noqa: E402
+from zoo.app.limits import MAX_FILE_SIZE, BodyLimit  # noqa: E402
+
+__all__ = ["PipelineCache", "build_app", "launch", "launch_options", "main"]
+
+logger = logging.getLogger(__name__)
+
+SHARE_ENV = "ZOO_APP_SHARE"
+CONCURRENCY_LIMIT = 1  # one sampling run at a time: the models share one device
+QUEUE_SIZE = 32
+DELETE_CACHE = (60, 600)  # every minute, delete the result files older than ten minutes
+INTRO = (
+    "# Diffusion Zoo\n"
+    "DDPM, DDIM and latent diffusion as small interchangeable parts. Draw an image from text, watch the forward "
+    "process add noise, and switch how the condition enters the U-Net."
+)
+
+
+def build_app(pipes: PipelineCache | None = None) -> gr.Blocks:
+    """The whole app over one pipeline cache (PipelineCache.from_env() by default)."""
+    pipes = pipes or PipelineCache.from_env()
+    noise = forward_noise.ForwardNoise(pipes)
+    table = zoo_tab.ZooTable(pipes)
+    with gr.Blocks(title="Diffusion Zoo", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
+        gr.Markdown(INTRO)
+        with gr.Tabs():
+            text_to_image.tab(text_to_image.TextToImage(pipes), num_timesteps=noise.num_timesteps)
+            shown = forward_noise.tab(noise)
+            conditioning.tab(conditioning.Conditioning(pipes), num_timesteps=noise.num_timesteps)
+            tables = zoo_tab.tab(table)
+        abar, log_snr = shown["plots"]
+        demo.load(noise.initial_plots, shown["t"], [abar, log_snr], api_visibility="private")
+        demo.load(table.pipelines, None, tables["pipelines"], api_visibility="private")
+        demo.load(table.components, None, tables["components"], api_visibility="private")
+    return demo
+
+
+def launch_options() -> dict[str, Any]:
+    """Safe defaults: local only, no share link unless ZOO_APP_SHARE=1, bounded uploads and request bodies, errors
+    shown with their message, no extra served paths, no monitoring."""
+    return {
+        "server_name": os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        "server_port": int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        "share": flag(SHARE_ENV),
+        "show_error": True,
+        "max_file_size": MAX_FILE_SIZE,
+        "allowed_paths": [],
+        "enable_monitoring": False,
+        "ssr_mode": False,
+        "mcp_server": False,
+        "app_kwargs": {"middleware": [Middleware(BodyLimit)]},
+        # open a browser tab for a person at a terminal; never under tests, CI or a Space (no terminal there)
+        "inbrowser": sys.stdout.isatty() and os.environ.get("CI") is None,
+    }
+
+
+def launch(pipes: PipelineCache | None = None, **overrides: Any) -> gr.Blocks:
+    """Build, queue and serve the app; returns the Blocks (call .close() on it). In a script this blocks until
+    the server stops; in a notebook it returns at once and the app shows inline."""
+    pipes = pipes or PipelineCache.from_env()
+    pipes.preload()  # the default pipeline loads while the server starts; no example is computed
+    demo = build_app(pipes)
+    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_SIZE)
+    demo.launch(**{**launch_options(), **overrides})
+    return demo
+
+
+def main() -> gr.Blocks:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return launch()

@@ -1,0 +1,117 @@
+"""What every tab's handlers share besides the pipeline cache: library errors shown as UI errors, the few checks
+that only the app makes (a choice among the offered names, image pixels before decoding, prompt length), and
+ZeroGPU's decorator.
+
+Everything else (steps, seeds, t, guidance, sampler names, map shapes) is checked once, by the library, whose
+ValueError / TypeError / LookupError messages say what is allowed; `handler` shows them as they are.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+MAX_IMAGE_PIXELS = 4096 * 4096  # any image input, checked from its header before it is decoded
+MAX_PROMPT_CHARS = 300  # longer prompts are cut at a word boundary (the tokenizers cut at 77 tokens anyway)
+LIBRARY_ERRORS = (ValueError, TypeError, LookupError, RuntimeError, OSError)  # WeightsError is a RuntimeError
+
+
+def fail(message: str) -> gr.Error:
+    """The error the UI shows as a toast and gradio_client raises; the server keeps serving."""
+    return gr.Error(message, print_exception=False)
+
+
+def handler(fn: Callable) -> Callable:
+    """`fn` with every exception shown to the user with its message (never a bare "Error"): the library's own
+    errors as they are, anything else named by its type and logged with its traceback."""
+
+    @functools.wraps(fn)  # gradio reads the signature through __wrapped__ (gr.Progress defaults included)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except LIBRARY_ERRORS as err:
+            raise fail(str(err).strip("'\"") or type(err).__name__) from err
+        except Exception as err:  # a bug of ours: say so, keep serving
+            logger.exception("%s failed", fn.__qualname__)
+            raise fail(f"the server failed ({type(err).__name__}: {err}); the log has the details") from err
+
+    return wrapped
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise fail(f"unknown {name} {value!r:.80}; choose one of: {', '.join(allowed)}")
+    return value
+
+
+def clean_prompt(prompt: Any, name: str = "prompt") -> tuple[str, list[str]]:
+    """The prompt with its whitespace collapsed, cut at a word boundary to at most MAX_PROMPT_CHARS, with one
+    notice when it was cut; None is the empty prompt."""
+    if prompt is None:
+        return "", []
+    if not isinstance(prompt, str):
+        raise fail(f"{name} must be text, got {type(prompt).__name__}")
+    prompt = " ".join(prompt.encode("utf-8", "replace").decode("utf-8").split())  # lone surrogates -> "?"
+    if len(prompt) <= MAX_PROMPT_CHARS:
+        return prompt, []
+    cut = prompt[: MAX_PROMPT_CHARS + 1].rsplit(" ", 1)[0] if " " in prompt[:MAX_PROMPT_CHARS] else ""
+    cut = cut or prompt[:MAX_PROMPT_CHARS]
+    return cut, [f"the {name} was cut at a word boundary to {len(cut)} characters (at most {MAX_PROMPT_CHARS})"]
+
+
+def check_pixels(width: int, height: int) -> None:
+    if width * height > MAX_IMAGE_PIXELS or min(width, height) < 1:
+        raise fail(f"the image is {width}x{height}; images up to 4096x4096 pixels are accepted")
+
+
+def open_image(value: Any) -> Image.Image:
+    """An image input (a file path, as gradio hands uploads over, or an array / PIL image from a script) as
+    RGB, its size checked from the header before any pixel is decoded; transparency composited on white."""
+    if isinstance(value, str | Path):
+        try:
+            with warnings.catch_warnings():  # the size is checked below, with a message of ours
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(value)  # reads the header only
+        except Image.DecompressionBombError as err:
+            raise fail(f"the image is too large ({err}); images up to 4096x4096 pixels are accepted") from err
+        except (OSError, ValueError) as err:
+            raise fail(f"expected an image file (PNG, JPEG, WebP, ...); could not read it ({err})") from err
+    elif isinstance(value, np.ndarray):
+        if value.ndim not in (2, 3):
+            raise fail(f"expected an HxW or HxWxC image array, got shape {value.shape}")
+        check_pixels(value.shape[1], value.shape[0])
+        image = Image.fromarray(value if value.dtype == np.uint8 else np.clip(value, 0, 255).astype(np.uint8))
+    elif isinstance(value, Image.Image):
+        image = value
+    else:
+        raise fail(f"expected an image (upload one, or pick a dataset example), got {type(value).__name__}")
+    check_pixels(*image.size)
+    if image.mode in ("RGBA", "LA", "PA", "P"):
+        image = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", image.size, "white"), image).convert("RGB")
+    return image.convert("RGB")
+
+
+def on_gpu(fn: Callable) -> Callable:
+    """ZeroGPU's `spaces.GPU` around GPU work when the `spaces` package is installed; otherwise `fn` itself.
+
+    `getattr` because, run from this repository's root, `import spaces` finds our own spaces/ folder.
+    """
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    decorator = getattr(spaces, "GPU", None)
+    return decorator(fn) if callable(decorator) else fn
