@@ -98,7 +98,7 @@ def test_launch_options_are_local_and_safe_by_default(monkeypatch):
     for name in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "ZOO_APP_SHARE"):
         monkeypatch.delenv(name, raising=False)
     options = launch_options()
-    assert (options["server_name"], options["server_port"]) == ("127.0.0.1", 7860)
+    assert (options["server_name"], options["server_port"]) == ("127.0.0.1", None)  # gradio: 7860, or the next free
     assert options["share"] is False and options["allowed_paths"] == [] and options["max_file_size"]
     assert options["enable_monitoring"] is False and options["show_error"] is True
     monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")

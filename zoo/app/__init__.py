@@ -68,7 +68,9 @@ def launch_options() -> dict[str, Any]:
     shown with their message, no extra served paths, no monitoring."""
     return {
         "server_name": os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        "server_port": int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        "server_port": int(port)
+        if (port := os.environ.get("GRADIO_SERVER_PORT"))
+        else None,  # None: 7860 or next free
         "share": flag(SHARE_ENV),
         "show_error": True,
         "max_file_size": MAX_FILE_SIZE,
@@ -82,17 +84,17 @@ def launch_options() -> dict[str, Any]:
     }
 
 
-def launch(pipes: PipelineCache | None = None, **overrides: Any) -> gr.Blocks:
-    """Build, queue and serve the app; returns the Blocks (call .close() on it). In a script this blocks until
-    the server stops; in a notebook it returns at once and the app shows inline."""
+def launch(pipes: PipelineCache | None = None, *, block: bool = False, **overrides: Any) -> gr.Blocks:
+    """Build, queue and serve the app; returns the Blocks at once (call .close() on it), or with `block` only
+    when the server stops (`python app.py`). In a notebook the app shows inline."""
     pipes = pipes or PipelineCache.from_env()
     pipes.preload()  # the default pipeline loads while the server starts; no example is computed
     demo = build_app(pipes)
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_SIZE)
-    demo.launch(**{**launch_options(), **overrides})
+    demo.launch(**{**launch_options(), "prevent_thread_lock": not block, **overrides})
     return demo
 
 
 def main() -> gr.Blocks:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return launch()
+    return launch(block=True)
