@@ -8,13 +8,8 @@ bad inputs must come back as clear errors while the server keeps serving. The Sp
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,56 +22,10 @@ gradio_client = pytest.importorskip("gradio_client", reason="the end-to-end test
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
+from zoo.app.server import serve  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-START_TIMEOUT = 120  # seconds for a cold `python app.py` (imports torch, transformers, gradio) on a busy CPU
 EXAMPLE = "1: "  # the dataset examples' labels start with their number
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_serving(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the app exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        time.sleep(0.5)
-    raise TimeoutError(f"the app did not serve {url} within {START_TIMEOUT} s:\n{log.read_text()[-3000:]}")
-
-
-@contextlib.contextmanager
-def serve(folder: Path, log: Path, *, tiny: bool = True) -> Iterator[str]:
-    """`python app.py` in `folder` (tiny pipelines, or the embedded weights) on a free local port; always stopped."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "ZOO_APP_TINY": "1" if tiny else "0",
-        "GRADIO_SERVER_NAME": "127.0.0.1",
-        "GRADIO_SERVER_PORT": str(port),
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-    with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "app.py"], cwd=folder, env=env, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_serving(url, process, log)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")

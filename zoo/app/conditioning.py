@@ -12,10 +12,10 @@ from PIL import Image
 
 from zoo.app import display
 from zoo.app.cache import PipelineCache
-from zoo.app.guard import check_choice, clean_prompt, fail, handler, on_gpu, open_image
+from zoo.app.guard import check_choice, clean_prompt, fail, handler, number, on_gpu, open_image, slider
 from zoo.app.text_to_image import prompt_notes
 from zoo.data import shapes
-from zoo.pipelines.base import Pipeline
+from zoo.pipelines.base import MAX_SEED, Pipeline
 
 DRAWN = "drawn on the sketchpad"
 SWITCH: dict[str, dict[str, str]] = {
@@ -163,10 +163,8 @@ def tab(handlers: Conditioning, *, num_timesteps: int = 1000) -> dict[str, gr.co
                 )
                 gr.Markdown("Colours: red = circle, green = square, blue = triangle; white/empty = background.")
                 with gr.Row():
-                    seed = gr.Number(0, precision=0, minimum=0, label="seed")
-                    steps = gr.Slider(
-                        1, num_timesteps, value=min(25, num_timesteps), step=1, precision=0, label="steps"
-                    )
+                    seed = number(0, precision=0, minimum=0, maximum=MAX_SEED, label="seed")
+                    steps = slider(1, num_timesteps, value=min(25, num_timesteps), step=1, precision=0, label="steps")
                 with gr.Row():
                     button = gr.Button("Generate", variant="primary")
                     compare = gr.Button("Compare all four")

@@ -18,8 +18,8 @@ from PIL import Image
 
 from zoo.app import display
 from zoo.app.cache import PipelineCache
-from zoo.app.guard import check_choice, fail, handler, on_gpu, open_image
-from zoo.pipelines.base import Pipeline, check_seed, to_pil, to_tensor
+from zoo.app.guard import check_choice, fail, handler, number, on_gpu, open_image, slider
+from zoo.pipelines.base import MAX_SEED, Pipeline, check_seed, to_pil, to_tensor
 
 SCHEDULE_CHOICES = ("linear", "cosine")
 SPACE_CHOICES = ("pixel", "latent")
@@ -154,10 +154,10 @@ def tab(handlers: ForwardNoise) -> dict[str, gr.components.Component]:
             with gr.Column(scale=1):
                 example = gr.Dropdown([UPLOAD, *examples], value=examples[0], label="image: a dataset example")
                 upload = gr.Image(type="filepath", sources=["upload"], label="or upload one (pick 'upload' above)")
-                t = gr.Slider(0, T, value=T // 4, step=1, precision=0, label="t (0 = the image, T = noise)")
+                t = slider(0, T, value=T // 4, step=1, precision=0, label="t (0 = the image, T = noise)")
                 schedule = gr.Radio(list(SCHEDULE_CHOICES), value="linear", label="schedule")
                 space = gr.Radio(list(SPACE_CHOICES), value="pixel", label="space (latent: encode, noise, decode)")
-                seed = gr.Number(0, precision=0, minimum=0, label="seed of eps")
+                seed = number(0, precision=0, minimum=0, maximum=MAX_SEED, label="seed of eps")
                 button = gr.Button("Add noise", variant="primary")
             with gr.Column(scale=2):
                 x_t = gr.Image(label="x_t", format="png", type="pil", interactive=False, elem_classes="zoo-image")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -115,3 +116,35 @@ def on_gpu(fn: Callable) -> Callable:
         return fn
     decorator = getattr(spaces, "GPU", None)
     return decorator(fn) if callable(decorator) else fn
+
+
+def check_number(label: str, payload: Any, low: float | None, high: float | None) -> None:
+    """A finite number within [low, high] (None: unbounded), else an error naming the input and its range."""
+    number = isinstance(payload, int | float) and not isinstance(payload, bool) and math.isfinite(payload)
+    if not number or (low is not None and payload < low) or (high is not None and payload > high):
+        span = f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+        raise fail(f"{label} must be a number in {span}, got {payload!r:.60}")
+
+
+def named_refusals(component: gr.Slider | gr.Number) -> gr.Slider | gr.Number:
+    """The component, refusing a bad value with its label and range (gradio's own message names an index).
+
+    Its `preprocess` is wrapped on the instance: a subclass of a gradio component would make gradio write a
+    .pyi stub next to this file at import."""
+    original = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        if payload is not None or isinstance(component, gr.Slider):
+            check_number(component.label or "a number", payload, component.minimum, component.maximum)
+        return original(payload)
+
+    component.preprocess = preprocess
+    return component
+
+
+def slider(*args: Any, **kwargs: Any) -> gr.Slider:
+    return named_refusals(gr.Slider(*args, **kwargs))
+
+
+def number(*args: Any, **kwargs: Any) -> gr.Number:
+    return named_refusals(gr.Number(*args, **kwargs))

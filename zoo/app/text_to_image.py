@@ -14,8 +14,8 @@ from PIL import Image
 import zoo
 from zoo.app import display
 from zoo.app.cache import PipelineCache
-from zoo.app.guard import check_choice, clean_prompt, handler, on_gpu
-from zoo.pipelines.base import Pipeline
+from zoo.app.guard import check_choice, clean_prompt, handler, number, on_gpu, slider
+from zoo.pipelines.base import MAX_SEED, Pipeline
 
 SAMPLER_CHOICES = (("DDPM", "ddpm"), ("DDIM", "ddim"), ("DPM-Solver++", "dpmpp"))
 TEXT_CONDITIONERS = ("clip", "bert")
@@ -150,12 +150,12 @@ def tab(handlers: TextToImage, *, num_timesteps: int = 1000) -> dict[str, gr.com
                 prompt = gr.Textbox("a red circle on a blue background", label="prompt", max_lines=2)
                 negative = gr.Textbox("", label="negative prompt", max_lines=1)
                 sampler = gr.Radio(list(SAMPLER_CHOICES), value=sampler_name, label="sampler")
-                steps_box = gr.Slider(1, num_timesteps, value=steps, step=1, precision=0, label="steps (1 to T)")
-                guidance_box = gr.Slider(0, MAX_GUIDANCE, value=guidance, step=0.5, label="guidance scale w")
+                steps_box = slider(1, num_timesteps, value=steps, step=1, precision=0, label="steps (1 to T)")
+                guidance_box = slider(0, MAX_GUIDANCE, value=guidance, step=0.5, label="guidance scale w")
                 with gr.Row():
-                    seed = gr.Number(0, precision=0, minimum=0, label="seed")
+                    seed = number(0, precision=0, minimum=0, maximum=MAX_SEED, label="seed")
                     randomize = gr.Checkbox(False, label="randomise seed")
-                num_images = gr.Slider(1, MAX_UI_IMAGES, value=1, step=1, precision=0, label="number of images")
+                num_images = slider(1, MAX_UI_IMAGES, value=1, step=1, precision=0, label="number of images")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 gallery = gr.Gallery(label="images", format="png", columns=2, height="auto", elem_id="images")

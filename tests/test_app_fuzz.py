@@ -1,0 +1,116 @@
+"""A bounded fuzz of every named endpoint (a few hundred hostile inputs, seeded): each one gets a result or a
+clear error (never a bare "Error", never a dead server), and normal requests are answered afterwards.
+
+One tiny server (ZOO_APP_TINY=1) for the module, driven over gradio's plain HTTP API (POST
+/gradio_api/call/<name>, then its event stream) so the suite takes seconds. The inputs replace one or two of an
+endpoint's arguments with values of the wrong type, out of range, huge, empty, or shaped like paths and files;
+besides those: an oversized body, and images that are tiny on disk but huge in pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from PIL import Image
+from test_app_e2e import ROOT
+
+from zoo.app.server import serve
+
+EXAMPLE = "1: a large purple triangle in the top right on a blue background"
+VALID = {
+    "generate": ["ldm-clip-kl", "a red circle", "", "ddim", 1, 3.0, 0, False, 1],
+    "forward_noise": [EXAMPLE, None, 10, "linear", "pixel", 0],
+    "switch": ["text (CLIP)", "a red circle", EXAMPLE, None, 0, 1],
+    "switch_all": ["a red circle", EXAMPLE, None, 0, 1],
+    "zoo_table": [],
+    "components": [],
+}
+HOSTILE = [
+    None, "", " ", "x" * 5000, "a " * 3000, "\u202e\u0000\ud7ff", "../../etc/passwd", "/etc/passwd", "upload",
+    "drawn on the sketchpad", "sd-v1-5", "ldm-class-kl", "ddpm-linear", -1, 0, 1, 2**31, 2**64, -(2**63), 10**9,
+    2.5, -0.5, 1e308, True, False, [], [1, 2], {}, {"path": "/etc/passwd"}, {"url": "http://127.0.0.1:1/x.png"},
+    {"composite": None}, {"composite": {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}},
+]  # fmt: skip
+CASES = 240
+UNCLEAR = ("", "Error", "None", "null")
+
+
+def cases(seed: int = 0) -> list[tuple[str, list]]:
+    """(endpoint, arguments): one or two arguments of a valid call replaced by hostile values."""
+    rng = random.Random(seed)
+    with_args = [name for name, args in VALID.items() if args]
+    found = []
+    for _ in range(CASES):
+        name = rng.choice(with_args)
+        args = list(VALID[name])
+        for index in rng.sample(range(len(args)), k=min(len(args), rng.choice((1, 1, 2)))):
+            args[index] = rng.choice(HOSTILE)
+        found.append((name, args))
+    return found
+
+
+def call(http: httpx.Client, name: str, args: list) -> tuple[str, object]:
+    """("complete", outputs) or ("error", message) of one call through gradio's HTTP API."""
+    event = http.post(f"gradio_api/call/{name}", json={"data": args}).raise_for_status().json()["event_id"]
+    stream = http.get(f"gradio_api/call/{name}/{event}").raise_for_status().text
+    kind, data = None, None
+    for line in stream.splitlines():
+        if line.startswith("event: "):
+            kind = line.removeprefix("event: ")
+        elif line.startswith("data: ") and kind in ("complete", "error"):
+            data = json.loads(line.removeprefix("data: "))
+    if kind == "error":
+        return "error", (data or {}).get("error") if isinstance(data, dict) else data
+    return kind or "no event", data
+
+
+def assert_clear(outcome: tuple[str, object], where: object) -> None:
+    kind, data = outcome
+    assert kind in ("complete", "error"), f"{where}: the stream ended with {kind}"
+    if kind == "error":
+        assert isinstance(data, str) and data.strip() not in UNCLEAR and len(data) >= 12, f"{where}: {data!r}"
+
+
+@pytest.fixture(scope="module")
+def http(tmp_path_factory) -> Iterator[httpx.Client]:
+    with serve(ROOT, tmp_path_factory.mktemp("fuzz") / "app.log") as url:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            yield client
+
+
+def test_every_hostile_input_gets_a_result_or_a_clear_error(http):
+    refused = 0
+    for name, args in cases():
+        outcome = call(http, name, args)
+        assert_clear(outcome, (name, args))
+        refused += outcome[0] == "error"
+    assert refused > CASES // 3  # the hostile values were hostile
+    for name, args in VALID.items():  # and the server still answers normal requests
+        assert call(http, name, args)[0] == "complete"
+
+
+def upload(http: httpx.Client, image: Image.Image) -> dict:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    files = {"files": ("bomb.png", buffer.getvalue(), "image/png")}
+    path = http.post("gradio_api/upload", files=files).raise_for_status().json()[0]
+    return {"path": path, "meta": {"_type": "gradio.FileData"}}
+
+
+def test_pixel_bombs_and_huge_bodies_are_refused_with_a_message(http):
+    bomb = upload(http, Image.new("L", (10000, 10000)))  # ~100 KB on disk, 100 M pixels
+    kind, message = call(http, "forward_noise", ["upload", bomb, 10, "linear", "pixel", 0])
+    assert kind == "error" and "10000x10000; images up to 4096x4096" in message
+    drawing = {"background": None, "layers": [], "composite": bomb}
+    kind, message = call(http, "switch", ["semantic map", "", "drawn on the sketchpad", drawing, 0, 1])
+    assert kind == "error" and "10000x10000" in message
+    kind, message = call(http, "generate", ["ldm-clip-kl", "", "", "ddim", "abc", 3.0, 0, False, 1])
+    assert kind == "error" and message == "steps (1 to T) must be a number in [1, 50], got 'abc'"  # tiny T = 50
+    huge = http.post("gradio_api/call/generate", content=b"[" + b"1," * 2**20 + b"1]")
+    assert huge.status_code == 413 and "larger than this server accepts" in huge.json()["error"]
+    assert call(http, "generate", VALID["generate"])[0] == "complete"
