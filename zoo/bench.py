@@ -3,6 +3,7 @@
     python -m zoo.bench unet [--config default] [--repeats 20] [--warmup 3]
     python -m zoo.bench train [--processes 1 2] [--pipeline ldm-seg-kl] [--batch 32] [--steps 12]
     python -m zoo.bench generate [--pipeline ldm-clip-kl] [--versus ddpm-cosine] [--steps 50] [--threads 2]
+    python -m zoo.bench soak [--requests 500] [--every 50] [--tiny] [--delete-cache 60,600]
 
 `unet`: one forward of our U-Net and of diffusers' UNet2DConditionModel built to the same architecture and
 loaded with the same weights through components/unets/diffusers_compat.py (the report gives the largest output
@@ -22,6 +23,9 @@ given sampler / steps / guidance), median of the repeats after one warm-up; the 
 U-Net and in the decoder; the U-Net's FLOPs per forward (torch.utils.flop_counter) and the GFLOP/s it reached.
 With `--versus`, the same for a second pipeline at the same steps and the ratio of the two times per image
 (LDM's argument: the latent U-Net step is cheaper than the pixel one).
+
+`soak`: the app served from this checkout, N requests, its RSS and file-cache size printed as it goes
+(`python -m zoo.app.soak`, run as its own process: the app is a floor above the benchmarks).
 """
 
 from __future__ import annotations
@@ -368,15 +372,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     gen.add_argument("--guidance", type=float, default=None, help="default: the recipe's")
     gen.add_argument("--repeats", type=int, default=5)
     gen.add_argument("--threads", type=int, default=2, help="torch threads (the README's figures: 2)")
+    soak = commands.add_parser("soak", help="the app under N requests: RSS and file-cache size as it goes")
+    soak.add_argument("--requests", type=int, default=500, help="requests in all")
+    soak.add_argument("--every", type=int, default=50, help="measure after every this many requests")
+    soak.add_argument("--tiny", action="store_true", help="tiny random pipelines instead of the embedded weights")
+    soak.add_argument("--delete-cache", help="FREQUENCY,AGE seconds of gradio's cache sweep (default 60,600)")
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> UNetBenchResult | list[TrainBenchResult]:
+def main(argv: Sequence[str] | None = None) -> UNetBenchResult | list[TrainBenchResult] | int:
     """Run the benchmark named on the command line; log the report line to stdout and return the result."""
     args = parse_args(argv)
     if not logger.handlers:
         logger.addHandler(logging.StreamHandler(sys.stdout))
         logger.setLevel(logging.INFO)
+    if args.command == "soak":  # the app is a floor above the benchmarks: run it as its own process
+        command = [sys.executable, "-m", "zoo.app.soak", "--requests", str(args.requests), "--every", str(args.every)]
+        command += ["--tiny"] * args.tiny + (["--delete-cache", args.delete_cache] if args.delete_cache else [])
+        return subprocess.run(command, check=True).returncode
     if args.command == "generate":
         torch.set_num_threads(args.threads)
         first = run_generate(

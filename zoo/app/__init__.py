@@ -8,7 +8,8 @@ formula; the library (`import zoo`) never imports this package or gradio.
     demo.close()
 
 Environment: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (127.0.0.1:7860), ZOO_APP_SHARE=1 for a public share link
-(Colab needs one; off by default), and the pipeline cache's settings (zoo/app/cache.py): ZOO_APP_TINY,
+(Colab needs one; off by default), ZOO_APP_DELETE_CACHE=FREQUENCY,AGE for the file cache's sweep (60,600 s),
+and the pipeline cache's settings (zoo/app/cache.py): ZOO_APP_TINY,
 ZOO_APP_PIPELINES, ZOO_APP_ALLOW_DOWNLOADS, ZOO_APP_CACHE_MB.
 """
 
@@ -25,7 +26,7 @@ from typing import Any  # noqa: E402
 import gradio as gr  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
-from zoo.app import conditioning, forward_noise, text_to_image, zoo_tab  # noqa: E402
+from zoo.app import conditioning, display, forward_noise, text_to_image, zoo_tab  # noqa: E402
 from zoo.app.cache import PipelineCache, flag  # noqa: E402
 from zoo.app.limits import MAX_FILE_SIZE, BodyLimit  # noqa: E402
 
@@ -36,7 +37,8 @@ logger = logging.getLogger(__name__)
 SHARE_ENV = "ZOO_APP_SHARE"
 CONCURRENCY_LIMIT = 1  # one sampling run at a time: the models share one device
 QUEUE_SIZE = 32
-DELETE_CACHE = (60, 600)  # every minute, delete the result files older than ten minutes
+DELETE_CACHE_ENV = "ZOO_APP_DELETE_CACHE"  # "FREQUENCY,AGE" in seconds
+DELETE_CACHE = (60, 600)  # every minute, delete the result and upload files older than ten minutes
 INTRO = (
     "# Diffusion Zoo\n"
     "DDPM, DDIM and latent diffusion as small interchangeable parts. Draw an image from text, watch the forward "
@@ -49,7 +51,7 @@ def build_app(pipes: PipelineCache | None = None) -> gr.Blocks:
     pipes = pipes or PipelineCache.from_env()
     noise = forward_noise.ForwardNoise(pipes)
     table = zoo_tab.ZooTable(pipes)
-    with gr.Blocks(title="Diffusion Zoo", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
+    with gr.Blocks(title="Diffusion Zoo", analytics_enabled=False, delete_cache=delete_cache()) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs():
             text_to_image.tab(text_to_image.TextToImage(pipes), num_timesteps=noise.num_timesteps)
@@ -63,6 +65,18 @@ def build_app(pipes: PipelineCache | None = None) -> gr.Blocks:
     return demo
 
 
+def delete_cache() -> tuple[int, int]:
+    """How often gradio's file cache is swept and how old a file must be to go: ZOO_APP_DELETE_CACHE or 60,600."""
+    chosen = os.environ.get(DELETE_CACHE_ENV, "").strip()
+    if not chosen:
+        return DELETE_CACHE
+    try:
+        frequency, age = (int(part) for part in chosen.split(","))
+    except ValueError as err:
+        raise ValueError(f"{DELETE_CACHE_ENV} must be 'FREQUENCY,AGE' in whole seconds, got {chosen!r}") from err
+    return frequency, age
+
+
 def launch_options() -> dict[str, Any]:
     """Safe defaults: local only, no share link unless ZOO_APP_SHARE=1, bounded uploads and request bodies, errors
     shown with their message, no extra served paths, no monitoring."""
@@ -73,6 +87,7 @@ def launch_options() -> dict[str, Any]:
         else None,  # None: 7860 or next free
         "share": flag(SHARE_ENV),
         "show_error": True,
+        "css": display.CSS,
         "max_file_size": MAX_FILE_SIZE,
         "allowed_paths": [],
         "enable_monitoring": False,

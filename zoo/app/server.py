@@ -37,10 +37,11 @@ def wait_until_serving(url: str, process: subprocess.Popen, log: Path) -> None:
     raise TimeoutError(f"the app did not serve {url} within {START_TIMEOUT} s:\n{log.read_text()[-3000:]}")
 
 
-@contextlib.contextmanager
-def serve(folder: Path, log: Path, *, tiny: bool = True, env: dict[str, str] | None = None) -> Iterator[str]:
+def start(
+    folder: Path, log: Path, *, tiny: bool = True, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
     """The app in `folder` (its app.py, else zoo.app's main) with tiny pipelines or the embedded weights, on a
-    free local port, offline; yields its URL and stops it afterwards. `env` adds environment variables."""
+    free local port, offline, serving: (the process, its URL). `env` adds environment variables."""
     port = free_port()
     settings = {
         **os.environ,
@@ -58,11 +59,26 @@ def serve(folder: Path, log: Path, *, tiny: bool = True, env: dict[str, str] | N
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_serving(url, process, log)
+    except BaseException:
+        stop(process)
+        raise
+    return process, url
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def serve(folder: Path, log: Path, *, tiny: bool = True, env: dict[str, str] | None = None) -> Iterator[str]:
+    """start(...), yielding the URL; the app is always stopped afterwards."""
+    process, url = start(folder, log, tiny=tiny, env=env)
+    try:
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)

@@ -1,0 +1,96 @@
+"""Soak: N requests against a running app (a subprocess), its resident memory and file cache measured as it goes.
+
+    python -m zoo.bench soak [--requests 500] [--every 50] [--tiny] [--delete-cache 60,600]
+
+The requests cycle through the endpoints (text to image and the switch with 2 sampler steps, forward noise,
+the Zoo table) with changing seeds, so every answer writes new files to gradio's cache. Printed per `every`
+requests: RSS of the server process (MB) and the size of its cache folder (MB, files). Memory growth is
+measured from the end of the warm-up (the first `every` requests, which load the pipelines).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from zoo.app.server import start, stop
+
+logger = logging.getLogger(__name__)
+
+EXAMPLE = "1: a large purple triangle in the top right on a blue background"
+
+
+@dataclasses.dataclass
+class SoakPoint:
+    requests: int
+    seconds: float
+    rss_mb: float
+    cache_mb: float
+    cache_files: int
+
+
+def folder_size(folder: Path) -> tuple[float, int]:
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 1024**2, len(files)
+
+
+def request(client, index: int) -> None:
+    """One request of the cycle; the seed changes so every answer is a new file."""
+    kind = index % 4
+    if kind == 0:
+        client.predict("ldm-clip-kl", "a red circle", "", "ddpm", 2, 3.0, index, False, 1, api_name="/generate")
+    elif kind == 1:
+        client.predict(EXAMPLE, None, 1 + index % 50, "linear", "pixel", index, api_name="/forward_noise")
+    elif kind == 2:
+        client.predict("text (CLIP)", "a blue square", EXAMPLE, None, index, 2, api_name="/switch")
+    else:
+        client.predict(api_name="/zoo_table")
+
+
+def soak(
+    requests: int = 500, every: int = 50, *, tiny: bool = False, delete_cache: str | None = None
+) -> list[SoakPoint]:
+    """Serve the app from this checkout, send `requests` requests, measure every `every`; the server is stopped."""
+    from gradio_client import Client
+
+    root = Path(__file__).resolve().parents[2]
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "gradio"
+        env = {"GRADIO_TEMP_DIR": str(cache), **({"ZOO_APP_DELETE_CACHE": delete_cache} if delete_cache else {})}
+        process, url = start(root, Path(tmp) / "app.log", tiny=tiny, env=env)
+        try:
+            client = Client(url, verbose=False)
+            server = psutil.Process(process.pid)
+            points, begin = [], time.perf_counter()
+            for index in range(1, requests + 1):
+                request(client, index)
+                if index % every == 0 or index == requests:
+                    size, count = folder_size(cache)
+                    rss = server.memory_info().rss / 1024**2
+                    points.append(SoakPoint(index, time.perf_counter() - begin, rss, size, count))
+                    logger.info(report_line(points[-1]))
+        finally:
+            stop(process)
+    return points
+
+
+def report_line(point: SoakPoint) -> str:
+    return (
+        f"{point.requests:6d} requests  {point.seconds:7.1f} s  RSS {point.rss_mb:7.1f} MB  "
+        f"cache {point.cache_mb:6.2f} MB in {point.cache_files} files"
+    )
+
+
+def summary(points: list[SoakPoint]) -> str:
+    warm, last = points[0], points[-1]
+    return (
+        f"RSS growth after warm-up ({warm.requests} -> {last.requests} requests): "
+        f"{last.rss_mb - warm.rss_mb:+.1f} MB; "
+        f"peak RSS {max(p.rss_mb for p in points):.1f} MB; cache at the end {last.cache_mb:.2f} MB "
+        f"(largest {max(p.cache_mb for p in points):.2f} MB)"
+    )
