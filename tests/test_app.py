@@ -28,6 +28,7 @@ from zoo.app import (
 from zoo.data import shapes
 
 STEPS = 2
+NEW_VIEWS = {"compare_samplers", "swap", "inspect_autoencoders", "one_step"}
 
 
 def seeded_tiny(name: str):
@@ -74,7 +75,7 @@ def test_every_tab_builds_without_a_server_and_names_its_endpoints(pipes):
     demo = build_app(pipes)
     assert isinstance(demo, gr.Blocks)
     named = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
-    assert named == {"generate", "forward_noise", "switch", "switch_all", "zoo_table", "components"}
+    assert named == {"generate", "forward_noise", "switch", "switch_all", "zoo_table", "components"} | NEW_VIEWS
 
 
 def test_a_tab_builder_takes_its_handlers_injected(pipes):
@@ -120,11 +121,11 @@ def test_preloading_builds_the_default_pipeline_once():
 def test_only_offered_pipelines_are_served_unless_the_owner_opts_in(monkeypatch):
     monkeypatch.delenv(cache.PIPELINES_ENV, raising=False)
     pipes = cache.PipelineCache.from_env(tiny=True)
-    assert pipes.names() == list(cache.SHIPPED)
-    with pytest.raises(gr.Error, match="unknown pipeline 'ldm-clip-vq'; choose one of: ldm-clip-kl"):
-        pipes.get("ldm-clip-vq")
-    monkeypatch.setenv(cache.PIPELINES_ENV, "ldm-clip-vq")
-    assert "ldm-clip-vq" in cache.PipelineCache.from_env(tiny=True).names()
+    assert pipes.names() == [*cache.SHIPPED, "ldm-bert-kl", "ldm-clip-vq"]
+    with pytest.raises(gr.Error, match="unknown pipeline 'ldm-class-kl'; choose one of: ldm-clip-kl"):
+        pipes.get("ldm-class-kl")
+    monkeypatch.setenv(cache.PIPELINES_ENV, "ldm-class-kl")
+    assert "ldm-class-kl" in cache.PipelineCache.from_env(tiny=True).names()
     monkeypatch.setenv(cache.PIPELINES_ENV, "all")
     assert set(cache.PipelineCache.from_env(tiny=True).names()) == set(zoo.available())
 
@@ -239,7 +240,7 @@ def test_unknown_words_long_prompts_and_ignored_prompts_are_pointed_out(text):
 
 
 def test_only_pipelines_that_take_a_prompt_are_offered_and_untrained_ones_are_marked(text):
-    assert text.names() == ["ldm-clip-kl", "ldm-bert-vq", "ddpm-cosine", "ddpm-linear"]  # not the map model
+    assert text.names() == ["ldm-clip-kl", "ldm-bert-vq", "ddpm-cosine", "ddpm-linear", "ldm-bert-kl", "ldm-clip-vq"]
     assert all(label.endswith("(random weights)") for label, _ in text.choices())  # tiny: nothing is trained
     with pytest.raises(gr.Error, match="unknown pipeline 'ldm-seg-kl'"):
         text.generate("ldm-seg-kl", "", "", "ddim", 1, 1.0, 0, False, 1, progress=quiet)

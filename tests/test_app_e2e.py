@@ -65,7 +65,8 @@ def generate(client: Client, seed: int, **changes) -> tuple:
 
 def test_every_named_endpoint_is_listed(client):
     named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert named == {"/generate", "/forward_noise", "/switch", "/switch_all", "/zoo_table", "/components"}
+    views = {"/compare_samplers", "/swap", "/inspect_autoencoders", "/one_step"}
+    assert named == {"/generate", "/forward_noise", "/switch", "/switch_all", "/zoo_table", "/components"} | views
 
 
 def test_generate_draws_seeded_png_images_and_a_trajectory(client):
@@ -117,6 +118,34 @@ def test_zoo_tables(client):
     assert [row[0] for row in table["data"]][:1] == ["ldm-clip-kl"] and "parameters" in table["headers"]
     components = client.predict(api_name="/components")
     assert {"unet", "autoencoder", "conditioner"} <= {row[0] for row in components["data"]}
+
+
+def test_samplers_from_one_x_T(client):
+    gallery, plot, info = client.predict("ldm-clip-kl", "a red circle", 3, 3.0, 4, api_name="/compare_samplers")
+    assert [item["caption"].split(":")[0] for item in gallery] == ["DDPM", "DDIM", "DPM-Solver++"]
+    for item in gallery:
+        assert_image(item["image"], (64, 64))
+    assert "3 U-Net calls" in gallery[0]["caption"] and len(plot["data"]) == 3 * 2 and "| DDIM | 3 |" in info
+
+
+def test_swap_one_part(client):
+    gallery, info = client.predict("KL <-> VQ, the same CLIP conditioner", "a red circle", 2, 2, api_name="/swap")
+    assert [item["caption"].split(" ")[0] for item in gallery] == ["ldm-clip-kl", "ldm-clip-vq"]
+    for item in gallery:
+        assert_image(item["image"], (64, 64))
+    assert "autoencoder: kl-f4 -> vq-f4" in info
+
+
+def test_autoencoder_inspector(client, example):
+    gallery, table = client.predict(example, None, api_name="/inspect_autoencoders")
+    assert len(gallery) == 5 and "PSNR (dB)" in table and "codes" in table
+    assert_image(gallery[1]["image"], (64, 64))
+
+
+def test_one_step_opened_up(client):
+    gallery, info = client.predict("ldm-clip-kl", "a red circle", "ddim", 3, 3.0, 0, 2, api_name="/one_step")
+    assert [item["caption"] for item in gallery][1:4] == ["eps_uncond", "eps_cond", "guided, w = 3"]
+    assert "U-Net call 2 of 3" in info
 
 
 @pytest.mark.parametrize(

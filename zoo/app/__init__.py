@@ -26,7 +26,17 @@ from typing import Any  # noqa: E402
 import gradio as gr  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
-from zoo.app import conditioning, display, forward_noise, text_to_image, zoo_tab  # noqa: E402
+from zoo.app import (  # noqa: E402
+    autoencoders,
+    conditioning,
+    display,
+    forward_noise,
+    samplers,
+    steps,
+    swap,
+    text_to_image,
+    zoo_tab,
+)
 from zoo.app.cache import PipelineCache, flag  # noqa: E402
 from zoo.app.limits import MAX_FILE_SIZE, BodyLimit  # noqa: E402
 
@@ -42,7 +52,8 @@ DELETE_CACHE = (60, 600)  # every minute, delete the result and upload files old
 INTRO = (
     "# Diffusion Zoo\n"
     "DDPM, DDIM and latent diffusion as small interchangeable parts. Draw an image from text, watch the forward "
-    "process add noise, and switch how the condition enters the U-Net."
+    "process add noise, switch how the condition enters the U-Net, compare samplers from one x_T, swap one part "
+    "under a pinned seed, look inside the autoencoders, and open one sampler step."
 )
 
 
@@ -57,6 +68,10 @@ def build_app(pipes: PipelineCache | None = None) -> gr.Blocks:
             text_to_image.tab(text_to_image.TextToImage(pipes), num_timesteps=noise.num_timesteps)
             shown = forward_noise.tab(noise)
             conditioning.tab(conditioning.Conditioning(pipes), num_timesteps=noise.num_timesteps)
+            samplers.tab(samplers.SamplerComparison(pipes), num_timesteps=noise.num_timesteps)
+            swap.tab(swap.Swap(pipes), num_timesteps=noise.num_timesteps)
+            autoencoders.tab(autoencoders.Inspector(pipes))
+            steps.tab(steps.OneStep(pipes), num_timesteps=noise.num_timesteps)
             tables = zoo_tab.tab(table)
         abar, log_snr = shown["plots"]
         demo.load(noise.initial_plots, shown["t"], [abar, log_snr], api_visibility="private")

@@ -1,7 +1,8 @@
 """The pipelines the app serves, each built once and kept while they fit in a memory budget (LRU by bytes).
 
 Who may ask for what is the server owner's choice, never a request's:
-- only the offered pipelines are served (the shipped, trained ones by default); `ZOO_APP_PIPELINES` lists
+- only the offered pipelines are served (the shipped, trained ones and the two that differ from ldm-clip-kl in
+  one part, for the swap view); `ZOO_APP_PIPELINES` lists
   others (comma-separated registered names, or `all`) for a person running the app for themselves;
 - a pipeline whose weights are a Hub download is built only from the local cache, unless
   `ZOO_APP_ALLOW_DOWNLOADS=1` (or `allow_downloads=True`) says the server may download it;
@@ -30,6 +31,8 @@ PIPELINES_ENV = "ZOO_APP_PIPELINES"
 DOWNLOADS_ENV = "ZOO_APP_ALLOW_DOWNLOADS"
 MEMORY_ENV = "ZOO_APP_CACHE_MB"
 DEFAULT_PIPELINE = "ldm-clip-kl"
+SWAP_PARTNERS = ("ldm-bert-kl", "ldm-clip-vq")  # one part away from ldm-clip-kl, for the swap view
+OFFERED = (*SHIPPED, *SWAP_PARTNERS)
 DEFAULT_CACHE_BYTES = 2 * 1024**3  # the five shipped pipelines take ~0.2 GB; one SD checkpoint ~2-4 GB
 
 Loader = Callable[[str], Pipeline]
@@ -61,7 +64,7 @@ class PipelineCache:
 
     def __init__(
         self,
-        offered: Sequence[str] = SHIPPED,
+        offered: Sequence[str] = OFFERED,
         *,
         tiny: bool = False,
         loader: Loader | None = None,
@@ -87,7 +90,7 @@ class PipelineCache:
             offered: Sequence[str] = sorted(zoo.available())
         else:
             extra = [n.strip() for n in chosen.split(",") if n.strip()]
-            offered = [*SHIPPED, *(n for n in extra if n not in SHIPPED)]
+            offered = [*OFFERED, *(n for n in extra if n not in OFFERED)]
         settings = {
             "offered": offered,
             "tiny": flag(TINY_ENV),

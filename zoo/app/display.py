@@ -105,3 +105,13 @@ def examples() -> dict[str, dict]:
         item = shapes.sample_item(index, seed=EXAMPLE_SEED, split="train")
         found[f"{index + 1}: {item['caption']}"] = item
     return found
+
+
+def channels_image(x: torch.Tensor, scale: float = 3.0) -> Image.Image:
+    """Each channel of one (C, h, w) tensor as a grey tile, -scale black to +scale white, side by side, captioned
+    with its channel number: a latent, or a predicted eps, seen as it is."""
+    grey = ((x.detach().float().cpu().clamp(-scale, scale) / scale + 1) * 127.5).round().to(torch.uint8)
+    tiles = [
+        labelled(Image.fromarray(channel.numpy(), "L").convert("RGB"), f"ch {i}") for i, channel in enumerate(grey)
+    ]
+    return tiled(tiles, across=True)

@@ -34,6 +34,16 @@ def noiser_name(schedule: str) -> str:
     return f"ddpm-{schedule}"
 
 
+def source_image(example: Any, upload: Any) -> Image.Image:
+    """The picked dataset example, or the uploaded image (size checked before decoding) when "upload" is."""
+    check_choice("image source", example, [UPLOAD, *display.examples()])
+    if example != UPLOAD:
+        return Image.fromarray(display.examples()[example]["image_uint8"])
+    if upload is None:
+        raise fail("pick a dataset example, or upload an image first")
+    return open_image(upload)
+
+
 class ForwardNoise:
     """The tab's handlers over the app's pipeline cache."""
 
@@ -47,22 +57,13 @@ class ForwardNoise:
     def noiser(self, schedule: Any) -> Pipeline:
         return self.pipes.get(noiser_name(check_choice("schedule", schedule, SCHEDULE_CHOICES)))
 
-    def source_image(self, example: Any, upload: Any) -> Image.Image:
-        """The picked dataset example, or the uploaded image (size checked before decoding) when "upload" is."""
-        check_choice("image source", example, [UPLOAD, *display.examples()])
-        if example != UPLOAD:
-            return Image.fromarray(display.examples()[example]["image_uint8"])
-        if upload is None:
-            raise fail("pick a dataset example, or upload an image first")
-        return open_image(upload)
-
     @handler
     @on_gpu
     def forward_noise(
         self, example: str, upload: Any, t: int, schedule: str, space: str, seed: int
     ) -> tuple[Image.Image, Image.Image, pd.DataFrame, pd.DataFrame, str, str]:
         """x_t, a strip of x_t over t for both schedules, the two plots, the formula with its numbers, code."""
-        image = self.source_image(example, upload)
+        image = source_image(example, upload)
         noiser = self.noiser(schedule)
         t, seed = noiser.check_t(t), check_seed(seed)
         x0, to_images = self.clean_signal(image, check_choice("space", space, SPACE_CHOICES))

@@ -1,0 +1,87 @@
+"""Samplers from one x_T: DDPM (Alg. 2), DDIM (Eq. 12) and DPM-Solver++(2M) side by side from the same seed, so
+the same starting noise, with the U-Net calls each made (NFE), the seconds each took, and how far the predicted
+x_0 moved at each step (RMS of its change: large early, small once the sampler has settled)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+import torch
+from PIL import Image
+
+from zoo.app import display
+from zoo.app.cache import PipelineCache
+from zoo.app.guard import check_choice, clean_prompt, handler, number, on_gpu, slider
+from zoo.app.steps import UNetCalls
+from zoo.app.text_to_image import MAX_GUIDANCE, SAMPLER_CHOICES, TextToImage
+from zoo.pipelines.base import MAX_SEED, Pipeline
+
+
+def movement(x0s: list[torch.Tensor]) -> list[float]:
+    """RMS change of the predicted x_0 from each step to the next (one number per step after the first)."""
+    return [float((b - a).pow(2).mean().sqrt()) for a, b in zip(x0s, x0s[1:], strict=False)]
+
+
+class SamplerComparison:
+    """The view's handler over the app's pipeline cache."""
+
+    def __init__(self, pipes: PipelineCache):
+        self.pipes = pipes
+        self.text = TextToImage(pipes)
+
+    def run(self, pipe: Pipeline, sampler: str, kwargs: dict[str, Any]) -> tuple[Image.Image, int, float, list]:
+        """One sampler: (image, U-Net calls, seconds, predicted x_0 at every step)."""
+        x0s: list[torch.Tensor] = []
+        keep = lambda i, x_t, x0: x0s.append(x0[:1].detach().float().cpu())  # noqa: E731
+        start = time.perf_counter()
+        with UNetCalls(pipe) as calls:
+            image = pipe.generate(**kwargs, sampler=sampler, callback=display.progress_callback(0, None, keep))[0]
+        return image, calls.calls, time.perf_counter() - start, x0s
+
+    @handler
+    @on_gpu
+    def compare(
+        self, name: str, prompt: str | None, steps: int, guidance_scale: float, seed: int
+    ) -> tuple[list[tuple[Image.Image, str]], pd.DataFrame, str]:
+        """Each sampler's image (captioned with NFE and seconds), the x_0-movement curves, a table in Markdown."""
+        pipe = self.pipes.get(check_choice("pipeline", name, self.text.names()))
+        prompt, notes = clean_prompt(prompt)
+        kwargs: dict[str, Any] = {"steps": steps, "seed": seed}
+        if pipe.recipe.conditioner is not None:
+            kwargs.update(prompt=prompt, guidance_scale=guidance_scale)
+        shown, curves, rows = [], [], ["| sampler | U-Net calls (NFE) | seconds |", "|---|---|---|"]
+        for label, sampler in SAMPLER_CHOICES:
+            image, calls, seconds, x0s = self.run(pipe, sampler, kwargs)
+            shown.append((image, f"{label}: {calls} U-Net calls, {seconds:.2f} s"))
+            moved = movement(x0s)
+            curves.append(pd.DataFrame({"step": range(2, len(moved) + 2), "x0 movement": moved, "sampler": label}))
+            rows.append(f"| {label} | {calls} | {seconds:.2f} |")
+        notes.insert(0, f"one x_T for all three: the same seed {seed}, {steps} steps")
+        text = display.notes_markdown(pipe, notes) + "\n\n" + "\n".join(rows)
+        return shown, pd.concat(curves, ignore_index=True), text
+
+
+def tab(handlers: SamplerComparison, *, num_timesteps: int = 1000) -> dict[str, gr.components.Component]:
+    choices = handlers.text.choices()
+    with gr.Tab("Samplers", id="samplers"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                pipeline = gr.Dropdown(choices, value=choices[0][1], label="pipeline")
+                prompt = gr.Textbox("a red circle on a blue background", label="prompt", max_lines=2)
+                steps = slider(1, num_timesteps, value=10, step=1, precision=0, label="steps (each sampler)")
+                guidance = slider(0, MAX_GUIDANCE, value=3.0, step=0.5, label="guidance scale w")
+                seed = number(0, precision=0, minimum=0, maximum=MAX_SEED, label="seed (the one x_T)")
+                button = gr.Button("Compare the samplers", variant="primary", elem_id="compare-samplers")
+            with gr.Column(scale=2):
+                gallery = gr.Gallery(
+                    label="DDPM | DDIM | DPM-Solver++, one x_T", format="png", columns=3, height="auto",
+                    elem_id="sampler-images", elem_classes="zoo-gallery",
+                )  # fmt: skip
+                plot = gr.LinePlot(x="step", y="x0 movement", color="sampler", title="how far predicted x_0 moves")
+                info = gr.Markdown()
+    inputs = [pipeline, prompt, steps, guidance, seed]
+    button.click(handlers.compare, inputs, [gallery, plot, info], api_name="compare_samplers")
+    return {"button": button, "gallery": gallery, "plot": plot, "info": info}

@@ -1,0 +1,138 @@
+"""One step, opened up: at a chosen sampler step, x_t, what the U-Net predicted (with guidance: eps_uncond,
+eps_cond and their guided mix, Ho & Salimans 2022 Eq. 6) and the predicted x_0 the sampler steps towards.
+
+Nothing is recomputed: the pipeline generates as usual, a forward hook on its U-Net keeps the inputs and the
+output of the chosen call, and the sampler's callback gives the predicted x_0. With guidance the pipeline calls
+the U-Net once on [uncond; cond], so the two halves of that output are eps_uncond and eps_cond.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import gradio as gr
+import torch
+from PIL import Image
+
+from zoo.app import display
+from zoo.app.cache import PipelineCache
+from zoo.app.guard import check_choice, clean_prompt, fail, handler, number, on_gpu, slider
+from zoo.app.text_to_image import MAX_GUIDANCE, SAMPLER_CHOICES, TextToImage
+from zoo.pipelines.base import MAX_SEED, Pipeline
+from zoo.pipelines.latent import guided
+
+
+class UNetCalls:
+    """Counts the calls of `pipe.unet` made by this thread inside a `with` block, and keeps the inputs and
+    output of call number `keep` (0-based): (x_t, t, output). Other threads' calls are not seen."""
+
+    def __init__(self, pipe: Pipeline, keep: int | None = None):
+        self.pipe, self.keep = pipe, keep
+        self.calls = 0
+        self.kept: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.thread = threading.get_ident()
+
+    def __enter__(self) -> UNetCalls:
+        self.handle = self.pipe.unet.register_forward_hook(self.hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
+
+    def hook(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if threading.get_ident() != self.thread:
+            return
+        if self.calls == self.keep:
+            self.kept = (args[0].detach().clone(), args[1].detach().clone(), output.detach().clone())
+        self.calls += 1
+
+
+class OneStep:
+    """The view's handler over the app's pipeline cache."""
+
+    def __init__(self, pipes: PipelineCache):
+        self.pipes = pipes
+        self.text = TextToImage(pipes)
+
+    @handler
+    @on_gpu
+    def inspect(
+        self, name: str, prompt: str | None, sampler: str, steps: int, guidance_scale: float, seed: int, step: int
+    ) -> tuple[list[tuple[Image.Image, str]], str]:
+        """Pictures of x_t, the prediction(s) and predicted x_0 at `step` (1 = the first, from x_T), and notes."""
+        pipe = self.pipes.get(check_choice("pipeline", name, self.text.names()))
+        prompt, notes = clean_prompt(prompt)
+        if not isinstance(step, int) or not isinstance(steps, int) or not 1 <= step <= max(steps, 1):
+            raise fail(f"the step to open must be a whole number in [1, steps = {steps}], got {step!r}")
+        x0s: dict[int, torch.Tensor] = {}
+        keep_x0 = lambda i, x_t, x0: x0s.setdefault(i, x0.detach().clone())  # noqa: E731
+        kwargs = {"steps": steps, "sampler": sampler, "seed": seed}
+        if pipe.recipe.conditioner is not None:
+            kwargs.update(prompt=prompt, guidance_scale=guidance_scale)
+        start = time.perf_counter()
+        with UNetCalls(pipe, keep=step - 1) as calls:
+            pipe.generate(**kwargs, callback=display.progress_callback(steps, None, keep_x0))
+        if calls.kept is None:
+            raise fail(f"the sampler made {calls.calls} U-Net calls; step {step} was not one of them")
+        shown, about = self.pictures(pipe, calls.kept, x0s.get(step - 1), guidance_scale)
+        notes = [f"step {step}/{steps} of {sampler}, U-Net call {step} of {calls.calls}", *about, *notes]
+        notes.append(f"{time.perf_counter() - start:.2f} s for the whole run (seed {seed})")
+        return shown, display.notes_markdown(pipe, notes)
+
+    def pictures(
+        self, pipe: Pipeline, kept: tuple, x0: torch.Tensor | None, w: float
+    ) -> tuple[list[tuple[Image.Image, str]], list[str]]:
+        x, t, output = kept
+        to_images = display.to_images(pipe)
+        what = "eps" if pipe.recipe.prediction_type == "eps" else f"{pipe.recipe.prediction_type} (network output)"
+        guiding = x.shape[0] == 2  # one batched call on [uncond; cond]
+        shown = [(to_images(x[:1])[0], f"x_t at t = {int(t[0]) + 1} (decoded)")]
+        about = [f"the U-Net's input timestep index {int(t[0])} (the paper's t = {int(t[0]) + 1})"]
+        if guiding:
+            out_uncond, out_cond = output.chunk(2)
+            mix = guided(out_cond, out_uncond, w)
+            for part, caption in (
+                (out_uncond, f"{what}_uncond"),
+                (out_cond, f"{what}_cond"),
+                (mix, f"guided, w = {w:g}"),
+            ):
+                shown.append((display.channels_image(part[0]), caption))
+            gap = float((out_cond - out_uncond).pow(2).mean().sqrt())
+            about.append(
+                f"guided = uncond + w (cond - uncond), Ho & Salimans 2022 Eq. 6; RMS(cond - uncond) = {gap:.4f}"
+            )
+        else:
+            shown.append((display.channels_image(output[0]), f"predicted {what}"))
+            about.append("no guidance at this setting (w = 1 or an unconditional model): one prediction")
+        if x0 is not None:
+            shown.append((to_images(x0[:1])[0], "predicted x_0"))
+        return shown, about
+
+
+def tab(handlers: OneStep, *, num_timesteps: int = 1000) -> dict[str, gr.components.Component]:
+    choices = handlers.text.choices()
+    with gr.Tab("One step", id="one-step"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                pipeline = gr.Dropdown(choices, value=choices[0][1], label="pipeline")
+                prompt = gr.Textbox("a red circle on a blue background", label="prompt", max_lines=2)
+                sampler = gr.Radio(list(SAMPLER_CHOICES), value="ddim", label="sampler")
+                steps = slider(1, num_timesteps, value=10, step=1, precision=0, label="steps")
+                guidance = slider(0, MAX_GUIDANCE, value=3.0, step=0.5, label="guidance scale w")
+                seed = number(0, precision=0, minimum=0, maximum=MAX_SEED, label="seed")
+                step = slider(1, num_timesteps, value=5, step=1, precision=0, label="the step to open (1 = from x_T)")
+                button = gr.Button("Open the step", variant="primary", elem_id="open-step")
+            with gr.Column(scale=2):
+                gallery = gr.Gallery(
+                    label="x_t | predictions | predicted x_0", format="png", columns=3, height="auto",
+                    elem_id="step-images", elem_classes="zoo-gallery",
+                )  # fmt: skip
+                info = gr.Markdown()
+    button.click(
+        handlers.inspect,
+        [pipeline, prompt, sampler, steps, guidance, seed, step],
+        [gallery, info],
+        api_name="one_step",
+    )
+    return {"button": button, "gallery": gallery, "info": info}
