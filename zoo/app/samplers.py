@@ -14,10 +14,10 @@ from PIL import Image
 
 from zoo.app import display
 from zoo.app.cache import PipelineCache
-from zoo.app.guard import check_choice, clean_prompt, handler, number, on_gpu, slider
+from zoo.app.guard import check_choice, clean_prompt, handler, on_gpu
 from zoo.app.steps import UNetCalls
-from zoo.app.text_to_image import MAX_GUIDANCE, SAMPLER_CHOICES, TextToImage
-from zoo.pipelines.base import MAX_SEED, Pipeline
+from zoo.app.text_to_image import SAMPLER_CHOICES, TextToImage, prompt_inputs
+from zoo.pipelines.base import Pipeline
 
 
 def movement(x0s: list[torch.Tensor]) -> list[float]:
@@ -65,15 +65,10 @@ class SamplerComparison:
 
 
 def tab(handlers: SamplerComparison, *, num_timesteps: int = 1000) -> dict[str, gr.components.Component]:
-    choices = handlers.text.choices()
     with gr.Tab("Samplers", id="samplers"):
         with gr.Row():
             with gr.Column(scale=1):
-                pipeline = gr.Dropdown(choices, value=choices[0][1], label="pipeline")
-                prompt = gr.Textbox("a red circle on a blue background", label="prompt", max_lines=2)
-                steps = slider(1, num_timesteps, value=10, step=1, precision=0, label="steps (each sampler)")
-                guidance = slider(0, MAX_GUIDANCE, value=3.0, step=0.5, label="guidance scale w")
-                seed = number(0, precision=0, minimum=0, maximum=MAX_SEED, label="seed (the one x_T)")
+                inputs = list(prompt_inputs(handlers.text, num_timesteps, seed_label="seed (the one x_T)"))
                 button = gr.Button("Compare the samplers", variant="primary", elem_id="compare-samplers")
             with gr.Column(scale=2):
                 gallery = gr.Gallery(
@@ -82,6 +77,5 @@ def tab(handlers: SamplerComparison, *, num_timesteps: int = 1000) -> dict[str, 
                 )  # fmt: skip
                 plot = gr.LinePlot(x="step", y="x0 movement", color="sampler", title="how far predicted x_0 moves")
                 info = gr.Markdown()
-    inputs = [pipeline, prompt, steps, guidance, seed]
     button.click(handlers.compare, inputs, [gallery, plot, info], api_name="compare_samplers")
     return {"button": button, "gallery": gallery, "plot": plot, "info": info}

@@ -17,9 +17,9 @@ from PIL import Image
 
 from zoo.app import display
 from zoo.app.cache import PipelineCache
-from zoo.app.guard import check_choice, clean_prompt, fail, handler, number, on_gpu, slider
-from zoo.app.text_to_image import MAX_GUIDANCE, SAMPLER_CHOICES, TextToImage
-from zoo.pipelines.base import MAX_SEED, Pipeline
+from zoo.app.guard import check_choice, clean_prompt, fail, handler, on_gpu, slider
+from zoo.app.text_to_image import SAMPLER_CHOICES, TextToImage, prompt_inputs
+from zoo.pipelines.base import Pipeline
 from zoo.pipelines.latent import guided
 
 
@@ -111,16 +111,11 @@ class OneStep:
 
 
 def tab(handlers: OneStep, *, num_timesteps: int = 1000) -> dict[str, gr.components.Component]:
-    choices = handlers.text.choices()
     with gr.Tab("One step", id="one-step"):
         with gr.Row():
             with gr.Column(scale=1):
-                pipeline = gr.Dropdown(choices, value=choices[0][1], label="pipeline")
-                prompt = gr.Textbox("a red circle on a blue background", label="prompt", max_lines=2)
+                pipeline, prompt, steps, guidance, seed = prompt_inputs(handlers.text, num_timesteps)
                 sampler = gr.Radio(list(SAMPLER_CHOICES), value="ddim", label="sampler")
-                steps = slider(1, num_timesteps, value=10, step=1, precision=0, label="steps")
-                guidance = slider(0, MAX_GUIDANCE, value=3.0, step=0.5, label="guidance scale w")
-                seed = number(0, precision=0, minimum=0, maximum=MAX_SEED, label="seed")
                 step = slider(1, num_timesteps, value=5, step=1, precision=0, label="the step to open (1 = from x_T)")
                 button = gr.Button("Open the step", variant="primary", elem_id="open-step")
             with gr.Column(scale=2):

@@ -169,3 +169,15 @@ def tab(handlers: TextToImage, *, num_timesteps: int = 1000) -> dict[str, gr.com
     unused = [sampler, steps_box, guidance_box, prompt, negative]
     pipeline.change(handlers.defaults, pipeline, unused, api_visibility="private")
     return {"button": button, "gallery": gallery, "trajectory": trajectory, "info": info, "code": code}
+
+
+def prompt_inputs(handlers: TextToImage, num_timesteps: int, *, steps: int = 10, seed_label: str = "seed") -> tuple:
+    """What a prompt-driven view starts with: pipeline, prompt, steps, guidance scale and seed inputs."""
+    choices = handlers.choices()
+    return (
+        gr.Dropdown(choices, value=choices[0][1], label="pipeline"),
+        gr.Textbox("a red circle on a blue background", label="prompt", max_lines=2),
+        slider(1, num_timesteps, value=steps, step=1, precision=0, label="steps"),
+        slider(0, MAX_GUIDANCE, value=3.0, step=0.5, label="guidance scale w"),
+        number(0, precision=0, minimum=0, maximum=MAX_SEED, label=seed_label),
+    )
