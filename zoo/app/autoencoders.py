@@ -74,11 +74,13 @@ def tab(handlers: Inspector) -> dict[str, gr.components.Component]:
                 example = gr.Dropdown([UPLOAD, *examples], value=examples[0], label="image: a dataset example")
                 upload = gr.Image(type="filepath", sources=["upload"], label="or upload one (picks 'upload')")
                 button = gr.Button("Encode and decode", variant="primary", elem_id="inspect-autoencoders")
-            with gr.Column(scale=2):
+            with gr.Column(scale=3):
                 gallery = gr.Gallery(
-                    label="x | reconstruction | latent channels, per autoencoder", format="png", columns=3,
-                    height="auto", elem_id="autoencoder-images", elem_classes="zoo-gallery",
-                )  # fmt: skip
+                    label="x | reconstruction | latent channels, per autoencoder",
+                    columns=3,
+                    elem_id="autoencoder-images",
+                    **display.GALLERY,
+                )
                 info = gr.Markdown()
     button.click(handlers.inspect, [example, upload], [gallery, info], api_name="inspect_autoencoders")
     upload.upload(lambda: UPLOAD, None, example, api_visibility="private")

@@ -166,17 +166,16 @@ def tab(handlers: Conditioning, *, num_timesteps: int = 1000) -> dict[str, gr.co
                     seed = number(0, precision=0, minimum=0, maximum=MAX_SEED, label="seed")
                     steps = slider(1, num_timesteps, value=min(25, num_timesteps), step=1, precision=0, label="steps")
                 with gr.Row():
-                    button = gr.Button("Generate", variant="primary")
+                    button = gr.Button("Generate", variant="primary", elem_id="switch")
                     compare = gr.Button("Compare all four")
             with gr.Column(scale=2):
                 with gr.Row():
-                    shown = {"format": "png", "interactive": False, "elem_classes": "zoo-image"}
-                    image = gr.Image(label="result", type="pil", **shown)
-                    used_map = gr.Image(label="the map used (snapped to the palette)", **shown)
+                    image = gr.Image(label="result", type="pil", elem_id="switch-image", **display.IMAGE)
+                    used_map = gr.Image(
+                        label="the map used (snapped to the palette)", elem_id="used-map", **display.IMAGE
+                    )
                 path = gr.Markdown()
-                side_by_side = gr.Gallery(
-                    label="every path, same seed", format="png", columns=4, height="auto", elem_classes="zoo-gallery"
-                )
+                side_by_side = gr.Gallery(label="every path, same seed", columns=4, **display.GALLERY)
                 summary = gr.Markdown()
                 code = display.code_box()
     inputs = [condition, prompt, map_source, sketch, seed, steps]
@@ -184,6 +183,7 @@ def tab(handlers: Conditioning, *, num_timesteps: int = 1000) -> dict[str, gr.co
     button.click(handlers.switch, inputs, outputs, api_name="switch")
     condition.change(handlers.switch, inputs, outputs, api_visibility="private")
     condition.change(handlers.inputs_for, condition, [prompt, map_source], api_visibility="private")
-    sketch.input(lambda: gr.Dropdown(value=DRAWN, interactive=True), None, map_source, api_visibility="private")
+    drawn = lambda: ("semantic map", gr.Dropdown(value=DRAWN, interactive=True))  # noqa: E731 (a drawing is used)
+    sketch.input(drawn, None, [condition, map_source], api_visibility="private")
     compare.click(handlers.switch_all, inputs[1:], [side_by_side, summary], api_name="switch_all")
     return {"button": button, "compare": compare, "image": image, "path": path, "gallery": side_by_side}

@@ -17,8 +17,10 @@ from zoo.pipelines.base import Pipeline, to_pil
 # Images are sent at their native size (downloads are the real pixels) and shown large, each pixel a block.
 CSS = """
 img { image-rendering: pixelated; }
-.zoo-image img, .zoo-gallery img { min-width: 256px; }
+.zoo-image img { object-fit: contain !important; width: 100% !important; height: 100% !important; }
 """
+IMAGE = {"format": "png", "interactive": False, "height": 320, "elem_classes": "zoo-image"}  # one image, shown large
+GALLERY = {"format": "png", "object_fit": "contain", "height": "auto", "elem_classes": "zoo-gallery"}  # whole images
 RANDOM_WEIGHTS_NOTE = "**random weights: not trained yet**: this pipeline draws noise until it is trained"
 
 
@@ -108,8 +110,8 @@ def examples() -> dict[str, dict]:
 
 
 def channels_image(x: torch.Tensor, scale: float = 3.0) -> Image.Image:
-    """Each channel of one (C, h, w) tensor as a grey tile, -scale black to +scale white, side by side, captioned
-    with its channel number: a latent, or a predicted eps, seen as it is."""
+    """Each channel of one (C, h, w) tensor as a grey tile, -scale black to +scale white, captioned with its
+    number, side by side (wide pictures fill a gallery cell's width): a latent, or a predicted eps, as it is."""
     grey = ((x.detach().float().cpu().clamp(-scale, scale) / scale + 1) * 127.5).round().to(torch.uint8)
     tiles = [
         labelled(Image.fromarray(channel.numpy(), "L").convert("RGB"), f"ch {i}") for i, channel in enumerate(grey)

@@ -159,9 +159,9 @@ def tab(handlers: ForwardNoise) -> dict[str, gr.components.Component]:
                 schedule = gr.Radio(list(SCHEDULE_CHOICES), value="linear", label="schedule")
                 space = gr.Radio(list(SPACE_CHOICES), value="pixel", label="space (latent: encode, noise, decode)")
                 seed = number(0, precision=0, minimum=0, maximum=MAX_SEED, label="seed of eps")
-                button = gr.Button("Add noise", variant="primary")
+                button = gr.Button("Add noise", variant="primary", elem_id="add-noise")
             with gr.Column(scale=2):
-                x_t = gr.Image(label="x_t", format="png", type="pil", interactive=False, elem_classes="zoo-image")
+                x_t = gr.Image(label="x_t", type="pil", elem_id="noise-image", **display.IMAGE)
                 formula = gr.Markdown()
                 strip = gr.Image(label="x_t across t: linear (top) and cosine (bottom)", format="png", type="pil")
         with gr.Row():

@@ -70,11 +70,10 @@ def tab(handlers: SamplerComparison, *, num_timesteps: int = 1000) -> dict[str, 
             with gr.Column(scale=1):
                 inputs = list(prompt_inputs(handlers.text, num_timesteps, seed_label="seed (the one x_T)"))
                 button = gr.Button("Compare the samplers", variant="primary", elem_id="compare-samplers")
-            with gr.Column(scale=2):
+            with gr.Column(scale=3):
                 gallery = gr.Gallery(
-                    label="DDPM | DDIM | DPM-Solver++, one x_T", format="png", columns=3, height="auto",
-                    elem_id="sampler-images", elem_classes="zoo-gallery",
-                )  # fmt: skip
+                    label="DDPM | DDIM | DPM-Solver++, one x_T", columns=3, elem_id="sampler-images", **display.GALLERY
+                )
                 plot = gr.LinePlot(x="step", y="x0 movement", color="sampler", title="how far predicted x_0 moves")
                 info = gr.Markdown()
     button.click(handlers.compare, inputs, [gallery, plot, info], api_name="compare_samplers")

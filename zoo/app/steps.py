@@ -118,11 +118,10 @@ def tab(handlers: OneStep, *, num_timesteps: int = 1000) -> dict[str, gr.compone
                 sampler = gr.Radio(list(SAMPLER_CHOICES), value="ddim", label="sampler")
                 step = slider(1, num_timesteps, value=5, step=1, precision=0, label="the step to open (1 = from x_T)")
                 button = gr.Button("Open the step", variant="primary", elem_id="open-step")
-            with gr.Column(scale=2):
+            with gr.Column(scale=3):
                 gallery = gr.Gallery(
-                    label="x_t | predictions | predicted x_0", format="png", columns=3, height="auto",
-                    elem_id="step-images", elem_classes="zoo-gallery",
-                )  # fmt: skip
+                    label="x_t | predictions | predicted x_0", columns=3, elem_id="step-images", **display.GALLERY
+                )
                 info = gr.Markdown()
     button.click(
         handlers.inspect,

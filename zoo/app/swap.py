@@ -11,6 +11,7 @@ import gradio as gr
 from PIL import Image
 
 import zoo
+from zoo.app import display
 from zoo.app.cache import PipelineCache
 from zoo.app.guard import check_choice, clean_prompt, handler, number, on_gpu, slider
 from zoo.pipelines.base import MAX_SEED
@@ -84,10 +85,7 @@ def tab(handlers: Swap, *, num_timesteps: int = 1000) -> dict[str, gr.components
                 steps = slider(1, num_timesteps, value=25, step=1, precision=0, label="steps")
                 button = gr.Button("Swap", variant="primary", elem_id="swap")
             with gr.Column(scale=2):
-                gallery = gr.Gallery(
-                    label="before | after", format="png", columns=2, height="auto", elem_id="swap-images",
-                    elem_classes="zoo-gallery",
-                )  # fmt: skip
+                gallery = gr.Gallery(label="before | after", columns=2, elem_id="swap-images", **display.GALLERY)
                 info = gr.Markdown()
     button.click(handlers.swap, [choice, prompt, seed, steps], [gallery, info], api_name="swap")
     return {"button": button, "gallery": gallery, "info": info}

@@ -158,10 +158,10 @@ def tab(handlers: TextToImage, *, num_timesteps: int = 1000) -> dict[str, gr.com
                 num_images = slider(1, MAX_UI_IMAGES, value=1, step=1, precision=0, label="number of images")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
-                gallery = gr.Gallery(label="images", format="png", columns=2, height="auto", elem_id="images")
+                gallery = gr.Gallery(label="images", columns=2, elem_id="images", **display.GALLERY)
                 info = gr.Markdown(elem_id="generate-info")
                 trajectory = gr.Gallery(
-                    label="trajectory: x_t | predicted x_0, every step", format="png", columns=4, height="auto"
+                    label="trajectory: x_t | predicted x_0, every step", columns=2, **display.GALLERY
                 )
                 code = display.code_box()
     inputs = [pipeline, prompt, negative, sampler, steps_box, guidance_box, seed, randomize, num_images]
