@@ -14,6 +14,7 @@ from zoo.app import display
 from zoo.app.cache import PipelineCache
 from zoo.app.forward_noise import UPLOAD, source_image
 from zoo.app.guard import check_choice, handler, on_gpu
+from zoo.build import embedded_weights
 from zoo.pipelines.base import Pipeline, to_pil, to_tensor
 from zoo.train.stages import psnr
 
@@ -34,9 +35,10 @@ class Inspector:
         self.pipes = pipes
 
     def autoencoders(self) -> dict[str, str]:
-        """One offered latent pipeline per distinct autoencoder: {"kl-f4 (ldm-clip-kl)": "ldm-clip-kl", ...}."""
+        """One offered latent pipeline per distinct autoencoder, one with embedded weights where there is one:
+        {"kl-f4 (ldm-clip-kl)": "ldm-clip-kl", ...}."""
         found: dict[str, str] = {}
-        for name in self.pipes.names():
+        for name in sorted(self.pipes.names(), key=lambda n: embedded_weights(n) is None):  # stable: trained first
             recipe = zoo.recipe(name)
             if recipe.kind == "latent" and recipe.autoencoder not in [
                 zoo.recipe(n).autoencoder for n in found.values()

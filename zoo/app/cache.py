@@ -32,7 +32,7 @@ DOWNLOADS_ENV = "ZOO_APP_ALLOW_DOWNLOADS"
 MEMORY_ENV = "ZOO_APP_CACHE_MB"
 DEFAULT_PIPELINE = "ldm-clip-kl"
 SWAP_PARTNERS = ("ldm-bert-kl", "ldm-clip-vq")  # one part away from ldm-clip-kl, for the swap view
-OFFERED = (*SHIPPED, *SWAP_PARTNERS)
+OFFERED = tuple(dict.fromkeys((*SHIPPED, *SWAP_PARTNERS)))  # the training plan may ship them already
 DEFAULT_CACHE_BYTES = 2 * 1024**3  # the five shipped pipelines take ~0.2 GB; one SD checkpoint ~2-4 GB
 
 Loader = Callable[[str], Pipeline]
