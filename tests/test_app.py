@@ -262,9 +262,9 @@ def test_only_pipelines_that_take_a_prompt_are_offered_and_untrained_ones_are_ma
         ({"steps": 10**9}, "steps must be an integer in [1, "),
         ({"steps": 2.5}, "steps must be an integer"),
         ({"num_images": 17}, "num_images must be an integer in [1, 16]"),
-        ({"seed": -1}, "seed must be in [0,"),
+        ({"seed": -1}, "seed must be an integer in [0,"),
         ({"sampler": "euler"}, "unknown sampler 'euler'"),
-        ({"guidance_scale": 31.0}, "guidance_scale must be in [0, 30]"),
+        ({"guidance_scale": 31.0}, "guidance_scale must be a number in [0, 30]"),
         ({"prompt": 12}, "prompt must be text, got int"),
     ],
 )
@@ -339,7 +339,7 @@ def test_uploads_of_any_mode_and_size_are_converted(noise, tmp_path):
         ((None, None, 10**9, "linear", "pixel", 0), r"t must be an integer in \[0, "),
         ((None, None, 10, "quadratic", "pixel", 0), "unknown schedule 'quadratic'; choose one of: linear, cosine"),
         ((None, None, 10, "linear", "frequency", 0), "unknown space 'frequency'; choose one of: pixel, latent"),
-        ((None, None, 10, "linear", "pixel", -3), r"seed must be in \[0, "),
+        ((None, None, 10, "linear", "pixel", -3), r"seed must be an integer in \[0, "),
     ],
 )
 def test_bad_forward_noise_inputs_raise_clear_errors(noise, example, args, message):

@@ -1,6 +1,7 @@
 """Soak: N requests against a running app (a subprocess), its resident memory and file cache measured as it goes.
 
     python -m zoo.bench soak [--requests 500] [--every 50] [--tiny] [--delete-cache 60,600]
+    python -m zoo.app.soak ...   # the same
 
 The requests cycle through the endpoints (text to image and the switch with 2 sampler steps, forward noise,
 the Zoo table) with changing seeds, so every answer writes new files to gradio's cache. Printed per `every`
@@ -10,8 +11,10 @@ measured from the end of the warm-up (the first `every` requests, which load the
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -94,3 +97,21 @@ def summary(points: list[SoakPoint]) -> str:
         f"peak RSS {max(p.rss_mb for p in points):.1f} MB; cache at the end {last.cache_mb:.2f} MB "
         f"(largest {max(p.cache_mb for p in points):.2f} MB)"
     )
+
+
+def main(argv: list[str] | None = None) -> list[SoakPoint]:
+    parser = argparse.ArgumentParser(prog="python -m zoo.bench soak", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=500, help="requests in all")
+    parser.add_argument("--every", type=int, default=50, help="measure after every this many requests")
+    parser.add_argument("--tiny", action="store_true", help="tiny random pipelines instead of the embedded weights")
+    parser.add_argument("--delete-cache", help="FREQUENCY,AGE seconds of gradio's cache sweep (default 60,600)")
+    args = parser.parse_args(argv)
+    logger.addHandler(logging.StreamHandler(sys.stdout))
+    logger.setLevel(logging.INFO)
+    points = soak(args.requests, args.every, tiny=args.tiny, delete_cache=args.delete_cache)
+    logger.info(summary(points))
+    return points
+
+
+if __name__ == "__main__":
+    main()

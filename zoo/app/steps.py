@@ -15,12 +15,12 @@ import gradio as gr
 import torch
 from PIL import Image
 
+from components.samplers.denoiser import guided
 from zoo.app import display
 from zoo.app.cache import PipelineCache
 from zoo.app.guard import check_choice, clean_prompt, fail, handler, on_gpu, slider
 from zoo.app.text_to_image import SAMPLER_CHOICES, TextToImage, prompt_inputs
 from zoo.pipelines.base import Pipeline
-from zoo.pipelines.latent import guided
 
 
 class UNetCalls:
