@@ -121,11 +121,11 @@ def test_zoo_tables(client):
 
 
 def test_samplers_from_one_x_T(client):
-    gallery, plot, info = client.predict("ldm-clip-kl", "a red circle", 3, 3.0, 4, api_name="/compare_samplers")
-    assert [item["caption"].split(":")[0] for item in gallery] == ["DDPM", "DDIM", "DPM-Solver++"]
+    gallery, plot, info = client.predict("ldm-clip-kl", "a red circle", 3, 3.0, 4, 0.5, api_name="/compare_samplers")
+    assert [item["caption"].split(":")[0] for item in gallery] == ["DDPM", "DDIM (eta 0.5)", "DPM-Solver++"]
     for item in gallery:
         assert_image(item["image"], (64, 64))
-    assert "3 U-Net calls" in gallery[0]["caption"] and len(plot["data"]) == 3 * 2 and "| DDIM | 3 |" in info
+    assert "3 U-Net calls" in gallery[0]["caption"] and len(plot["data"]) == 3 * 2 and "| DDIM (eta 0.5) | 3 |" in info
 
 
 def test_swap_one_part(client):

@@ -27,6 +27,10 @@ VALID = {
     "forward_noise": [EXAMPLE, None, 10, "linear", "pixel", 0],
     "switch": ["text (CLIP)", "a red circle", EXAMPLE, None, 0, 1],
     "switch_all": ["a red circle", EXAMPLE, None, 0, 1],
+    "compare_samplers": ["ldm-clip-kl", "a red circle", 1, 3.0, 0, 0.0],
+    "swap": ["latent <-> pixel space", "a red circle", 0, 1],
+    "inspect_autoencoders": [EXAMPLE, None],
+    "one_step": ["ldm-clip-kl", "a red circle", "ddim", 2, 3.0, 0, 1],
     "zoo_table": [],
     "components": [],
 }
@@ -36,7 +40,7 @@ HOSTILE = [
     2.5, -0.5, 1e308, True, False, [], [1, 2], {}, {"path": "/etc/passwd"}, {"url": "http://127.0.0.1:1/x.png"},
     {"composite": None}, {"composite": {"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}},
 ]  # fmt: skip
-CASES = 240
+CASES = 300
 UNCLEAR = ("", "Error", "None", "null")
 
 

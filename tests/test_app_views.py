@@ -13,6 +13,7 @@ from PIL import Image
 
 from zoo.app import autoencoders, cache, display, samplers, steps, swap
 from zoo.pipelines.base import to_tensor
+from zoo.registry import SAMPLERS
 from zoo.train.stages import psnr
 
 PROMPT = "a red circle on a blue background"
@@ -49,13 +50,26 @@ def test_each_view_builds_alone_with_its_handlers_injected(pipes):
 # ------------------------------------------------------------------------------------------- samplers
 def test_samplers_start_from_one_x_T_and_report_calls_and_movement(pipes):
     shown, curves, table = samplers.SamplerComparison(pipes).compare("ldm-clip-kl", PROMPT, 4, 3.0, 5)
-    assert [caption.split(":")[0] for _, caption in shown] == ["DDPM", "DDIM", "DPM-Solver++"]
+    assert [caption.split(":")[0] for _, caption in shown] == ["DDPM", "DDIM (eta 0)", "DPM-Solver++"]
     assert all("4 U-Net calls" in caption for _, caption in shown)  # one batched [uncond; cond] call per step
     reference = pipes.get("ldm-clip-kl").generate(PROMPT, steps=4, seed=5, guidance_scale=3.0, sampler="ddim")[0]
     assert (pixels(shown[1][0]) == pixels(reference)).all()  # the view changes nothing about sampling
-    assert sorted(set(curves.sampler)) == ["DDIM", "DDPM", "DPM-Solver++"]
+    assert sorted(set(curves.sampler)) == ["DDIM (eta 0)", "DDPM", "DPM-Solver++"]
     assert (curves.groupby("sampler").size() == 3).all() and (curves["x0 movement"] >= 0).all()
-    assert "| DDIM | 4 |" in table and "same seed 5" in table
+    assert "| DDIM (eta 0) | 4 |" in table and "same seed 5" in table
+
+
+def test_ddim_eta_reaches_the_sampler(pipes):
+    view = samplers.SamplerComparison(pipes)
+    noisy, _, _ = view.compare("ldm-clip-kl", PROMPT, 4, 3.0, 5, eta=1.0)
+    reference = pipes.get("ldm-clip-kl").generate(
+        PROMPT, steps=4, seed=5, guidance_scale=3.0, sampler=SAMPLERS.build("ddim", eta=1.0)
+    )[0]
+    deterministic = pipes.get("ldm-clip-kl").generate(PROMPT, steps=4, seed=5, guidance_scale=3.0, sampler="ddim")[0]
+    assert noisy[1][1].startswith("DDIM (eta 1)") and (pixels(noisy[1][0]) == pixels(reference)).all()
+    assert (pixels(reference) != pixels(deterministic)).any()  # eta = 1 adds noise at every step
+    with pytest.raises(gr.Error, match="eta must be a number"):
+        view.compare("ldm-clip-kl", PROMPT, 2, 3.0, 5, eta=-1.0)
 
 
 def test_x0_movement_is_the_rms_change_between_steps():

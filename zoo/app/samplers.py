@@ -14,10 +14,11 @@ from PIL import Image
 
 from zoo.app import display
 from zoo.app.cache import PipelineCache
-from zoo.app.guard import check_choice, clean_prompt, handler, on_gpu
+from zoo.app.guard import check_choice, clean_prompt, handler, on_gpu, slider
 from zoo.app.steps import UNetCalls
 from zoo.app.text_to_image import SAMPLER_CHOICES, TextToImage, prompt_inputs
 from zoo.pipelines.base import Pipeline
+from zoo.registry import SAMPLERS
 
 
 def movement(x0s: list[torch.Tensor]) -> list[float]:
@@ -32,7 +33,7 @@ class SamplerComparison:
         self.pipes = pipes
         self.text = TextToImage(pipes)
 
-    def run(self, pipe: Pipeline, sampler: str, kwargs: dict[str, Any]) -> tuple[Image.Image, int, float, list]:
+    def run(self, pipe: Pipeline, sampler: Any, kwargs: dict[str, Any]) -> tuple[Image.Image, int, float, list]:
         """One sampler: (image, U-Net calls, seconds, predicted x_0 at every step)."""
         x0s: list[torch.Tensor] = []
         keep = lambda i, x_t, x0: x0s.append(x0[:1].detach().float().cpu())  # noqa: E731
@@ -44,16 +45,20 @@ class SamplerComparison:
     @handler
     @on_gpu
     def compare(
-        self, name: str, prompt: str | None, steps: int, guidance_scale: float, seed: int
+        self, name: str, prompt: str | None, steps: int, guidance_scale: float, seed: int, eta: float = 0.0
     ) -> tuple[list[tuple[Image.Image, str]], pd.DataFrame, str]:
-        """Each sampler's image (captioned with NFE and seconds), the x_0-movement curves, a table in Markdown."""
+        """Each sampler's image (captioned with NFE and seconds), the x_0-movement curves, a table in Markdown.
+        DDIM runs with `eta` (DDIM Eq. 16: 0 deterministic, 1 the DDPM posterior's noise)."""
         pipe = self.pipes.get(check_choice("pipeline", name, self.text.names()))
         prompt, notes = clean_prompt(prompt)
         kwargs: dict[str, Any] = {"steps": steps, "seed": seed}
         if pipe.recipe.conditioner is not None:
             kwargs.update(prompt=prompt, guidance_scale=guidance_scale)
         shown, curves, rows = [], [], ["| sampler | U-Net calls (NFE) | seconds |", "|---|---|---|"]
-        for label, sampler in SAMPLER_CHOICES:
+        for label, registered in SAMPLER_CHOICES:
+            ddim = registered == "ddim"
+            sampler = SAMPLERS.build(registered, eta=eta) if ddim else registered  # the library checks eta
+            label = f"DDIM (eta {eta:g})" if ddim else label
             image, calls, seconds, x0s = self.run(pipe, sampler, kwargs)
             shown.append((image, f"{label}: {calls} U-Net calls, {seconds:.2f} s"))
             moved = movement(x0s)
@@ -69,6 +74,7 @@ def tab(handlers: SamplerComparison, *, num_timesteps: int = 1000) -> dict[str, 
         with gr.Row():
             with gr.Column(scale=1):
                 inputs = list(prompt_inputs(handlers.text, num_timesteps, seed_label="seed (the one x_T)"))
+                inputs.append(slider(0, 1, value=0.0, step=0.1, label="DDIM eta (0 deterministic, 1 DDPM-like noise)"))
                 button = gr.Button("Compare the samplers", variant="primary", elem_id="compare-samplers")
             with gr.Column(scale=3):
                 gallery = gr.Gallery(

@@ -209,13 +209,14 @@ class Pipeline:
         denoiser: Denoiser,
         x_T: torch.Tensor,
         *,
-        sampler: str,
+        sampler: str | Sampler,
         steps: int,
         generator: torch.Generator,
         callback: Callback | None,
     ) -> torch.Tensor:
-        """Run the registered sampler `sampler` from x_T on its grid of `steps` steps."""
-        chosen = SAMPLERS.build(sampler)
+        """Run the registered sampler `sampler` from x_T on its grid of `steps` steps; a built one carries its
+        options: `SAMPLERS.build("ddim", eta=0.5)`."""
+        chosen = sampler if isinstance(sampler, Sampler) else SAMPLERS.build(sampler)
         return chosen.sample(denoiser, x_T, self.grid(chosen, steps), generator=generator, callback=callback)
 
     # Saving: zoo/pipeline_io.py knows the layouts; the pipeline only hands itself over.
