@@ -127,9 +127,13 @@ def test_one_step_shows_the_guided_mix_the_sampler_used(pipes):
     x_both, t, output = calls.kept
     assert calls.calls == 4 and x_both.shape[0] == 2  # [uncond; cond]
     out_uncond, out_cond = output.chunk(2)
-    eps = out_uncond + 3.0 * (out_cond - out_uncond)  # Ho & Salimans 2022 Eq. 6
+    out = out_uncond + 3.0 * (out_cond - out_uncond)  # Ho & Salimans 2022 Eq. 6, on the network's output
     abar = pipe.schedule.alphas_cumprod[t[0]].item()
-    x0 = (x_both[:1] - (1 - abar) ** 0.5 * eps) / abar**0.5  # DDPM Eq. 15
+    x_t = x_both[:1]
+    if pipe.recipe.prediction_type == "v":  # v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022)
+        x0 = abar**0.5 * x_t - (1 - abar) ** 0.5 * out
+    else:
+        x0 = (x_t - (1 - abar) ** 0.5 * out) / abar**0.5  # DDPM Eq. 15
     torch.testing.assert_close(x0, x0s[2], atol=1e-4, rtol=1e-4)  # what the sampler stepped towards
     shown, info = steps.OneStep(pipes).inspect("ldm-clip-kl", PROMPT, "ddim", 4, 3.0, 1, 3)
     captions = [caption for _, caption in shown]

@@ -83,27 +83,28 @@ class OneStep:
     def pictures(
         self, pipe: Pipeline, kept: tuple, x0: torch.Tensor | None, w: float
     ) -> tuple[list[tuple[Image.Image, str]], list[str]]:
+        """The U-Net's output(s) at the kept call, as predicted eps: the schedule's split_prediction turns any
+        parameterisation (eps, x0, v) into eps; guidance, linear in the output, is linear in eps too."""
         x, t, output = kept
         to_images = display.to_images(pipe)
-        what = "eps" if pipe.recipe.prediction_type == "eps" else f"{pipe.recipe.prediction_type} (network output)"
+        kind = pipe.recipe.prediction_type
+        eps_of = lambda out, x_t: pipe.schedule.split_prediction(out, x_t, t[: len(x_t)], kind)[0]  # noqa: E731
         guiding = x.shape[0] == 2  # one batched call on [uncond; cond]
         shown = [(to_images(x[:1])[0], f"x_t at t = {int(t[0]) + 1} (decoded)")]
         about = [f"the U-Net's input timestep index {int(t[0])} (the paper's t = {int(t[0]) + 1})"]
+        about.append(f"the network predicts {kind}; shown as eps (the schedule's split_prediction)")
         if guiding:
-            out_uncond, out_cond = output.chunk(2)
-            mix = guided(out_cond, out_uncond, w)
-            for part, caption in (
-                (out_uncond, f"{what}_uncond"),
-                (out_cond, f"{what}_cond"),
-                (mix, f"guided, w = {w:g}"),
-            ):
+            x_t = x[:1]
+            eps_uncond, eps_cond = (eps_of(half, x_t) for half in output.chunk(2))
+            mix = guided(eps_cond, eps_uncond, w)
+            for part, caption in ((eps_uncond, "eps_uncond"), (eps_cond, "eps_cond"), (mix, f"guided, w = {w:g}")):
                 shown.append((display.channels_image(part[0]), caption))
-            gap = float((out_cond - out_uncond).pow(2).mean().sqrt())
+            gap = float((eps_cond - eps_uncond).pow(2).mean().sqrt())
             about.append(
                 f"guided = uncond + w (cond - uncond), Ho & Salimans 2022 Eq. 6; RMS(cond - uncond) = {gap:.4f}"
             )
         else:
-            shown.append((display.channels_image(output[0]), f"predicted {what}"))
+            shown.append((display.channels_image(eps_of(output, x)[0]), "predicted eps"))
             about.append("no guidance at this setting (w = 1 or an unconditional model): one prediction")
         if x0 is not None:
             shown.append((to_images(x0[:1])[0], "predicted x_0"))
