@@ -168,8 +168,8 @@ def test_unknown_prediction_type_and_model_variance_raise():
         diffusion_loss(oracle_eps(sched, x0), x0, sched, prediction_type="epsilon")
     with pytest.raises(ValueError, match="allowed: eps, x0, v"):
         vlb_term(oracle_eps(sched, x0), x0, torch.tensor(3), sched, prediction_type="sample")
-    with pytest.raises(ValueError, match="allowed: fixed_small, fixed_large"):
-        vlb_term(oracle_eps(sched, x0), x0, torch.tensor(3), sched, model_variance="learned")
+    with pytest.raises(ValueError, match="allowed: fixed_small, fixed_large, learned"):
+        vlb_term(oracle_eps(sched, x0), x0, torch.tensor(3), sched, model_variance="learnt")
 
 
 def test_bad_shapes_and_timesteps_raise():

@@ -4,7 +4,10 @@ L_simple (Eq. 14, Alg. 1) trains the network. The variational bound (Eq. 5) is
     L = L_T + sum_{t>1} L_{t-1} + L_0,
     L_T = KL(q(x_T | x_0) || N(0, I)),  L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)),
     L_0 = -log p(x_0 | x_1) (the discretised Gaussian decoder, Sec. 3.3, Eq. 13),
-here in nats per dimension, with the reverse variance fixed to beta tilde ("fixed_small") or beta ("fixed_large").
+here in nats per dimension, with the reverse variance fixed to beta tilde ("fixed_small") or beta ("fixed_large"),
+or learned (Nichol & Dhariwal 2021 Eq. 15; variance.py). The three training objectives: "simple" (L_simple),
+"vlb" (the bound itself, t importance-sampled, improved DDPM Sec. 3.3) and "hybrid" (L_simple + 0.001 L_vlb
+with the mean frozen in L_vlb, improved DDPM Sec. 3.1), in `objective_loss`.
 Indices are 0-based as in schedule.py: the term at t = 0 is the decoder L_0, the term at t >= 1 is L_{t-1}.
 """
 
@@ -17,10 +20,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from components.schedulers.schedule import NoiseSchedule, check_prediction_type
+from components.schedulers.variance import check_model_variance, model_log_variance, split_output
 
-MODEL_VARIANCES = ("fixed_small", "fixed_large")
 NUM_BINS = 256  # 8-bit images scaled to [-1, 1]
 
 
@@ -116,14 +120,34 @@ def p_mean_log_variance(
     prediction_type: str,
     model_variance: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """p(x_{t-1} | x_t) = N(mu~(x_t, x0_hat), sigma_t^2): the posterior mean (Eq. 7) at the predicted x0
-    (= Eq. 11 for eps), with sigma_t^2 = beta tilde_t ("fixed_small") or beta_t ("fixed_large"), DDPM Sec. 3.2."""
-    _, x0_hat = schedule.split_prediction(output, xt, t, prediction_type)
-    mean, _, log_variance = schedule.q_posterior(x0_hat, xt, t)
-    if model_variance == "fixed_large":  # beta_t, with beta tilde_1 at t = 0 (improved-diffusion's convention)
-        large = torch.cat([schedule.posterior_variance[1:2], schedule.betas[1:]]).log()
-        log_variance = schedule.gather(large, t, xt).expand_as(xt)
-    return mean, log_variance
+    """p(x_{t-1} | x_t) = N(mu~(x_t, x0_hat), Sigma_theta): the posterior mean (Eq. 7) at the predicted x0
+    (= Eq. 11 for eps), with Sigma_theta fixed (beta tilde_t or beta_t, DDPM Sec. 3.2) or learned from the
+    output's second half (Nichol & Dhariwal Eq. 15); see variance.py."""
+    mean_part, v = split_output(output, xt, model_variance)
+    _, x0_hat = schedule.split_prediction(mean_part, xt, t, prediction_type)
+    mean, _, _ = schedule.q_posterior(x0_hat, xt, t)
+    return mean, model_log_variance(schedule, t, xt, model_variance, v)
+
+
+def vlb_term_from_output(
+    output: torch.Tensor,
+    x0: torch.Tensor,
+    xt: torch.Tensor,
+    t: torch.Tensor,
+    schedule: NoiseSchedule,
+    *,
+    prediction_type: str = "eps",
+    model_variance: str = "fixed_small",
+) -> torch.Tensor:
+    """L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) where t >= 1, L_0 = -log p(x_0 | x_1) (the
+    discretised decoder, Eq. 13) where t = 0, per sample (B,) in nats/dim, for a network output at (x_t, t)."""
+    mean, log_variance = p_mean_log_variance(output, xt, t, schedule, prediction_type, model_variance)
+    true_mean, _, true_log_variance = schedule.q_posterior(x0, xt, t)
+    per_dim = normal_kl(true_mean, true_log_variance, mean, log_variance)
+    if (t == 0).any():  # only then is x0 read as an image on 256 bins
+        decoder_nll = -discretized_gaussian_log_likelihood(x0, means=mean, log_scales=0.5 * log_variance)
+        per_dim = torch.where(t.view(-1, *([1] * (x0.dim() - 1))) == 0, decoder_nll, per_dim)
+    return per_dim.flatten(1).mean(1)
 
 
 def vlb_term(
@@ -138,22 +162,17 @@ def vlb_term(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """One bound term per sample in nats/dim: L_{t-1} (a Gaussian KL) where t >= 1, L_0 (decoder NLL) where t = 0."""
+    """One bound term per sample in nats/dim at a fresh x_t ~ q(x_t | x_0): L_{t-1} where t >= 1, L_0 where t = 0."""
     check_prediction_type(prediction_type)
-    if model_variance not in MODEL_VARIANCES:
-        raise ValueError(f"unknown model_variance {model_variance!r}; allowed: {', '.join(MODEL_VARIANCES)}")
+    check_model_variance(model_variance)
     t = schedule.check_t(t).to(x0.device)
     t = t.expand(x0.shape[0]) if t.dim() == 0 else t
     eps = standard_normal(x0, generator) if noise is None else noise
     xt = schedule.q_sample(x0, t, eps)
     output = model(xt, t, **(model_kwargs or {}))
-    mean, log_variance = p_mean_log_variance(output, xt, t, schedule, prediction_type, model_variance)
-    true_mean, _, true_log_variance = schedule.q_posterior(x0, xt, t)
-    per_dim = normal_kl(true_mean, true_log_variance, mean, log_variance)
-    if (t == 0).any():  # only then is x0 read as an image on 256 bins
-        decoder_nll = -discretized_gaussian_log_likelihood(x0, means=mean, log_scales=0.5 * log_variance)
-        per_dim = torch.where(t.view(-1, *([1] * (x0.dim() - 1))) == 0, decoder_nll, per_dim)
-    return per_dim.flatten(1).mean(1)
+    return vlb_term_from_output(
+        output, x0, xt, t, schedule, prediction_type=prediction_type, model_variance=model_variance
+    )
 
 
 def prior_kl(x0: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
@@ -223,3 +242,147 @@ def bits_per_dim(
     terms = vlb_terms(model, x0, schedule, timesteps=timesteps, generator=generator, **term_kwargs)
     kl_sum = terms.kl.mean(1) * (T - 1) if terms.kl.shape[1] else terms.kl.sum(1)
     return (terms.prior + kl_sum + terms.decoder) / math.log(2.0)
+
+
+# The training objectives.
+OBJECTIVES = ("simple", "vlb", "hybrid")
+HYBRID_LAMBDA = 1e-3  # improved DDPM Sec. 3.1: L_hybrid = L_simple + lambda L_vlb, lambda = 0.001
+
+
+def check_objective(objective: str, model_variance: str) -> str:
+    """The objective, checked against the variance it trains: "simple" trains the mean only (a learned variance
+    would get no gradient), "vlb" and "hybrid" train Sigma_theta through L_vlb, so they need it learned."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; allowed: {', '.join(OBJECTIVES)}")
+    learned = check_model_variance(model_variance) == "learned"
+    if objective == "simple" and learned:
+        raise ValueError(
+            "objective 'simple' (L_simple, DDPM Eq. 14) trains only the mean: a learned variance would get no "
+            "gradient. Use variance 'fixed_small' or 'fixed_large', or objective 'hybrid'"
+        )
+    if objective != "simple" and not learned:
+        raise ValueError(
+            f"objective {objective!r} is there to train Sigma_theta through L_vlb (improved DDPM Sec. 3.1), so it "
+            f"needs variance 'learned' (a U-Net with 2C output channels), got {model_variance!r}"
+        )
+    return objective
+
+
+class LossSecondMomentSampler(nn.Module):
+    """Importance sampling of t for L_vlb, improved DDPM Sec. 3.3 (improved-diffusion's LossSecondMomentResampler):
+
+        L_vlb = E_{t ~ p_t}[L_t / p_t],  p_t ∝ sqrt(E[L_t^2]),  sum p_t = 1,
+
+    E[L_t^2] from the last `history` (10) values of each term; t is uniform until every t has 10 (the warm-up),
+    and p mixes in `uniform_prob` (0.001) of the uniform distribution, as improved-diffusion does. An nn.Module
+    without parameters only so that its history is checkpointed (safetensors) with the training state.
+    """
+
+    def __init__(self, num_timesteps: int, history: int = 10, uniform_prob: float = 1e-3):
+        super().__init__()
+        self.uniform_prob = uniform_prob
+        self.register_buffer("loss_history", torch.zeros(num_timesteps, history, dtype=torch.float64))
+        self.register_buffer("loss_counts", torch.zeros(num_timesteps, dtype=torch.long))
+
+    @property
+    def warmed_up(self) -> bool:
+        return bool((self.loss_counts == self.loss_history.shape[1]).all())
+
+    def probabilities(self) -> torch.Tensor:
+        """p_t (T,), float64: uniform during the warm-up, then ∝ sqrt(mean of the stored L_t^2), mixed."""
+        T = self.loss_history.shape[0]
+        if not self.warmed_up:
+            return torch.full((T,), 1.0 / T, dtype=torch.float64, device=self.loss_history.device)
+        weights = self.loss_history.pow(2).mean(dim=1).sqrt()
+        weights = weights / weights.sum()
+        return weights * (1 - self.uniform_prob) + self.uniform_prob / T
+
+    def sample(self, batch: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t (B,), p_t (B,)): timesteps drawn from p (on the generator's device) and their probabilities."""
+        p = self.probabilities().cpu()
+        device = generator.device if generator is not None else torch.device("cpu")
+        t = torch.multinomial(p.to(device), batch, replacement=True, generator=generator).cpu()
+        return t, p[t]
+
+    @torch.no_grad()
+    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """Record one L_t per sample: fill each t's history, then shift out its oldest value."""
+        history = self.loss_history.shape[1]
+        for step, loss in zip(t.tolist(), losses.detach().double().cpu().tolist(), strict=True):
+            count = int(self.loss_counts[step])
+            if count == history:
+                self.loss_history[step] = torch.roll(self.loss_history[step], -1)
+                self.loss_history[step, -1] = loss
+            else:
+                self.loss_history[step, count] = loss
+                self.loss_counts[step] += 1
+
+
+@dataclass(frozen=True)
+class ObjectiveLoss:
+    """What one training step of `objective_loss` computed: the scalar to minimise and its parts per sample.
+
+    mse (B,): ||target - output_mean||^2 per dimension (L_simple's summand); vlb (B,): the bound term at each
+    sample's t in bits/dim (L_{t-1}, or L_0 at t = 0), None for "simple"; t (B,) and p_t (B,) its sampling law.
+    """
+
+    loss: torch.Tensor
+    mse: torch.Tensor
+    vlb: torch.Tensor | None
+    t: torch.Tensor
+    p_t: torch.Tensor
+
+
+def objective_loss(
+    model: Callable[..., torch.Tensor],
+    x0: torch.Tensor,
+    schedule: NoiseSchedule,
+    *,
+    objective: str,
+    model_variance: str,
+    prediction_type: str = "eps",
+    model_kwargs: dict[str, Any] | None = None,
+    timestep_sampler: LossSecondMomentSampler | None = None,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> ObjectiveLoss:
+    """One Monte-Carlo estimate of the objective on a batch x0 (images in [-1, 1] for "vlb"/"hybrid"):
+
+    - "simple": mean of mse (DDPM Eq. 14), t uniform.
+    - "hybrid": mean of mse + lambda T L_t(mean frozen), t uniform: T L_t estimates L_vlb = sum_t L_t, and the
+      stop-gradient lets L_vlb train only Sigma_theta (improved DDPM Sec. 3.1; improved-diffusion's
+      RESCALED_MSE, its vb term in bits times T / 1000).
+    - "vlb": mean of L_t / p_t with t ~ p_t from `timestep_sampler` (uniform without one): an unbiased estimate
+      of sum_t L_t, i.e. the bound less the constant L_T, in bits/dim (improved DDPM Sec. 3.3).
+
+    Bound terms are in bits/dim, as improved-diffusion's. The caller records `result.vlb` in the sampler
+    (`timestep_sampler.update(result.t, result.vlb)`) after the step.
+    """
+    check_prediction_type(prediction_type)
+    check_objective(objective, model_variance)
+    T, batch = schedule.num_timesteps, x0.shape[0]
+    if t is not None:
+        t, p_t = schedule.check_t(t).expand(batch), torch.full((batch,), 1.0 / T, dtype=torch.float64)
+    elif objective == "vlb" and timestep_sampler is not None:
+        t, p_t = timestep_sampler.sample(batch, generator)
+    else:
+        t, p_t = sample_timesteps(schedule, x0, generator).cpu(), torch.full((batch,), 1.0 / T, dtype=torch.float64)
+    t, p_t = t.to(x0.device), p_t.to(x0.device)
+    eps = standard_normal(x0, generator) if noise is None else noise
+    xt = schedule.q_sample(x0, t, eps)
+    output = model(xt, t, **(model_kwargs or {}))
+    mean_part, v = split_output(output, xt, model_variance)
+    target = schedule.training_target(x0, eps, t, prediction_type)
+    mse = (mean_part.float() - target.float()).pow(2).flatten(1).mean(1)
+    if objective == "simple":
+        return ObjectiveLoss(mse.mean(), mse, None, t, p_t)
+    frozen = mean_part.detach() if objective == "hybrid" else mean_part
+    vlb = vlb_term_from_output(
+        torch.cat([frozen, v], dim=1), x0, xt, t, schedule, prediction_type=prediction_type, model_variance="learned"
+    ) / math.log(2.0)
+    if objective == "hybrid":
+        loss = (mse + HYBRID_LAMBDA * T * vlb).mean()
+    else:
+        loss = (vlb / p_t.to(vlb.dtype)).mean()
+    return ObjectiveLoss(loss, mse, vlb, t, p_t)
