@@ -93,6 +93,9 @@ def _register() -> None:
 
     for schedule in ("linear", "cosine"):
         PIPELINES.add(f"ddpm-{schedule}", functools.partial(pixel_recipe, schedule), description=pixel_about(schedule))
+    for objective, spec in LOSS_STUDY.items():
+        name = loss_study_name(objective)
+        PIPELINES.add(name, functools.partial(loss_study_recipe, objective), description=spec["about"])
     for name, spec in HUB_MODELS.items():
         PIPELINES.add(name, functools.partial(hub_recipe, name), description=spec["about"])
     for cond, ae, factor, schedule in itertools.product(CONDITIONINGS, AUTOENCODER_KINDS, FACTORS, LATENT_SCHEDULES):
@@ -118,6 +121,39 @@ def pixel_recipe(schedule: str) -> Recipe:
         unet=Part("unet-ddpm", {"in_channels": 3, "out_channels": 3}),
         sampler="ddpm",  # DDPM Alg. 2, respaced: sharper than DDIM for these models (README, Evaluation)
         steps=50,
+    )
+
+
+# The loss study (issue 15; README "L_simple vs the bound"): one small 32x32 pixel model, cosine schedule (as
+# improved DDPM), trained with each objective for the same CPU budget. The name carries the objective.
+LOSS_STUDY: dict[str, dict] = {
+    "simple": {"variance": "fixed_small", "about": "L_simple (DDPM Eq. 14), fixed variance beta tilde"},
+    "hybrid": {"variance": "learned", "about": "L_simple + 0.001 L_vlb, learned variance (improved DDPM Sec. 3.1)"},
+    "vlb": {
+        "variance": "learned",
+        "about": "the bound L_vlb, importance-sampled t, learned variance (iDDPM Sec. 3.3)",
+    },
+}
+
+
+def loss_study_name(objective: str) -> str:
+    return f"ddpm-{objective}-32"
+
+
+def loss_study_recipe(objective: str) -> Recipe:
+    spec = LOSS_STUDY[objective]
+    name = loss_study_name(objective)
+    return Recipe(
+        name=name,
+        description=f"pixel-space DDPM, unconditional, 32x32, cosine schedule: {spec['about']}",
+        kind="pixel",
+        schedule=Part("cosine"),
+        unet=Part("unet-ddpm-32", {"in_channels": 3, "out_channels": 6 if spec["variance"] == "learned" else 3}),
+        image_size=32,
+        sampler="ddpm",
+        steps=50,
+        variance=spec["variance"],
+        objective=objective,
     )
 
 

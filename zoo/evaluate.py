@@ -153,16 +153,20 @@ def bits_per_dim(pipe: Any, n: int = 16, seed: int = 4321, exact_below: int = 50
 
     L = L_T + sum_{t>=1} L_{t-1} + L_0 (nats/dim, / ln 2). The KL terms concentrate at small t, so those
     below `exact_below` are summed exactly and the rest estimated from every `stride`-th term (their mean
-    times their count). Model variance: beta tilde ("fixed_small").
+    times their count). Model variance: the recipe's (beta tilde, beta, or the U-Net's learned one).
     """
     if getattr(pipe, "autoencoder", None) is not None:
         return None
     from components.schedulers.losses import vlb_terms
 
     T = pipe.num_timesteps
-    x = pregenerate(n, seed=seed, split="all")["images"].to(pipe.device)
+    x = pregenerate(n, seed=seed, split="all", image_size=pipe.recipe.image_size)["images"].to(pipe.device)
     model = lambda x_t, t: pipe.unet(x_t, t)  # noqa: E731
-    options = {"prediction_type": pipe.recipe.prediction_type, "generator": torch.Generator("cpu").manual_seed(seed)}
+    options = {
+        "prediction_type": pipe.recipe.prediction_type,
+        "model_variance": pipe.recipe.variance,
+        "generator": torch.Generator("cpu").manual_seed(seed),
+    }
     near = vlb_terms(model, x, pipe.schedule, timesteps=torch.arange(1, exact_below), **options)
     far = vlb_terms(model, x, pipe.schedule, timesteps=torch.arange(exact_below, T, stride), **options)
     nats = near.prior + near.decoder + near.kl.sum(dim=1) + far.kl.mean(dim=1) * (T - exact_below)

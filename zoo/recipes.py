@@ -13,6 +13,7 @@ from typing import Any
 
 from components.registry import AUTOENCODERS, CONDITIONERS, SCHEDULES, UNETS, Registry
 from components.samplers.common import TIMESTEP_SPACINGS
+from components.schedulers.losses import check_objective
 from components.schedulers.schedule import PREDICTION_TYPES
 from components.validation import require_int
 
@@ -69,6 +70,10 @@ class Recipe:
     set_alpha_to_one: bool = True  # DDIM's last step ends at alpha_bar = 1 (False: at alpha_bar_0, as SD's config)
     hub_id: str | None = None  # a Hub repo in diffusers' layout that holds the weights (downloaded on build)
     layout: str = "zoo"  # "diffusers": saved as model_index.json + unet/ vae/ text_encoder/ tokenizer/ scheduler/
+    variance: str = (
+        "fixed_small"  # Sigma_theta: beta tilde, "fixed_large" beta, "learned" (2C U-Net outputs, iDDPM Eq. 15)
+    )
+    objective: str = "simple"  # training loss: L_simple (DDPM Eq. 14), "vlb" (the bound), "hybrid" (iDDPM Sec. 3.1)
 
     def __post_init__(self) -> None:
         for field, value, allowed in (
@@ -80,6 +85,10 @@ class Recipe:
             if value not in allowed:
                 raise ValueError(f"recipe {self.name!r}: {field} must be one of {allowed}, got {value!r}")
         require_int(f"recipe {self.name!r}: steps_offset", self.steps_offset, minimum=0)
+        try:
+            check_objective(self.objective, self.variance)
+        except ValueError as error:
+            raise ValueError(f"recipe {self.name!r}: {error}") from None
         if self.kind == "latent" and self.autoencoder is None:
             raise ValueError(f"recipe {self.name!r}: a latent pipeline needs an autoencoder")
         if self.kind == "pixel" and (self.autoencoder or self.conditioner or self.spatial):

@@ -155,14 +155,29 @@ def vlb_term(
     x0: torch.Tensor,
     t: torch.Tensor | int,
     schedule: NoiseSchedule,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """One bound term per sample in nats/dim at a fresh x_t ~ q(x_t | x_0): L_{t-1} where t >= 1, L_0 where t = 0.
+
+    Keyword arguments as `vlb_term_and_mse`: prediction_type, model_variance, model_kwargs, noise, generator.
+    """
+    return vlb_term_and_mse(model, x0, t, schedule, **kwargs)[0]
+
+
+def vlb_term_and_mse(
+    model: Callable[..., torch.Tensor],
+    x0: torch.Tensor,
+    t: torch.Tensor | int,
+    schedule: NoiseSchedule,
     *,
     prediction_type: str = "eps",
     model_variance: str = "fixed_small",
     model_kwargs: dict[str, Any] | None = None,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """One bound term per sample in nats/dim at a fresh x_t ~ q(x_t | x_0): L_{t-1} where t >= 1, L_0 where t = 0."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bound term in nats/dim, ||eps - eps_theta||^2 per dim), per sample (B,), at one fresh x_t ~ q(x_t | x_0):
+    the weighted term of Eq. 5 beside L_simple's unweighted summand (Eq. 14, in eps whatever the parameterisation)."""
     check_prediction_type(prediction_type)
     check_model_variance(model_variance)
     t = schedule.check_t(t).to(x0.device)
@@ -170,9 +185,11 @@ def vlb_term(
     eps = standard_normal(x0, generator) if noise is None else noise
     xt = schedule.q_sample(x0, t, eps)
     output = model(xt, t, **(model_kwargs or {}))
-    return vlb_term_from_output(
+    term = vlb_term_from_output(
         output, x0, xt, t, schedule, prediction_type=prediction_type, model_variance=model_variance
     )
+    eps_hat, _ = schedule.split_prediction(split_output(output, xt, model_variance)[0], xt, t, prediction_type)
+    return term, (eps_hat.to(eps.dtype) - eps).pow(2).flatten(1).mean(1)
 
 
 def prior_kl(x0: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
@@ -185,12 +202,15 @@ def prior_kl(x0: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class VLBTerms:
-    """The bound's terms in nats/dim: prior (B,) = L_T, kl (B, K) = L_{t-1} at `timesteps` (K,), decoder (B,) = L_0."""
+    """The bound's terms in nats/dim: prior (B,) = L_T, kl (B, K) = L_{t-1} at `timesteps` (K,), decoder (B,) = L_0;
+    kl_mse (B, K) and decoder_mse (B,): ||eps - eps_theta||^2 per dim at the same x_t (L_simple's summand)."""
 
     prior: torch.Tensor
     kl: torch.Tensor
     decoder: torch.Tensor
     timesteps: torch.Tensor
+    kl_mse: torch.Tensor | None = None
+    decoder_mse: torch.Tensor | None = None
 
 
 def vlb_terms(
@@ -204,7 +224,7 @@ def vlb_terms(
 ) -> VLBTerms:
     """L_T, L_{t-1} for each t in `timesteps` (0-based, >= 1; default all of 1 .. T-1), and L_0, in nats/dim.
 
-    `term_kwargs` go to `vlb_term` (prediction_type, model_variance, model_kwargs). One fresh x_t per term.
+    `term_kwargs` go to `vlb_term_and_mse` (prediction_type, model_variance, model_kwargs). One fresh x_t per term.
     """
     T = schedule.num_timesteps
     timesteps = torch.arange(1, T) if timesteps is None else schedule.check_t(timesteps)
@@ -212,10 +232,12 @@ def vlb_terms(
         raise ValueError(
             "timesteps must be a 1-D tensor of KL terms t in [1, T - 1]; t = 0 is the decoder, always added"
         )
-    kl = [vlb_term(model, x0, t, schedule, generator=generator, **term_kwargs) for t in timesteps.tolist()]
-    kl = torch.stack(kl, dim=1) if kl else x0.new_zeros(x0.shape[0], 0)
-    decoder = vlb_term(model, x0, torch.tensor(0), schedule, generator=generator, **term_kwargs)
-    return VLBTerms(prior_kl(x0, schedule), kl, decoder, timesteps)
+    pairs = [vlb_term_and_mse(model, x0, t, schedule, generator=generator, **term_kwargs) for t in timesteps.tolist()]
+    empty = x0.new_zeros(x0.shape[0], 0)
+    kl = torch.stack([p[0] for p in pairs], dim=1) if pairs else empty
+    kl_mse = torch.stack([p[1] for p in pairs], dim=1) if pairs else empty
+    decoder, decoder_mse = vlb_term_and_mse(model, x0, torch.tensor(0), schedule, generator=generator, **term_kwargs)
+    return VLBTerms(prior_kl(x0, schedule), kl, decoder, timesteps, kl_mse, decoder_mse)
 
 
 def bits_per_dim(
@@ -386,3 +408,96 @@ def objective_loss(
     else:
         loss = (vlb / p_t.to(vlb.dtype)).mean()
     return ObjectiveLoss(loss, mse, vlb, t, p_t)
+
+
+# The bound per timestep, in bits/dim (what pipe.vlb returns).
+def strided_timesteps(num_timesteps: int, stride: int = 1, exact_below: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """The KL terms to evaluate (0-based t in [1, T - 1]) and how many terms each one stands for.
+
+    stride 1: every term, each weight 1 (the exact sum). stride k: every t below `exact_below` (where the terms
+    are large and change fast), then every k-th; each evaluated term also stands for the unevaluated ones after
+    it, up to the next evaluated term (a left Riemann sum over t), so the weights add up to T - 1.
+    """
+    T = num_timesteps
+    for name, value in (("stride", stride), ("exact_below", exact_below)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    near = list(range(1, min(exact_below, T)))
+    start = near[-1] + 1 if near else 1
+    timesteps = torch.tensor(near + list(range(start, T, stride)), dtype=torch.long)
+    ends = torch.cat([timesteps[1:], torch.tensor([T])])
+    return timesteps, (ends - timesteps).double()
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The variational bound of DDPM Eq. 5 per image, in bits/dim (nats / ln 2, averaged over dimensions).
+
+    prior (B,): L_T. kl (B, K): L_k = KL(q(x_k | x_{k+1}, x_0) || p(x_k | x_{k+1})) in the paper's numbering,
+    i.e. the network evaluated at the 0-based t = k (`timesteps`, (K,)). decoder (B,): L_0 = -log p(x_0 | x_1).
+    weights (K,): how many of the T - 1 KL terms each evaluated L_k stands for (all 1 when exact).
+    mse (B, K) and decoder_mse (B,): L_simple's unweighted ||eps - eps_theta||^2 per dim at the same x_t.
+    estimator: how the sum was formed, in words.
+    """
+
+    prior: torch.Tensor
+    kl: torch.Tensor
+    decoder: torch.Tensor
+    timesteps: torch.Tensor
+    weights: torch.Tensor
+    mse: torch.Tensor
+    decoder_mse: torch.Tensor
+    estimator: str
+
+    @property
+    def total(self) -> torch.Tensor:
+        """L_T + sum_k L_k + L_0 per image (B,), bits/dim: an upper bound on -log2 p(x_0) / D."""
+        return self.prior + (self.kl * self.weights.to(self.kl)).sum(dim=1) + self.decoder
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists (JSON-ready): every field, the total, and the timesteps in both numberings."""
+        return {
+            "prior": self.prior.tolist(),
+            "kl": self.kl.tolist(),
+            "decoder": self.decoder.tolist(),
+            "total": self.total.tolist(),
+            "timesteps": self.timesteps.tolist(),
+            "weights": self.weights.tolist(),
+            "mse": self.mse.tolist(),
+            "decoder_mse": self.decoder_mse.tolist(),
+            "estimator": self.estimator,
+        }
+
+
+def bound(
+    model: Callable[..., torch.Tensor],
+    x0: torch.Tensor,
+    schedule: NoiseSchedule,
+    *,
+    stride: int = 1,
+    exact_below: int = 50,
+    generator: torch.Generator | None = None,
+    **term_kwargs: Any,
+) -> Bound:
+    """Every term of the bound for images x0 in [-1, 1] (on 256 bins), in bits/dim; see `strided_timesteps`."""
+    T = schedule.num_timesteps
+    timesteps, weights = strided_timesteps(T, stride, exact_below)
+    terms = vlb_terms(model, x0, schedule, timesteps=timesteps, generator=generator, **term_kwargs)
+    if stride == 1 or len(timesteps) == T - 1:
+        estimator = f"exact: all {T - 1} KL terms, L_0 and L_T, each KL at one draw of x_t ~ q(x_t | x_0)"
+    else:
+        estimator = (
+            f"strided: the KL terms t < {exact_below} exactly, then every {stride}-th, each standing for the "
+            f"{stride - 1} skipped after it ({len(timesteps)} of {T - 1} evaluated); one draw of x_t per term"
+        )
+    bits = 1.0 / math.log(2.0)
+    return Bound(
+        prior=terms.prior * bits,
+        kl=terms.kl * bits,
+        decoder=terms.decoder * bits,
+        timesteps=timesteps,
+        weights=weights,
+        mse=terms.kl_mse,
+        decoder_mse=terms.decoder_mse,
+        estimator=estimator,
+    )

@@ -384,6 +384,21 @@ DDPM_64 = dict(
     context_dim=None,
     norm_groups=16,
 )
+# 32x32x3 -> levels at 32, 16, 8, self-attention at 8x8 and in the mid block; 1.35M parameters (2.7 MB in
+# float16): the loss study's model, small enough that three objectives each train ~15 CPU minutes on one core
+# (README, "L_simple vs the bound"); attention at 16x16 would cost ~40% more per step here.
+DDPM_32 = dict(
+    in_channels=3,
+    out_channels=3,
+    model_channels=32,
+    channel_mult=(1, 2, 2),
+    num_res_blocks=1,
+    attention_levels=(2,),
+    num_heads=None,
+    num_head_channels=32,
+    context_dim=None,
+    norm_groups=16,
+)
 # 16x16x4 -> levels at 16, 8, 4 with attention (self + cross) at 8x8 and 4x4 and the mid block; ~4.7M parameters.
 LDM_16 = dict(
     in_channels=4,
@@ -404,6 +419,12 @@ TINY = dict(model_channels=16, channel_mult=(1, 2), norm_groups=8, num_head_chan
 def unet_ddpm(**overrides) -> UNet:
     """Pixel-space DDPM U-Net for 64x64x3 images, unconditional, self-attention at 16x16 (DDPM Appendix B)."""
     return build(DDPM_64, overrides)
+
+
+@UNETS.register("unet-ddpm-32", tiny=TINY)
+def unet_ddpm_32(**overrides) -> UNet:
+    """Pixel-space DDPM U-Net for 32x32x3 images, self-attention at 8x8; out_channels=6 for a learned variance."""
+    return build(DDPM_32, overrides)
 
 
 @UNETS.register("unet-ldm", tiny={**TINY, "context_dim": 16})

@@ -8,7 +8,7 @@ denoiser adapter (components/samplers/denoiser.py).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from PIL import Image
@@ -86,6 +86,15 @@ class LatentPipeline(Pipeline):
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         return to_pil(self.autoencoder.decode(self.autoencoder_input(latents) / self.autoencoder.scaling_factor))
+
+    def vlb(self, images: Any, **options: Any) -> NoReturn:
+        """Refused: a latent model's bound is of the latents, not of the image (the error says why)."""
+        raise ValueError(
+            f"{self.recipe.name} is a latent pipeline: its diffusion bound (DDPM Eq. 5) would bound -log p(z) of the "
+            "autoencoder's continuous latents z = E(x), not the bits/dim of the image's 8-bit pixels (there is no "
+            "discretised decoder over pixel values, and E is not invertible), so vlb() is for pixel pipelines "
+            "only (e.g. ddpm-cosine)"
+        )
 
     def autoencoder_input(self, x: torch.Tensor) -> torch.Tensor:
         """x on the autoencoder's device and dtype; with CPU offload its hook moves it in first (encode and

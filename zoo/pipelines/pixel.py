@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from components.samplers.common import Callback
 from components.samplers.denoiser import Denoiser
+from components.schedulers.losses import Bound, bound
+from components.schedulers.variance import split_output
 from zoo.pipelines.base import Pipeline, check_num_images, check_seed, to_pil, to_tensor
 
 logger = logging.getLogger(__name__)
@@ -35,7 +39,9 @@ class PixelPipeline(Pipeline):
         seed, num_images = check_seed(seed), check_num_images(num_images)
         size = self.recipe.image_size
         x_T, generator = self.noise((num_images, self.unet.config.in_channels, size, size), seed)
-        denoiser = Denoiser(self.unet, self.schedule, self.recipe.prediction_type, clip_x0=1.0)  # pixels in [-1, 1]
+        # The samplers take the mean part (the first C channels of a learned-variance U-Net, split_output).
+        network = lambda x_t, t: split_output(self.unet(x_t, t), x_t, self.recipe.variance)[0]  # noqa: E731
+        denoiser = Denoiser(network, self.schedule, self.recipe.prediction_type, clip_x0=1.0)  # pixels in [-1, 1]
         x0 = self.sample(
             denoiser,
             x_T,
@@ -54,3 +60,57 @@ class PixelPipeline(Pipeline):
         t, seed = self.check_t(t), check_seed(seed)
         x0 = to_tensor(image, self.recipe.image_size).to(self.device)
         return to_pil(self.closed_form(x0, t, seed))[0]
+
+    @torch.no_grad()
+    def vlb(self, images: Any, *, stride: int = 1, exact_below: int = 50, seed: int = 0) -> Bound:
+        """The variational bound of DDPM Eq. 5 on 8-bit RGB images, term by term, in bits/dim (`Bound`).
+
+        images: a PIL image, a uint8 HxWx3 array, a float (3, H, W) / (B, 3, H, W) tensor in [-1, 1] on the 256
+        bins, or a list of those, at the recipe's image_size (never resized: the bound is of these pixels).
+        stride 1 evaluates every KL term (exact up to one x_t draw per term, T network calls); stride k the terms
+        below `exact_below` and then every k-th (components/schedulers/losses.py, `strided_timesteps`). The
+        variance is the recipe's (fixed_small, fixed_large or the U-Net's learned one). Same seed, same x_t.
+        """
+        x0 = bound_images(images, self.recipe.image_size).to(self.device)
+        generator = torch.Generator("cpu").manual_seed(check_seed(seed))
+        model = lambda x_t, t: self.unet(x_t.to(self.dtype), t).float()  # noqa: E731
+        return bound(
+            model,
+            x0,
+            self.schedule,
+            stride=stride,
+            exact_below=exact_below,
+            generator=generator,
+            prediction_type=self.recipe.prediction_type,
+            model_variance=self.recipe.variance,
+        )
+
+
+def bound_images(images: Any, size: int) -> torch.Tensor:
+    """(B, 3, size, size) float32 on the 256 bins of [-1, 1], or a clear error: the bound's discretised decoder
+    (DDPM Eq. 13) measures 8-bit RGB pixels, so other modes, sizes and off-grid values are refused, not converted."""
+    items = list(images) if isinstance(images, Sequence) and not isinstance(images, str) else [images]
+    if not items:
+        raise ValueError("vlb() needs at least one image")
+    batches = []
+    for i, image in enumerate(items):
+        if isinstance(image, Image.Image) and image.mode != "RGB":
+            raise ValueError(
+                f"image {i} has mode {image.mode!r}: the bound is of 8-bit RGB images; convert it yourself "
+                "(image.convert('RGB')) if that is the image you mean"
+            )
+        if isinstance(image, np.ndarray) and (image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3):
+            raise ValueError(f"image {i}: an array must be uint8 HxWx3 (RGB), got {image.dtype} {image.shape}")
+        x = to_tensor(image)
+        if tuple(x.shape[-2:]) != (size, size):
+            raise ValueError(
+                f"image {i} is {x.shape[-1]}x{x.shape[-2]}; this pipeline's bound is of {size}x{size} images"
+            )
+        levels = (x.double() + 1) * 127.5
+        if not (levels.min() >= -1e-4 and levels.max() <= 255 + 1e-4 and (levels - levels.round()).abs().max() < 1e-3):
+            raise ValueError(
+                f"image {i}: a tensor must hold 8-bit levels k / 127.5 - 1 in [-1, 1], got values in "
+                f"[{x.min():.3g}, {x.max():.3g}] (off the 256 bins the discretised decoder measures)"
+            )
+        batches.append((levels.round() / 127.5 - 1).float())
+    return torch.cat(batches)
