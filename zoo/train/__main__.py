@@ -5,7 +5,9 @@
     python -m zoo.train diffusion --pipeline ldm-clip-kl --autoencoder runs/kl-f4/final \
         --conditioner runs/clip/final --out runs/ldm-clip-kl
     python -m zoo.train export --run runs/ldm-clip-kl/final --to zoo/weights/ldm-clip-kl
+    python -m zoo.train diffusion --pipeline ddpm-hybrid-32 --objective hybrid --out runs/ddpm-hybrid-32
     python -m zoo.train plan [--only NAME ...]        # every shipped model, in order, resumable
+    python -m zoo.train plan --only loss-study        # the same 32x32 model with simple / hybrid / vlb
 
 Every run resumes from <out>/checkpoint when started again with the same --out, on any number of processes.
 Distributed (data parallel; --batch is the global batch, split over the processes and --grad-accum):
@@ -22,6 +24,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from components.schedulers.losses import OBJECTIVES
 from zoo.train import plan as shipped
 from zoo.train.export import export
 
@@ -70,6 +73,12 @@ def parser() -> argparse.ArgumentParser:
     diffusion.add_argument("--init", help="start from a saved pipeline folder (e.g. zoo/weights/ldm-clip-kl)")
     diffusion.add_argument("--unet-from", help="start the U-Net from this trained U-Net folder (same architecture)")
     diffusion.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (e.g. 5)")
+    diffusion.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        help="simple (DDPM Eq. 14), hybrid or vlb (improved DDPM; they need the recipe's variance 'learned'); "
+        "default: the recipe's",
+    )
     common(diffusion, steps=8000, batch=64, lr=3e-4)
     exp = sub.add_parser("export", help="copy a trained pipeline into zoo/weights, in float16 safetensors")
     exp.add_argument("--run", required=True, help="a pipeline folder written by save_pretrained (<run>/final)")

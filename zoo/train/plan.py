@@ -33,6 +33,15 @@ LATENT: dict[str, tuple[str, bool]] = {
 }
 PIXEL = ("ddpm-cosine", "ddpm-linear")
 SHIPPED = (*LATENT, *PIXEL)
+# The loss study (README "L_simple vs the bound"): one 32x32 model, three objectives, the same steps and batch
+# (the same compute: the objectives differ only in the loss arithmetic). `--only loss-study` runs it alone.
+LOSS_STUDY = ("ddpm-simple-32", "ddpm-hybrid-32", "ddpm-vlb-32")
+# A step budget, not a time box, so every objective gets the same compute even when a run is interrupted and
+# resumed; --max-minutes only guards the shared CPU (a boxed run continues when the command is run again).
+LOSS_STUDY_ARGS = [
+    *("--batch", "16", "--steps", "1000", "--lr", "4e-4", "--warmup", "100", "--threads", "1"),
+    *("--max-minutes", "14", "--sample-every", "300", "--checkpoint-every", "100"),
+]
 # With parts "embedded" the part stages copy the shipped autoencoders and CLIP text tower out of zoo/weights
 # instead of training them (2 h per autoencoder on 2 CPU cores): what the diffusion stages build on.
 EMBEDDED_PARTS = {
@@ -94,12 +103,14 @@ def commands(
         parts = ["--autoencoder", f"{r}/{ae}/final"] + (["--conditioner", f"{r}/clip/final"] if uses_clip else [])
         argv = ["diffusion", "--pipeline", name, *parts, "--out", f"{r}/{name}", *data, *p["ldm"]]
         plan.append((name, argv, (ae, "clip") if uses_clip else (ae,)))
-    trained = [*LATENT, *pixel]
+    plan += [(n, ["diffusion", "--pipeline", n, "--out", f"{r}/{n}", *data, *LOSS_STUDY_ARGS], ()) for n in LOSS_STUDY]
+    trained = [*LATENT, *pixel, *LOSS_STUDY]
     plan += [(f"export {n}", ["export", "--run", f"{r}/{n}/final", "--to", f"{weights}/{n}"], (n,)) for n in trained]
     if p["parts"] == "train":
         clip_export = ["export", "--run", f"{r}/clip/final-clip", "--to", f"{weights}/clip-shapes"]
         plan.append(("export clip-shapes", clip_export, ("clip",)))
     if only:
+        only = [*only, *(LOSS_STUDY if "loss-study" in only else ())]
         plan = [entry for entry in plan if entry[0] in only or entry[0].removeprefix("export ") in only]
     return plan
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -246,15 +247,17 @@ def build_for_training(args: Any) -> Any:
 
     if args.init:  # continue from a saved pipeline (e.g. the embedded weights); frozen parts stay frozen
         pipe = load_pipeline(args.init, device="cpu")
-        if args.overrides:  # e.g. {"prediction_type": "v"}: fine-tune the same network to a new target
-            pipe.recipe = pipe.recipe.replace(**json.loads(args.overrides))
+        changes = {**json.loads(args.overrides or "{}"), **({"objective": args.objective} if args.objective else {})}
+        if changes:  # e.g. {"prediction_type": "v"}: fine-tune the same network to a new target or objective
+            pipe.recipe = pipe.recipe.replace(**changes)
         for role, module in pipe.modules().items():
             trainable = role == "unet" or (role == "conditioner" and pipe.recipe.conditioner.name == "bert")
             module.requires_grad_(trainable)
         return pipe
     recipe = registered_recipe(args.pipeline)
-    if args.overrides:
-        recipe = recipe.replace(**json.loads(args.overrides))
+    changes = {**json.loads(args.overrides or "{}"), **({"objective": args.objective} if args.objective else {})}
+    if changes:
+        recipe = recipe.replace(**changes)  # validated at once: --objective vlb with a learned variance override
     trained = {}
     if recipe.autoencoder is not None:
         if not args.autoencoder:
@@ -279,19 +282,27 @@ def build_for_training(args: Any) -> Any:
 
 
 def train_diffusion(args: Any) -> Path:
-    """L_simple (DDPM Eq. 14, Alg. 1) on cached latents (LDM) or pixels, with condition dropout for CFG."""
-    from components.schedulers.losses import diffusion_loss
+    """The recipe's objective on cached latents (LDM) or pixels, with condition dropout for CFG: L_simple (DDPM
+    Eq. 14, Alg. 1), or the bound / hybrid with a learned variance (improved DDPM Secs. 3.1, 3.3; losses.py)."""
+    from components.schedulers.losses import LossSecondMomentSampler, diffusion_loss
     from zoo.train.conditioning import TrainingCondition
 
     out = Path(args.out)
     torch.manual_seed(args.seed)
     pipe = build_for_training(args)
     recipe = pipe.recipe
+    if args.snr_gamma is not None and recipe.objective != "simple":
+        raise SystemExit(
+            f"--snr-gamma weights L_simple (Min-SNR); objective {recipe.objective!r} has the bound's weights"
+        )
     data = cached_dataset(args.cache, args.samples, seed=args.data_seed)
     trainables = {role: m for role, m in pipe.modules().items() if any(p.requires_grad for p in m.parameters())}
     text = trainables.get("conditioner")
     text = text if text is not None and text.kind == "text" else None
-    trainer = Trainer(out, trainables, loop_config(args), tokenizers={"conditioner": text.tokenizer} if text else None)
+    # improved DDPM Sec. 3.3: t importance-sampled for L_vlb; its loss history is checkpointed with the weights
+    sampler = LossSecondMomentSampler(pipe.num_timesteps) if recipe.objective == "vlb" else None
+    modules = {**trainables, **({"timestep_sampler": sampler} if sampler else {})}
+    trainer = Trainer(out, modules, loop_config(args), tokenizers={"conditioner": text.tokenizer} if text else None)
     if text:  # a text encoder trained here (BERT) with its own new vocabulary: the checkpoint's, on every process
         text.tokenizer = trainer.tokenizers["conditioner"]
     device = trainer.device
@@ -300,6 +311,7 @@ def train_diffusion(args: Any) -> Path:
         module.train()
     with process_state().main_process_first():  # under a launch the main process encodes, the others read
         x0_all = encode_all(pipe, data["images"], device, args.cache) if recipe.kind == "latent" else data["images"]
+    x0_all = downsample(x0_all, recipe.image_size) if recipe.kind == "pixel" else x0_all
     x0_all = x0_all.to(device)
     condition = TrainingCondition(pipe, data, device, dropout=recipe.cfg_dropout)
     generator = torch.Generator(device="cpu")
@@ -314,6 +326,8 @@ def train_diffusion(args: Any) -> Path:
         eps = trainer.shard(torch.randn((len(idx), *x0_all.shape[1:]), generator=generator))
         x0 = x0_all[trainer.shard(idx)].to(device)
         x0 = to_float(x0) if x0.dtype == torch.uint8 else x0
+        if recipe.objective != "simple":  # hybrid / vlb: objective_loss draws t (importance-sampled for vlb)
+            return objective_step(pipe, x0, kwargs, generator, sampler)
         loss = diffusion_loss(
             pipe.unet,
             x0,
@@ -339,6 +353,41 @@ def train_diffusion(args: Any) -> Path:
         pipe.to("cpu").save_pretrained(out / "final")
     write_metrics(out, {"history": history[-3:]})
     return out / "final"
+
+
+def objective_step(
+    pipe: Any, x0: torch.Tensor, kwargs: dict, generator: torch.Generator, sampler: Any
+) -> tuple[torch.Tensor, dict]:
+    """One batch of the hybrid or vlb objective (losses.objective_loss), and what to log (the bound term, bits/dim)."""
+    from components.schedulers.losses import objective_loss
+
+    recipe = pipe.recipe
+    result = objective_loss(
+        pipe.unet,
+        x0,
+        pipe.schedule,
+        objective=recipe.objective,
+        model_variance=recipe.variance,
+        prediction_type=recipe.prediction_type,
+        model_kwargs=kwargs,
+        timestep_sampler=sampler,
+        generator=generator,
+    )
+    if sampler is not None:
+        sampler.update(result.t, result.vlb)
+    return result.loss, {"mse": float(result.mse.detach().mean()), "vlb_term_bits": float(result.vlb.detach().mean())}
+
+
+def downsample(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> (N, 3, size, size) by averaging H / size x H / size blocks (the area the smaller pixel
+    covers), rounded back to 8-bit levels so the bound's 256 bins still hold the data."""
+    factor = images.shape[-1] // size
+    if factor == 1:
+        return images
+    if images.dtype != torch.uint8 or images.shape[-1] != factor * size:
+        raise ValueError(f"cannot downsample {images.dtype} images of side {images.shape[-1]} to {size}")
+    chunks = [F.avg_pool2d(chunk.float(), factor).round().to(torch.uint8) for chunk in images.split(4096)]
+    return torch.cat(chunks)
 
 
 @torch.no_grad()
