@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from components.schedulers.variance import output_channels
 from zoo.pipelines.base import Pipeline
 from zoo.pipelines.latent import LatentPipeline
 from zoo.pipelines.pixel import PixelPipeline
@@ -80,6 +81,12 @@ def check_compatible(chosen: Recipe, parts: Mapping[str, Any]) -> None:
     if chosen.kind == "pixel" and unet.in_channels != 3:
         raise IncompatiblePartsError(
             f"{chosen.name}: a pixel U-Net takes 3 channels, got in_channels={unet.in_channels}"
+        )
+    if unet.out_channels != (wanted := output_channels(unet.in_channels, chosen.variance)):
+        raise IncompatiblePartsError(
+            f"{chosen.name}: variance={chosen.variance!r} needs a U-Net with out_channels={wanted} (the mean"
+            f"{' and the variance' if chosen.variance == 'learned' else ''} of {unet.in_channels} channels), "
+            f"got out_channels={unet.out_channels}"
         )
     cond = parts.get("conditioner")
     width = cond.dim if cond is not None else None

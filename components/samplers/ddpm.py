@@ -16,6 +16,7 @@ from components.registry import SAMPLERS
 from components.samplers.common import Callback, Grid, Sampler, check_x, randn_like, report, spaced_grid, steps_of
 from components.samplers.denoiser import Denoiser
 from components.schedulers.schedule import NoiseSchedule
+from components.schedulers.variance import interpolate_log_variance
 
 
 def ddpm_step(
@@ -24,28 +25,55 @@ def ddpm_step(
     alpha_cumprod_t: float,
     alpha_cumprod_prev: float,
     noise: torch.Tensor | None,
+    log_variance: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
-    """x_{t'} ~ N(mu~(x_t, x0), beta~ I), the posterior of DDPM Eqs. 6-7 with the respaced beta' (variance
-    "fixed_small"). With x0 from Eq. 15 the mean equals Alg. 2's (Eq. 11); noise=None gives the mean."""
+    """x_{t'} ~ N(mu~(x_t, x0), sigma^2 I), the posterior mean of DDPM Eqs. 6-7 with the respaced beta'; sigma^2 is
+    beta~' (variance "fixed_small") unless `log_variance` is given (`reverse_log_variance`). With x0 from
+    Eq. 15 the mean equals Alg. 2's (Eq. 11); noise=None gives the mean."""
     beta = 1.0 - alpha_cumprod_t / alpha_cumprod_prev
     coef_x0 = math.sqrt(alpha_cumprod_prev) * beta / (1.0 - alpha_cumprod_t)
     coef_xt = math.sqrt(1.0 - beta) * (1.0 - alpha_cumprod_prev) / (1.0 - alpha_cumprod_t)
     mean = coef_x0 * x0 + coef_xt * xt
     if noise is None:
         return mean
-    posterior_variance = beta * (1.0 - alpha_cumprod_prev) / (1.0 - alpha_cumprod_t)
-    return mean + math.sqrt(posterior_variance) * noise
+    if log_variance is None:
+        posterior_variance = beta * (1.0 - alpha_cumprod_prev) / (1.0 - alpha_cumprod_t)
+        return mean + math.sqrt(posterior_variance) * noise
+    if isinstance(log_variance, float):
+        return mean + math.exp(0.5 * log_variance) * noise
+    return mean + torch.exp(0.5 * log_variance.to(mean.device, mean.dtype)) * noise
+
+
+def reverse_log_variance(
+    alpha_cumprod_t: float, alpha_cumprod_prev: float, model_variance: str, v: torch.Tensor | None
+) -> torch.Tensor | float:
+    """log sigma^2 of one respaced step (beta' = 1 - alpha_bar_t / alpha_bar_t', beta~' its posterior variance):
+    log beta~' ("fixed_small"), log beta' ("fixed_large"), or v's interpolation between them, Nichol & Dhariwal
+    Eq. 15 on the respaced chain as improved-diffusion's SpacedDiffusion (= diffusers' "learned_range")."""
+    beta = 1.0 - alpha_cumprod_t / alpha_cumprod_prev
+    log_small = math.log(beta * (1.0 - alpha_cumprod_prev) / (1.0 - alpha_cumprod_t))
+    if model_variance == "fixed_small":
+        return log_small
+    if model_variance == "fixed_large":
+        return math.log(beta)
+    return interpolate_log_variance(v, torch.tensor(math.log(beta)), torch.tensor(log_small)).to(v.dtype)
 
 
 def sample_ddpm(
     denoiser: Denoiser, x: Tensor, grid: Grid, *, generator: Generator | None = None, callback: Callback | None = None
 ) -> Tensor:
-    """DDPM Alg. 2 from x = x_T: at each step sample the posterior given the predicted x0; no noise at the last."""
+    """DDPM Alg. 2 from x = x_T: at each step sample the posterior given the predicted x0, with the denoiser's
+    variance (fixed, or the network's learned Sigma_theta); no noise at the last step."""
     check_x(x)
     for step in steps_of(grid):
-        _, x0 = denoiser(x, step.t)
-        noise = None if step.last else randn_like(x, generator)
-        x = ddpm_step(x0, x, step.alpha_cumprod, step.alpha_cumprod_prev, noise)
+        (_, x0), v = denoiser.predict(x, step.t)
+        if step.last:
+            x = ddpm_step(x0, x, step.alpha_cumprod, step.alpha_cumprod_prev, None)
+        else:
+            log_variance = reverse_log_variance(
+                step.alpha_cumprod, step.alpha_cumprod_prev, denoiser.model_variance, v
+            )
+            x = ddpm_step(x0, x, step.alpha_cumprod, step.alpha_cumprod_prev, randn_like(x, generator), log_variance)
         x = report(callback, step.index, x, x0)
     return x
 

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import torch
 
 from components.schedulers.schedule import PREDICTION_TYPES, NoiseSchedule
+from components.schedulers.variance import check_model_variance, split_output
 from components.validation import require_choice, require_number
 
 Network = Callable[..., torch.Tensor]  # network(x_t, t, **condition) -> output; t a LongTensor (B,)
@@ -37,7 +38,11 @@ def guided(out_cond: torch.Tensor, out_uncond: torch.Tensor, guidance_scale: flo
 
 class Denoiser:
     """`network` under its parameterisation, with classifier-free guidance (when `uncond` is given and w != 1)
-    and x0 clamped to [-clip_x0, clip_x0] (eps is left as predicted: diffusers' use_clipped_model_output=False)."""
+    and x0 clamped to [-clip_x0, clip_x0] (eps is left as predicted: diffusers' use_clipped_model_output=False).
+
+    model_variance "learned": the network outputs 2C channels, the mean's C then v's C (improved DDPM Sec. 3.1,
+    components/schedulers/variance.py); eps and x0 come from the first half, `predict` also returns v.
+    """
 
     def __init__(
         self,
@@ -49,8 +54,10 @@ class Denoiser:
         uncond: Mapping[str, Any] | None = None,
         guidance_scale: float = 1.0,
         clip_x0: float | None = None,
+        model_variance: str = "fixed_small",
     ):
         self.network, self.schedule = network, schedule
+        self.model_variance = check_model_variance(model_variance)
         self.prediction_type = require_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         self.guidance_scale = require_number("guidance_scale", guidance_scale, minimum=0, maximum=MAX_GUIDANCE)
         if clip_x0 is not None and not require_number("clip_x0", clip_x0) > 0:
@@ -60,15 +67,23 @@ class Denoiser:
         guiding = uncond is not None and self.guidance_scale != 1.0
         self.both = {k: torch.cat([uncond[k], self.cond[k]]) for k in self.cond} if guiding else None
 
-    def network_output(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The network's output at (x_t, t), guided when an unconditional input was given (one batched call)."""
+    def network_output(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The mean part of the network's output at (x_t, t), guided when an unconditional input was given (one
+        batched call), and the variance part v (None for a fixed variance): the conditional branch's, unguided,
+        as diffusers' DeepFloyd IF pipeline guides a learned-variance U-Net."""
         if self.both is None:
-            return self.network(x, t, **self.cond)
+            return split_output(self.network(x, t, **self.cond), x, self.model_variance)
         out_uncond, out_cond = self.network(torch.cat([x, x]), torch.cat([t, t]), **self.both).chunk(2)
-        return guided(out_cond, out_uncond, self.guidance_scale)
+        (mean_uncond, _), (mean_cond, v) = (split_output(o, x, self.model_variance) for o in (out_uncond, out_cond))
+        return guided(mean_cond, mean_uncond, self.guidance_scale), v
+
+    def predict(self, x: torch.Tensor, t: int | torch.Tensor) -> tuple[Prediction, torch.Tensor | None]:
+        """(eps, x0) at timestep t (an int, or a LongTensor (B,) of one per sample), and v of a learned variance."""
+        t_batch = torch.as_tensor(t, dtype=torch.long, device=x.device).expand(x.shape[0])
+        mean_part, v = self.network_output(x, t_batch)
+        eps, x0 = self.schedule.split_prediction(mean_part, x, t_batch, self.prediction_type)
+        return Prediction(eps, x0 if self.clip_x0 is None else x0.clamp(-self.clip_x0, self.clip_x0)), v
 
     def __call__(self, x: torch.Tensor, t: int | torch.Tensor) -> Prediction:
-        """(eps, x0) at timestep t (an int, or a LongTensor (B,) of one per sample)."""
-        t_batch = torch.as_tensor(t, dtype=torch.long, device=x.device).expand(x.shape[0])
-        eps, x0 = self.schedule.split_prediction(self.network_output(x, t_batch), x, t_batch, self.prediction_type)
-        return Prediction(eps, x0 if self.clip_x0 is None else x0.clamp(-self.clip_x0, self.clip_x0))
+        """(eps, x0) at timestep t: all DDIM and DPM-Solver++ use of a learned-variance network (its mean part)."""
+        return self.predict(x, t)[0]

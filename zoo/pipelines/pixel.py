@@ -13,7 +13,6 @@ from PIL import Image
 from components.samplers.common import Callback
 from components.samplers.denoiser import Denoiser
 from components.schedulers.losses import Bound, bound
-from components.schedulers.variance import split_output
 from zoo.pipelines.base import Pipeline, check_num_images, check_seed, to_pil, to_tensor
 
 logger = logging.getLogger(__name__)
@@ -39,9 +38,10 @@ class PixelPipeline(Pipeline):
         seed, num_images = check_seed(seed), check_num_images(num_images)
         size = self.recipe.image_size
         x_T, generator = self.noise((num_images, self.unet.config.in_channels, size, size), seed)
-        # The samplers take the mean part (the first C channels of a learned-variance U-Net, split_output).
-        network = lambda x_t, t: split_output(self.unet(x_t, t), x_t, self.recipe.variance)[0]  # noqa: E731
-        denoiser = Denoiser(network, self.schedule, self.recipe.prediction_type, clip_x0=1.0)  # pixels in [-1, 1]
+        # a learned variance (2C outputs) is split by the denoiser: DDPM steps with Sigma_theta, DDIM the mean part
+        denoiser = Denoiser(
+            self.unet, self.schedule, self.recipe.prediction_type, clip_x0=1.0, model_variance=self.recipe.variance
+        )  # pixels in [-1, 1]
         x0 = self.sample(
             denoiser,
             x_T,
