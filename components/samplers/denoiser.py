@@ -3,7 +3,7 @@
 It is the one place that knows the network: how to call it (with its condition, and the unconditional one for
 classifier-free guidance), its parameterisation ("eps", "x0" or "v") and whether x0 is clipped. Samplers
 only step on what it returns. A network with more outputs than x has channels (a learned variance, improved
-DDPM Sec. 3.1) is split here, in `network_output`, and its variance returned beside eps and x0.
+DDPM Sec. 3.1) is split here (`predict`), and its variance part v returned beside eps and x0.
 
     denoiser = Denoiser(unet, schedule, "eps", cond={"context": c}, uncond={"context": c0}, guidance_scale=3.0)
     eps, x0 = denoiser(x_t, t)
@@ -67,20 +67,21 @@ class Denoiser:
         guiding = uncond is not None and self.guidance_scale != 1.0
         self.both = {k: torch.cat([uncond[k], self.cond[k]]) for k in self.cond} if guiding else None
 
-    def network_output(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The mean part of the network's output at (x_t, t), guided when an unconditional input was given (one
-        batched call), and the variance part v (None for a fixed variance): the conditional branch's, unguided,
-        as diffusers' DeepFloyd IF pipeline guides a learned-variance U-Net."""
+    def network_output(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network's output at (x_t, t), guided when an unconditional input was given (one batched call). A
+        learned-variance output keeps its 2C channels: the mean part guided, v the conditional branch's,
+        unguided (as diffusers' DeepFloyd IF pipeline guides a learned-variance U-Net)."""
         if self.both is None:
-            return split_output(self.network(x, t, **self.cond), x, self.model_variance)
+            return self.network(x, t, **self.cond)
         out_uncond, out_cond = self.network(torch.cat([x, x]), torch.cat([t, t]), **self.both).chunk(2)
         (mean_uncond, _), (mean_cond, v) = (split_output(o, x, self.model_variance) for o in (out_uncond, out_cond))
-        return guided(mean_cond, mean_uncond, self.guidance_scale), v
+        guided_mean = guided(mean_cond, mean_uncond, self.guidance_scale)
+        return guided_mean if v is None else torch.cat([guided_mean, v], dim=1)
 
     def predict(self, x: torch.Tensor, t: int | torch.Tensor) -> tuple[Prediction, torch.Tensor | None]:
         """(eps, x0) at timestep t (an int, or a LongTensor (B,) of one per sample), and v of a learned variance."""
         t_batch = torch.as_tensor(t, dtype=torch.long, device=x.device).expand(x.shape[0])
-        mean_part, v = self.network_output(x, t_batch)
+        mean_part, v = split_output(self.network_output(x, t_batch), x, self.model_variance)
         eps, x0 = self.schedule.split_prediction(mean_part, x, t_batch, self.prediction_type)
         return Prediction(eps, x0 if self.clip_x0 is None else x0.clamp(-self.clip_x0, self.clip_x0)), v
 
