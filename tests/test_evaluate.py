@@ -65,6 +65,7 @@ def test_condition_kind_comes_from_the_conditioner_kind(name, kind):
     pipe = zoo.build(name, tiny=True, pretrained=False, device="cpu")
     assert evaluate.condition_kind(pipe) == kind
     todo = evaluate.jobs(pipe, "seen", 3)
+    assert evaluate.splits(pipe) == (("seen",) if kind == "class" else ("seen", "heldout"))
     if kind == "class":  # integer labels, as the class conditioner takes them
         assert all(isinstance(kwargs["prompt"], int) and set(wanted) == {"shape", "colour"} for kwargs, wanted in todo)
     assert evaluate.condition_kind(zoo.build("ddpm-cosine", tiny=True, pretrained=False, device="cpu")) is None

@@ -100,6 +100,12 @@ def agreement(first: list[Any], second: list[Any]) -> float:
     return same / len(first)
 
 
+def splits(pipe: Any) -> tuple[str, ...]:
+    """The prompt splits that measure something: a class model has no held-out test, since a held-out colour-shape
+    pair is a class label it never saw (an untrained embedding), not a new composition of words it knows."""
+    return ("seen",) if condition_kind(pipe) == "class" else ("seen", "heldout")
+
+
 def adherence(pipe: Any, split: str, n: int, *, seed: int = 0, **settings: Any) -> dict[str, float] | None:
     """adherence_of the images `pipe` draws for the evaluation prompts of `split`; None when unconditional."""
     if condition_kind(pipe) is None:
@@ -226,7 +232,7 @@ def evaluate(
         settings = sampler_settings(pipe, sampler, steps, guidance_scale)
         entry: dict[str, Any] = {**settings}
         if condition_kind(pipe) is not None:
-            for split in ("seen", "heldout"):
+            for split in splits(pipe):
                 todo = jobs(pipe, split, prompts)
                 drawn = draw(pipe, todo, f"{name} {settings['sampler']} {split}", **settings)
                 images[f"{settings['sampler']}-{split}"] = drawn
