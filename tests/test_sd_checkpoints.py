@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import zoo
@@ -171,12 +172,12 @@ def test_text_encoder_tokens_equal_diffusers_prompt_embeddings(saved):
 
 
 # ------------------------------------------------------------------------------------------- generation
-def diffusers_images(theirs, sampler: str, seed: int, **kwargs):
+def diffusers_images(theirs, sampler: str, seed: int, pipeline_class=None, **kwargs):
     if sampler == "dpmpp":  # the checkpoint's own config: "leading", steps_offset 1 (DPM-Solver's S + 1 grid)
         scheduler = diffusers.DPMSolverMultistepScheduler.from_config(theirs.scheduler.config)
     else:
         scheduler = diffusers.DDIMScheduler.from_config(theirs.scheduler.config)
-    pipe = diffusers.StableDiffusionPipeline(**{**theirs.components, "scheduler": scheduler})
+    pipe = (pipeline_class or diffusers.StableDiffusionPipeline)(**{**theirs.components, "scheduler": scheduler})
     pipe.set_progress_bar_config(disable=True)
     out = {}
     for output_type in ("latent", "np"):
@@ -207,6 +208,45 @@ def test_same_seed_same_picture_as_stable_diffusion_pipeline(saved, sampler, siz
     torch.testing.assert_close(latents, expected_latents, atol=1e-4, rtol=0)
     assert pixels.shape == (2, height, width, 3)
     assert np.abs(pixels.astype(float) - expected_pixels * 255).max() <= 1.0  # uint8 rounding only
+
+
+def a_picture_and_its_mask(height: int = 16, width: int = 16):
+    """A 16x16 image (a red block on blue, some noise) and a mask whose right half is white (repaint)."""
+    g = np.random.default_rng(0)
+    array = np.clip(g.normal(60, 30, (height, width, 3)), 0, 255).astype(np.uint8)
+    array[4:10, 3:12] = (220, 30, 20)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[:, width // 2 :] = 255
+    return Image.fromarray(array), Image.fromarray(mask)
+
+
+@pytest.mark.filterwarnings("ignore:You have passed 2 text prompts:FutureWarning")  # diffusers' own, on 1 image
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp"])
+def test_img2img_draws_the_picture_of_stable_diffusion_img2img_pipeline(saved, sampler):
+    """diffusers' strength semantics: the last int(steps * strength) steps, from the image's posterior sample
+    noised to the first of them with the same generator (posterior sample first, then the noise)."""
+    theirs, _, ours = saved
+    image, _ = a_picture_and_its_mask()
+    common = {"negative_prompt": NEGATIVE, "guidance_scale": 4.0, "image": image, "strength": 0.6}
+    latents, pixels = our_images(ours, sampler, 11, steps=5, num_images=2, **common)
+    expected_latents, expected_pixels = diffusers_images(
+        theirs, sampler, 11, diffusers.StableDiffusionImg2ImgPipeline, num_inference_steps=5,
+        num_images_per_prompt=2, **common,
+    )  # fmt: skip
+    torch.testing.assert_close(latents, expected_latents, atol=1e-4, rtol=0)
+    assert np.abs(pixels.astype(float) - expected_pixels * 255).max() <= 1.0
+
+
+@pytest.mark.parametrize(("sampler", "strength"), [("ddim", 1.0), ("dpmpp", 1.0), ("ddim", 0.6)])
+def test_blended_inpainting_draws_the_picture_of_stable_diffusion_inpaint_pipeline(saved, sampler, strength):
+    """A 4-channel U-Net in diffusers' StableDiffusionInpaintPipeline: the blended latent step."""
+    theirs, _, ours = saved
+    image, mask = a_picture_and_its_mask()
+    common = {"guidance_scale": 4.0, "image": image, "mask_image": mask, "strength": strength}
+    latents, _ = our_images(ours, sampler, 5, steps=4, **common)
+    expected, _ = diffusers_images(theirs, sampler, 5, diffusers.StableDiffusionInpaintPipeline,
+                                   num_inference_steps=4, **common)  # fmt: skip
+    torch.testing.assert_close(latents, expected, atol=1e-4, rtol=0)
 
 
 def test_a_different_seed_draws_a_different_picture(saved):
