@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -225,7 +225,7 @@ class Pipeline:
     @torch.no_grad()
     def draw(
         self,
-        denoiser: Denoiser,
+        denoiser: Denoiser | Callable[[torch.Generator], Denoiser],
         shape: Sequence[int],
         *,
         seed: int,
@@ -240,7 +240,10 @@ class Pipeline:
         """x_0 in the diffusion space: from x_T (text-to-image), from the image noised to SDEdit's start
         (`strength` < 1), and with `mask` (1 repaint, 0 keep) the known region blended in after every step
         (zoo/pipelines/editing.py). One CPU generator, drawn as diffusers' pipelines draw: the image's
-        posterior sample first (latent pipelines), then the starting noise, then the sampler's noise."""
+        posterior sample first (latent pipelines), then the starting noise, then the sampler's noise.
+
+        denoiser: a Denoiser, or a function of the generator that makes one after the starting noise is drawn
+        (the inpainting model samples its masked image's latent there, as diffusers' pipeline does)."""
         strength, chosen = check_strength(strength), SAMPLERS.build(sampler)
         grid, generator = self.grid(chosen, steps), torch.Generator("cpu").manual_seed(seed)
         x0 = None
@@ -254,6 +257,7 @@ class Pipeline:
         if mask is not None:
             mask = F.interpolate(mask, size=tuple(shape[-2:])) if tuple(mask.shape[-2:]) != tuple(shape[-2:]) else mask
             callback = Blend(self.schedule, run, x0, eps, mask.to(self.device, self.dtype), callback)
+        denoiser = denoiser if isinstance(denoiser, Denoiser) else denoiser(generator)
         return chosen.sample(denoiser, x_T, run, generator=generator, callback=callback)
 
     def edit_inputs(self, image: Any, mask_image: Any, height: int, width: int) -> dict[str, torch.Tensor | None]:
