@@ -233,3 +233,12 @@ def test_bad_input_changes_nothing(pixel):
         warnings.simplefilter("error")  # the good call warns of nothing
         after = np.asarray(pixel.generate(image=picture(), strength=0.5, steps=3, seed=5)[0])
     np.testing.assert_array_equal(before, after)
+
+
+def test_a_built_sampler_with_its_options_edits_too(pixel):
+    from components.registry import SAMPLERS as REGISTRY
+
+    calls = []
+    noisy = REGISTRY.build("ddim", eta=1.0)
+    pixel.generate(image=picture(), strength=0.5, steps=6, sampler=noisy, seed=0, callback=lambda *a: calls.append(1))
+    assert len(calls) == 3

@@ -229,7 +229,7 @@ class Pipeline:
         shape: Sequence[int],
         *,
         seed: int,
-        sampler: str,
+        sampler: str | Sampler,
         steps: int,
         callback: Callback | None,
         latents: torch.Tensor | None = None,
@@ -244,7 +244,8 @@ class Pipeline:
 
         denoiser: a Denoiser, or a function of the generator that makes one after the starting noise is drawn
         (the inpainting model samples its masked image's latent there, as diffusers' pipeline does)."""
-        strength, chosen = check_strength(strength), SAMPLERS.build(sampler)
+        strength = check_strength(strength)
+        chosen = sampler if isinstance(sampler, Sampler) else SAMPLERS.build(sampler)  # a built one has its options
         grid, generator = self.grid(chosen, steps), torch.Generator("cpu").manual_seed(seed)
         x0 = None
         if image is not None and (strength < 1 or mask is not None):
