@@ -86,3 +86,38 @@ def test_every_sampler_is_measured_and_ddim_and_dpmpp_are_compared(monkeypatch):
     assert set(result["ddim_dpmpp_agreement"]) == {"seen", "heldout"}
     text = evaluate.table(result)
     assert "dpmpp 2: seen pairs (n=2)" in text and "template_iou" in text and "same-seed agreement" in text
+
+
+class PerfectInpainter:
+    """Draws the captioned shape exactly inside the mask and keeps the rest: what the inpainting measure should
+    score 100% with the input kept (or, with `paint=False`, returns the input: no shape drawn)."""
+
+    def __init__(self, paint: bool = True):
+        from types import SimpleNamespace
+
+        self.conditioner, self.paint = SimpleNamespace(kind="text"), paint
+        self.pictures = {}
+        for caption, wanted in evaluate.eval_prompts("seen", n=4, seed=0):
+            full = Attributes(wanted.shape, wanted.colour, wanted.background, wanted.size or "large",
+                              wanted.position or "center")  # fmt: skip
+            self.pictures[caption] = render(full)[0]
+
+    def generate(self, caption, *, image, mask_image, seed, **settings):
+        kept = ((image.permute(1, 2, 0) + 1) * 127.5).round().numpy().astype(np.uint8)
+        inside = mask_image.numpy().astype(bool)[..., None]
+        return [Image.fromarray(np.where(inside & self.paint, self.pictures[caption], kept))]
+
+
+def test_the_inpainting_measure_reads_the_shape_inside_the_mask_and_psnr_outside():
+    perfect = evaluate.inpainting(PerfectInpainter(), "seen", 4)
+    assert perfect["shape"] == perfect["colour"] == perfect["background"] == 1.0 and perfect["count"] == 4
+    assert perfect["psnr_outside_db"] > 60  # the input kept exactly outside the mask
+    lazy = evaluate.inpainting(PerfectInpainter(paint=False), "seen", 4)
+    assert lazy["shape"] == 0.0 and lazy["psnr_outside_db"] > 60
+    assert evaluate.inpainting(zoo.build("ddpm-linear", tiny=True, device="cpu"), "seen", 2) is None  # no text
+
+
+def test_the_inpainting_measure_runs_on_a_trained_by_concatenation_pipeline():
+    pipe = zoo.build("ldm-inpaint-kl", tiny=True, device="cpu")
+    result = evaluate.inpainting(pipe, "seen", 2, steps=2)
+    assert result["count"] == 2 and 0 <= result["shape"] <= 1 and np.isfinite(result["psnr_outside_db"])

@@ -50,6 +50,9 @@ def inputs_for(pipe: Any, prompt: str = PROMPT) -> dict[str, Any]:
         kwargs["prompt"] = 5 if pipe.recipe.conditioner.name == "class" else prompt
     if pipe.recipe.spatial is not None:
         kwargs["semantic_map"] = a_map()
+    if pipe.recipe.concat_image == "inpaint":  # an inpainting model: an image and its mask (right half repainted)
+        kwargs["image"], kwargs["mask_image"] = two_halves(40, 200), np.zeros((64, 64), dtype=np.uint8)
+        kwargs["mask_image"][:, 32:] = 255
     return kwargs
 
 

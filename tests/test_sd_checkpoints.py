@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import zoo
@@ -47,12 +48,14 @@ def tiny_tokenizer():
     return transformers.CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=16)
 
 
-def tiny_sd(flavour: str):
-    """A random StableDiffusionPipeline at test size: 16x16 images, 8x8x4 latents, a 2-layer CLIP of width 32."""
+def tiny_sd(flavour: str, pipeline_class=None, in_channels: int = 4):
+    """A random StableDiffusionPipeline at test size: 16x16 images, 8x8x4 latents, a 2-layer CLIP of width 32
+    (another pipeline class with `pipeline_class`, e.g. the inpainting one with a 9-channel U-Net)."""
     spec = FLAVOURS[flavour]
     torch.manual_seed(0)
     unet = diffusers.UNet2DConditionModel(
         sample_size=8,
+        in_channels=in_channels,
         block_out_channels=(16, 32),
         layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -93,7 +96,7 @@ def tiny_sd(flavour: str):
         clip_sample=False,
         set_alpha_to_one=False,  # as Stable Diffusion's own scheduler config: DDIM's last step ends at alpha_bar_0
     )
-    return diffusers.StableDiffusionPipeline(
+    return (pipeline_class or diffusers.StableDiffusionPipeline)(
         vae=vae,
         text_encoder=transformers.CLIPTextModel(text_config).eval(),
         tokenizer=tokenizer,
@@ -171,12 +174,12 @@ def test_text_encoder_tokens_equal_diffusers_prompt_embeddings(saved):
 
 
 # ------------------------------------------------------------------------------------------- generation
-def diffusers_images(theirs, sampler: str, seed: int, **kwargs):
+def diffusers_images(theirs, sampler: str, seed: int, pipeline_class=None, **kwargs):
     if sampler == "dpmpp":  # the checkpoint's own config: "leading", steps_offset 1 (DPM-Solver's S + 1 grid)
         scheduler = diffusers.DPMSolverMultistepScheduler.from_config(theirs.scheduler.config)
     else:
         scheduler = diffusers.DDIMScheduler.from_config(theirs.scheduler.config)
-    pipe = diffusers.StableDiffusionPipeline(**{**theirs.components, "scheduler": scheduler})
+    pipe = (pipeline_class or diffusers.StableDiffusionPipeline)(**{**theirs.components, "scheduler": scheduler})
     pipe.set_progress_bar_config(disable=True)
     out = {}
     for output_type in ("latent", "np"):
@@ -207,6 +210,88 @@ def test_same_seed_same_picture_as_stable_diffusion_pipeline(saved, sampler, siz
     torch.testing.assert_close(latents, expected_latents, atol=1e-4, rtol=0)
     assert pixels.shape == (2, height, width, 3)
     assert np.abs(pixels.astype(float) - expected_pixels * 255).max() <= 1.0  # uint8 rounding only
+
+
+def a_picture_and_its_mask(height: int = 16, width: int = 16):
+    """A 16x16 image (a red block on blue, some noise) and a mask whose right half is white (repaint)."""
+    g = np.random.default_rng(0)
+    array = np.clip(g.normal(60, 30, (height, width, 3)), 0, 255).astype(np.uint8)
+    array[4:10, 3:12] = (220, 30, 20)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[:, width // 2 :] = 255
+    return Image.fromarray(array), Image.fromarray(mask)
+
+
+@pytest.mark.filterwarnings("ignore:You have passed 2 text prompts:FutureWarning")  # diffusers' own, on 1 image
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp"])
+def test_img2img_draws_the_picture_of_stable_diffusion_img2img_pipeline(saved, sampler):
+    """diffusers' strength semantics: the last int(steps * strength) steps, from the image's posterior sample
+    noised to the first of them with the same generator (posterior sample first, then the noise)."""
+    theirs, _, ours = saved
+    image, _ = a_picture_and_its_mask()
+    common = {"negative_prompt": NEGATIVE, "guidance_scale": 4.0, "image": image, "strength": 0.6}
+    latents, pixels = our_images(ours, sampler, 11, steps=5, num_images=2, **common)
+    expected_latents, expected_pixels = diffusers_images(
+        theirs, sampler, 11, diffusers.StableDiffusionImg2ImgPipeline, num_inference_steps=5,
+        num_images_per_prompt=2, **common,
+    )  # fmt: skip
+    torch.testing.assert_close(latents, expected_latents, atol=1e-4, rtol=0)
+    assert np.abs(pixels.astype(float) - expected_pixels * 255).max() <= 1.0
+
+
+@pytest.mark.parametrize(("sampler", "strength"), [("ddim", 1.0), ("dpmpp", 1.0), ("ddim", 0.6)])
+def test_blended_inpainting_draws_the_picture_of_stable_diffusion_inpaint_pipeline(saved, sampler, strength):
+    """A 4-channel U-Net in diffusers' StableDiffusionInpaintPipeline: the blended latent step."""
+    theirs, _, ours = saved
+    image, mask = a_picture_and_its_mask()
+    common = {"guidance_scale": 4.0, "image": image, "mask_image": mask, "strength": strength}
+    latents, _ = our_images(ours, sampler, 5, steps=4, **common)
+    expected, _ = diffusers_images(theirs, sampler, 5, diffusers.StableDiffusionInpaintPipeline,
+                                   num_inference_steps=4, **common)  # fmt: skip
+    torch.testing.assert_close(latents, expected, atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def inpainting(tmp_path_factory):
+    """A tiny StableDiffusionInpaintPipeline (9-channel U-Net) saved by diffusers, and ours loaded from it."""
+    theirs = tiny_sd("v1", diffusers.StableDiffusionInpaintPipeline, in_channels=9)
+    theirs.set_progress_bar_config(disable=True)
+    folder = tmp_path_factory.mktemp("inpaint")
+    theirs.save_pretrained(folder)
+    return theirs, folder, zoo.build(weights=folder, device="cpu")
+
+
+def test_an_inpainting_checkpoint_loads_with_its_nine_channel_unet(inpainting):
+    _, _, ours = inpainting
+    assert ours.recipe.concat_image == "inpaint" and ours.unet.conv_in.in_channels == 9
+    assert (ours.unet.config.in_channels, ours.unet.config.concat_channels) == (4, 5)  # z_t; mask + masked latent
+    with pytest.raises(ValueError, match="inpainting model: pass image= and mask_image="):
+        ours.generate(PROMPT, steps=2)
+
+
+@pytest.mark.parametrize(("sampler", "strength"), [("ddim", 1.0), ("dpmpp", 1.0), ("ddim", 0.6)])
+def test_an_inpainting_checkpoint_draws_the_picture_of_stable_diffusion_inpaint_pipeline(
+    inpainting, sampler, strength
+):
+    theirs, _, ours = inpainting
+    image, mask = a_picture_and_its_mask()
+    common = {"negative_prompt": NEGATIVE, "guidance_scale": 4.0, "image": image, "mask_image": mask}
+    latents, pixels = our_images(ours, sampler, 7, steps=4, num_images=2, strength=strength, **common)
+    expected_latents, expected_pixels = diffusers_images(
+        theirs, sampler, 7, diffusers.StableDiffusionInpaintPipeline, num_inference_steps=4,
+        num_images_per_prompt=2, strength=strength, **common,
+    )  # fmt: skip
+    torch.testing.assert_close(latents, expected_latents, atol=1e-4, rtol=0)
+    assert np.abs(pixels.astype(float) - expected_pixels * 255).max() <= 1.0
+
+
+def test_an_inpainting_pipeline_saves_back_in_diffusers_inpainting_layout(inpainting, tmp_path):
+    theirs, _, ours = inpainting
+    ours.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["_class_name"] == "StableDiffusionInpaintPipeline"
+    back = diffusers.StableDiffusionInpaintPipeline.from_pretrained(tmp_path, safety_checker=None)
+    assert back.unet.config.in_channels == 9
+    assert all(torch.equal(v, back.unet.state_dict()[k]) for k, v in theirs.unet.state_dict().items())
 
 
 def test_a_different_seed_draws_a_different_picture(saved):
@@ -311,7 +396,7 @@ def edit_json(path, **changes):
         ("pickle only", r"only pickle weights \(diffusion_pytorch_model\.bin\)"),
         ("stray key", r"no counterpart in our UNet: mystery\.weight"),
         ("missing key", r"Missing key"),
-        ("other pipeline", r"'StableDiffusionXLPipeline'; supported: StableDiffusionPipeline"),
+        ("other pipeline", r"'StableDiffusionXLPipeline'; supported: StableDiffusionPipeline, "),
         ("no scheduler", r"has no scheduler"),
         ("cosine betas", r"beta_schedule='squaredcos_cap_v2'"),
         ("unet option", r"unet/config\.json: .*time_cond_proj_dim"),

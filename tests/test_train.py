@@ -253,3 +253,54 @@ def test_a_unet_warm_start_copies_the_weights_and_refuses_another_architecture(r
     other.save_pretrained(tmp_path / "seg-unet")
     with pytest.raises(SystemExit, match="not the architecture"):
         stages.build_for_training(parser().parse_args([*argv, "--tiny", "--unet-from", str(tmp_path / "seg-unet")]))
+
+
+# ----------------------------------------------------------------------------------------------- inpainting
+def test_inpainting_pipeline_trains_on_random_masks_and_inpaints(runs, kl, clip):
+    extra = ("--autoencoder", str(kl / "final"), "--conditioner", str(clip / "final"))
+    out = train_diffusion(runs, "ldm-inpaint-kl", *extra)
+    assert_run_folder(out, {"unet"})
+    pipe = zoo.load_pipeline(out / "final", device="cpu")
+    assert pipe.recipe.concat_image == "inpaint" and pipe.unet.conv_in.in_channels == 4 + 1 + 4
+    image, mask = np.zeros((64, 64, 3), dtype=np.uint8), np.zeros((64, 64), dtype=np.uint8)
+    mask[:, 32:] = 255
+    assert pipe.generate("a red circle", image=image, mask_image=mask, steps=2)[0].size == (64, 64)
+
+
+def test_init_from_a_text_model_zero_initialises_the_inpainting_inputs(tmp_path):
+    """--init of a trained text model for ldm-inpaint-kl: the 5 new conv_in inputs start at zero, so the widened
+    U-Net predicts exactly what the text model did, whatever the mask and masked latent."""
+    from types import SimpleNamespace
+
+    text = zoo.build("ldm-clip-kl", tiny=True, device="cpu")
+    with torch.no_grad():
+        for p in text.unet.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    text.save_pretrained(tmp_path / "text")
+    args = SimpleNamespace(init=str(tmp_path / "text"), pipeline="ldm-inpaint-kl", overrides="", objective=None)
+    pipe = stages.build_for_training(args)
+    assert pipe.recipe.name == "ldm-inpaint-kl" and pipe.recipe.concat_image == "inpaint"
+    weight = pipe.unet.conv_in.weight
+    torch.testing.assert_close(weight[:, :4], text.unet.conv_in.weight, atol=0, rtol=0)
+    assert weight[:, 4:].abs().sum() == 0 and weight.requires_grad
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([3, 40])
+    context, mask = text.conditioner(["a red circle", "a blue square"])
+    with torch.no_grad():
+        expected = text.unet(x, t, context, context_mask=mask)
+        got = pipe.unet(x, t, context, context_mask=mask, concat=torch.randn(2, 5, 16, 16))
+    assert expected.abs().mean() > 1e-3
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+def test_training_masks_are_binary_boxes_and_strokes_some_full_and_seeded():
+    from zoo.data.masks import random_masks
+
+    masks = random_masks(200, 64, torch.Generator().manual_seed(0))
+    again = random_masks(200, 64, torch.Generator().manual_seed(0))
+    assert masks.shape == (200, 1, 64, 64) and torch.equal(masks, again)
+    assert set(masks.unique().tolist()) == {0.0, 1.0}
+    covered = masks.mean(dim=(1, 2, 3))
+    full = int((covered == 1).sum())
+    assert 8 <= full <= 35  # 10% fully masked (binomial, n = 200)
+    partial = covered[covered < 1]
+    assert partial.min() > 0 and 0.05 < float(partial.mean()) < 0.6  # every other mask covers part of the image

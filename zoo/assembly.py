@@ -98,8 +98,11 @@ def check_compatible(chosen: Recipe, parts: Mapping[str, Any]) -> None:
         )
     spatial = parts.get("spatial")
     channels = spatial.channels if spatial is not None else 0
-    if channels != unet.concat_channels:
+    image = 1 + ae.latent_channels if chosen.concat_image == "inpaint" and ae is not None else 0  # mask + latent
+    if channels + image != unet.concat_channels:
+        what = f" + {image} inpainting channels (mask, masked image's latent)" if image else ""
         raise IncompatiblePartsError(
-            f"{chosen.name}: the spatial conditioner gives {channels} map channels but the U-Net's concat_channels is "
-            f"{unet.concat_channels}: its input is latent channels + map channels, so they must be equal"
+            f"{chosen.name}: the spatial conditioner gives {channels} map channels{what} but the U-Net's "
+            f"concat_channels is {unet.concat_channels}: its input is latent channels + map channels, so they must "
+            "be equal"
         )

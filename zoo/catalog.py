@@ -98,6 +98,7 @@ def _register() -> None:
         PIPELINES.add(name, functools.partial(loss_study_recipe, objective), description=spec["about"])
     for name, spec in HUB_MODELS.items():
         PIPELINES.add(name, functools.partial(hub_recipe, name), description=spec["about"])
+    PIPELINES.add("ldm-inpaint-kl", inpaint_recipe, description=INPAINT_ABOUT)
     for cond, ae, factor, schedule in itertools.product(CONDITIONINGS, AUTOENCODER_KINDS, FACTORS, LATENT_SCHEDULES):
         name = latent_name(cond, ae, factor, schedule)
         about = f"latent diffusion: {CONDITIONINGS[cond]['about']}; {AUTOENCODER_KINDS[ae]} f{factor}; "
@@ -195,6 +196,20 @@ def latent_recipe(cond: str, ae: str, factor: int, schedule: str) -> Recipe:
         guidance_scale=3.0 if cond != "none" else 1.0,
         cfg_dropout=0.1 if cond != "none" else 0.0,
     )
+
+
+INPAINT_ABOUT = (
+    "latent diffusion, trained to inpaint: z_t + the mask + the masked image's latent concatenated (SD inpainting's "
+    "design), CLIP text tokens through cross-attention; KL f4"
+)
+
+
+def inpaint_recipe() -> Recipe:
+    """ldm-clip-kl's parts with 5 more U-Net inputs: the mask at latent resolution and the masked image's latent
+    (1 + 4 channels, diffusers' order), trained on random box and brush-stroke masks (zoo/data/masks.py)."""
+    base = latent_recipe("clip", "kl", 4, "linear")
+    unet = base.unet.with_kwargs(concat_channels=1 + LATENT_CHANNELS)
+    return base.replace(name="ldm-inpaint-kl", description=INPAINT_ABOUT, unet=unet, concat_image="inpaint")
 
 
 def hub_recipe(name: str) -> Recipe:

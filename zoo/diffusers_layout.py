@@ -41,7 +41,10 @@ from zoo.registry import AUTOENCODERS, SCHEDULES
 logger = logging.getLogger(__name__)
 
 MODEL_INDEX = "model_index.json"
-PIPELINE_CLASSES = ("StableDiffusionPipeline",)
+# The layouts read: text-to-image and image-to-image share one (the img2img class only names another pipeline);
+# the inpainting one differs in its U-Net, whose 9 inputs are z_t, the mask and the masked image's latent.
+PIPELINE_CLASSES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
+INPAINT_CLASS = "StableDiffusionInpaintPipeline"
 MODEL_WEIGHTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
 DIFFUSERS_PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}  # diffusers' name -> ours
@@ -164,11 +167,14 @@ def weights_file(folder: Path, stem: str, variant: str | None) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- the parts
-def load_unet(folder: Path, variant: str | None = None) -> UNet:
-    """diffusers' UNet2DConditionModel (config + weights) -> our UNet, strictly (every key maps, none missing)."""
+def load_unet(folder: Path, variant: str | None = None, inpainting: bool = False) -> UNet:
+    """diffusers' UNet2DConditionModel (config + weights) -> our UNet, strictly (every key maps, none missing);
+    an inpainting U-Net's inputs beyond its outputs (z_t) are its concatenated mask and masked image's latent."""
     config_file, file = folder / "config.json", weights_file(folder, MODEL_WEIGHTS["unet"], variant)
+    config = read_json(config_file, "the U-Net's config")
+    concat = config.get("in_channels", 4) - config.get("out_channels", 4) if inpainting else 0
     try:
-        model = UNet(unet_compat.config_from_diffusers(read_json(config_file, "the U-Net's config")))
+        model = UNet(unet_compat.config_from_diffusers(config, concat_channels=concat))
     except ValueError as err:
         raise DiffusersLayoutError(f"{config_file}: {err}") from err
     return load_strict(model, unet_compat.state_dict_from_diffusers, file)
@@ -244,14 +250,15 @@ def read_diffusers(
     """A StableDiffusionPipeline folder (or Hub repo id) as a recipe and the zoo's own components, loaded;
     zoo.assembly.assemble checks they fit and makes the pipeline."""
     root = resolve(source, variant=variant, **hub_kwargs)
-    check_model_index(root)
+    index = check_model_index(root)
     settings = scheduler_settings(root)
     parts = {
         "schedule": SCHEDULES.build(settings["schedule"].name, **settings["schedule"].kwargs),
-        "unet": load_unet(root / "unet", variant),
+        "unet": load_unet(root / "unet", variant, inpainting=index["_class_name"] == INPAINT_CLASS),
         "autoencoder": load_vae(root / "vae", variant),
         "conditioner": load_text_encoder(root, variant),
     }
+    settings["concat_image"] = "inpaint" if index["_class_name"] == INPAINT_CLASS else None
     chosen = recipe_for(root, source, name, parts, settings)
     logger.info("read %s from %s (diffusers layout)", chosen.name, root)
     return chosen, parts
@@ -279,6 +286,7 @@ def recipe_for(root: Path, source: str | Path, name: str | None, parts: dict, se
         timestep_spacing=settings["timestep_spacing"],
         steps_offset=settings["steps_offset"],
         set_alpha_to_one=settings["set_alpha_to_one"],
+        concat_image=settings["concat_image"],
         hub_id=None if Path(str(source)).is_dir() else str(source),
         layout="diffusers",
         **defaults,
@@ -305,7 +313,9 @@ def write_diffusers(pipeline: Any, folder: str | Path) -> Path:
     check_exportable(pipeline)
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
-    write_part(root / "unet", unet_compat.config_to_diffusers(pipeline.unet.config), "UNet2DConditionModel")
+    sample_size = pipeline.recipe.image_size // pipeline.autoencoder.downsample_factor  # diffusers' default size
+    unet_config = {**unet_compat.config_to_diffusers(pipeline.unet.config), "sample_size": sample_size}
+    write_part(root / "unet", unet_config, "UNet2DConditionModel")
     save_file(unet_to_diffusers(pipeline.unet), str(root / "unet" / f"{MODEL_WEIGHTS['unet']}.safetensors"))
     write_part(root / "vae", vae_config_to_diffusers(pipeline.autoencoder.config), "AutoencoderKL")
     save_file(vae_to_diffusers(pipeline.autoencoder), str(root / "vae" / f"{MODEL_WEIGHTS['vae']}.safetensors"))
@@ -441,7 +451,7 @@ def scheduler_config(pipeline: Any) -> dict[str, Any]:
 
 def model_index(pipeline: Any) -> dict[str, Any]:
     return {
-        "_class_name": PIPELINE_CLASSES[0],
+        "_class_name": INPAINT_CLASS if pipeline.recipe.concat_image == "inpaint" else PIPELINE_CLASSES[0],
         "_diffusers_version": diffusers_version(),
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],

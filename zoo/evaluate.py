@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -112,6 +113,33 @@ def adherence(pipe: Any, split: str, n: int, *, seed: int = 0, **settings: Any) 
         return None
     todo = jobs(pipe, split, n, seed)
     return adherence_of(draw(pipe, todo, f"{split} {settings.get('sampler', '')}", **settings), todo)
+
+
+@torch.no_grad()
+def inpainting(pipe: Any, split: str, n: int, *, seed: int = 0, **settings: Any) -> dict[str, float] | None:
+    """Inpainting into a plain background: the mask is the captioned shape's own region (dilated by 4 pixels),
+    the input only the background colour; the analyser reads the shape drawn inside the mask (shape, colour,
+    background accuracy) and PSNR (dB) outside the mask measures what was kept. Text pipelines only: trained
+    (recipe concat_image "inpaint") or training-free (the blended step)."""
+    if condition_kind(pipe) != "text":
+        return None
+    todo, images, kept = [], [], []
+    for k, (caption, wanted) in enumerate(eval_prompts(split, n=n, seed=seed)):
+        full = Attributes(
+            wanted.shape, wanted.colour, wanted.background, wanted.size or "large", wanted.position or "center"
+        )
+        picture, labels = render(full)
+        mask = torch.nn.functional.max_pool2d(torch.from_numpy(labels != 0).float()[None, None], 9, 1, 4)[0, 0]
+        plain = torch.from_numpy(picture.copy()).permute(2, 0, 1).float() / 127.5 - 1  # (3, H, W) in [-1, 1]
+        plain[:] = plain[:, mask == 0].mean(dim=1)[:, None, None]  # the background colour alone
+        image = pipe.generate(caption, image=plain, mask_image=mask, seed=seed + k, **settings)[0]
+        drawn = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 127.5 - 1
+        mse = ((drawn - plain)[(mask == 0).expand_as(plain)] ** 2).mean()
+        kept.append(float(10 * torch.log10(4.0 / mse.clamp_min(1e-10))))  # PSNR, peak-to-peak 2 in [-1, 1]
+        images.append(image)
+        todo.append(({}, {"shape": full.shape, "colour": full.colour, "background": full.background}))
+    table = adherence_of(images, todo)
+    return {**table, "psnr_outside_db": statistics.fmean(kept)}
 
 
 def condition_kind(pipe: Any) -> str | None:
@@ -214,6 +242,7 @@ def evaluate(
     sampler: str | None = None,
     all_samplers: bool = False,
     guidance_scale: float | None = None,
+    inpaint: bool = False,
 ) -> dict:
     """Every measure that applies to the pipeline at `sampler` (default: the recipe's) and, with `all_samplers`,
     at the other two; the recipe's settings unless given. The first sampler's figures are also the result's
@@ -247,6 +276,9 @@ def evaluate(
             result.setdefault("ddim_dpmpp_agreement", {})[split] = agreement(
                 images[f"ddim-{split}"], images[f"dpmpp-{split}"]
             )
+    if inpaint:  # the first sampler's settings, seen pairs
+        settings = sampler_settings(pipe, samplers[0], steps, guidance_scale)
+        result["inpainting"] = inpainting(pipe, "seen", prompts, **settings)
     result["reconstruction"] = reconstruction(pipe)
     if condition_kind(pipe) == "text" and pipe.recipe.conditioner.name == "clip":
         result["clip_zero_shot"] = clip_zero_shot()
@@ -273,6 +305,10 @@ def table(result: dict) -> str:
         rows.append((f"{label}: seconds per image ({result['threads']} threads)", f"{entry['seconds_per_image']:.2f}"))
     if agree := result.get("ddim_dpmpp_agreement"):
         rows.append(("DDIM / DPM-Solver++ same-seed agreement", ", ".join(f"{k} {v:.0%}" for k, v in agree.items())))
+    if inpainted := result.get("inpainting"):
+        shown = {k: v for k, v in inpainted.items() if k != "psnr_outside_db"}
+        cells = f"{percent(shown)}, PSNR outside the mask {inpainted['psnr_outside_db']:.1f} dB"
+        rows.append((f"inpainting, seen pairs (n={int(inpainted['count'])})", cells))
     if rec := result.get("reconstruction"):
         rows.append(
             ("autoencoder", ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
@@ -295,6 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", default=None, help="a folder or Hub repo instead of the embedded weights")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (figures in the README: 2)")
     parser.add_argument("--save", action="store_true", help="write evaluation.json next to the embedded weights")
+    parser.add_argument("--inpainting", action="store_true", help="also inpaint shapes into plain backgrounds")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -307,6 +344,7 @@ def main(argv: list[str] | None = None) -> None:
             sampler=args.sampler,
             all_samplers=args.all_samplers,
             guidance_scale=args.guidance,
+            inpaint=args.inpainting,
         )
         print(table(result) + "\n")  # noqa: T201 (the command's output)
         if args.save and (folder := embedded_weights(name)):

@@ -18,6 +18,7 @@ from components.schedulers.schedule import PREDICTION_TYPES
 from components.validation import require_int
 
 PIPELINE_KINDS = ("pixel", "latent")
+CONCAT_IMAGES = (None, "inpaint")  # what of a given image a U-Net takes by concatenation (SD inpainting's order)
 LAYOUTS = ("zoo", "diffusers")  # how save_pretrained writes the weights (zoo/pipeline_io.py)
 # The registry that builds each role of a recipe (a semantic map is a conditioner too, on the concat path).
 REGISTRIES: dict[str, Registry] = {
@@ -74,6 +75,7 @@ class Recipe:
         "fixed_small"  # Sigma_theta: beta tilde, "fixed_large" beta, "learned" (2C U-Net outputs, iDDPM Eq. 15)
     )
     objective: str = "simple"  # training loss: L_simple (DDPM Eq. 14), "vlb" (the bound), "hybrid" (iDDPM Sec. 3.1)
+    concat_image: str | None = None  # "inpaint": the mask and the masked image's latent concatenated to z_t
 
     def __post_init__(self) -> None:
         for field, value, allowed in (
@@ -81,6 +83,7 @@ class Recipe:
             ("prediction_type", self.prediction_type, PREDICTION_TYPES),
             ("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS),
             ("layout", self.layout, LAYOUTS),
+            ("concat_image", self.concat_image, CONCAT_IMAGES),
         ):
             if value not in allowed:
                 raise ValueError(f"recipe {self.name!r}: {field} must be one of {allowed}, got {value!r}")
@@ -91,7 +94,7 @@ class Recipe:
             raise ValueError(f"recipe {self.name!r}: {error}") from None
         if self.kind == "latent" and self.autoencoder is None:
             raise ValueError(f"recipe {self.name!r}: a latent pipeline needs an autoencoder")
-        if self.kind == "pixel" and (self.autoencoder or self.conditioner or self.spatial):
+        if self.kind == "pixel" and (self.autoencoder or self.conditioner or self.spatial or self.concat_image):
             raise ValueError(f"recipe {self.name!r}: the pixel pipeline is unconditional and has no autoencoder")
 
     @property

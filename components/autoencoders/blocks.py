@@ -178,8 +178,9 @@ class DiagonalGaussian:
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
         """z = mean + std * eps, eps ~ N(0, I): the reparameterisation trick (Kingma & Welling 2014, Sec. 2.4)."""
-        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
-        return self.mean + self.std * eps
+        device = generator.device if generator is not None else self.mean.device  # a CPU generator on any device
+        eps = torch.randn(self.mean.shape, generator=generator, device=device, dtype=self.mean.dtype)
+        return self.mean + self.std * eps.to(self.mean.device)
 
     def mode(self) -> Tensor:
         return self.mean

@@ -75,8 +75,11 @@ NO_OP_VALUES: dict[str, tuple] = {
 IGNORED = {"sample_size", "upcast_attention", "addition_embed_type_num_heads"}
 
 
-def config_from_diffusers(diffusers_config: dict) -> UNetConfig:
-    """Our UNetConfig for a diffusers UNet2DConditionModel config dict; ValueError for options we lack."""
+def config_from_diffusers(diffusers_config: dict, concat_channels: int = 0) -> UNetConfig:
+    """Our UNetConfig for a diffusers UNet2DConditionModel config dict; ValueError for options we lack.
+
+    concat_channels: how many of its in_channels are a concatenated condition, not x_t (SD inpainting's
+    U-Net takes 9: z_t 4, then the mask 1 and the masked image's latent 4)."""
     cfg = {**DIFFUSERS_DEFAULTS, **{k: v for k, v in diffusers_config.items() if not k.startswith("_")}}
     _check_no_ops(cfg)
     channels = tuple(cfg["block_out_channels"])
@@ -84,8 +87,11 @@ def config_from_diffusers(diffusers_config: dict) -> UNetConfig:
     model_channels = channels[0]
     if any(ch % model_channels for ch in channels):
         raise ValueError(f"block_out_channels {channels} must all be multiples of the first (our channel_mult)")
+    if not 0 <= concat_channels < cfg["in_channels"]:
+        raise ValueError(f"concat_channels={concat_channels} must lie in [0, in_channels={cfg['in_channels']})")
     return UNetConfig(
-        in_channels=cfg["in_channels"],
+        in_channels=cfg["in_channels"] - concat_channels,
+        concat_channels=concat_channels,
         out_channels=cfg["out_channels"],
         model_channels=model_channels,
         channel_mult=tuple(ch // model_channels for ch in channels),

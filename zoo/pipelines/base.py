@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -23,6 +24,8 @@ from components.samplers.common import Callback, Grid, Sampler
 from components.samplers.denoiser import Denoiser
 from components.validation import require_int
 from zoo import pipeline_io
+from zoo.pipelines import image_input
+from zoo.pipelines.editing import Blend, check_strength, img2img_grid, noised
 from zoo.recipes import Recipe
 
 logger = logging.getLogger(__name__)
@@ -218,6 +221,74 @@ class Pipeline:
         options: `SAMPLERS.build("ddim", eta=0.5)`."""
         chosen = sampler if isinstance(sampler, Sampler) else SAMPLERS.build(sampler)
         return chosen.sample(denoiser, x_T, self.grid(chosen, steps), generator=generator, callback=callback)
+
+    @torch.no_grad()
+    def draw(
+        self,
+        denoiser: Denoiser | Callable[[torch.Generator], Denoiser],
+        shape: Sequence[int],
+        *,
+        seed: int,
+        sampler: str | Sampler,
+        steps: int,
+        callback: Callback | None,
+        latents: torch.Tensor | None = None,
+        image: torch.Tensor | None = None,
+        strength: float = 1.0,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x_0 in the diffusion space: from x_T (text-to-image), from the image noised to SDEdit's start
+        (`strength` < 1), and with `mask` (1 repaint, 0 keep) the known region blended in after every step
+        (zoo/pipelines/editing.py). One CPU generator, drawn as diffusers' pipelines draw: the image's
+        posterior sample first (latent pipelines), then the starting noise, then the sampler's noise.
+
+        denoiser: a Denoiser, or a function of the generator that makes one after the starting noise is drawn
+        (the inpainting model samples its masked image's latent there, as diffusers' pipeline does)."""
+        strength = check_strength(strength)
+        chosen = sampler if isinstance(sampler, Sampler) else SAMPLERS.build(sampler)  # a built one has its options
+        grid, generator = self.grid(chosen, steps), torch.Generator("cpu").manual_seed(seed)
+        x0 = None
+        if image is not None and (strength < 1 or mask is not None):
+            x0 = self.diffusion_input(image, generator).expand(*shape)
+        eps = self.starting_noise(shape, generator, latents)
+        run = img2img_grid(grid, strength) if image is not None else grid
+        if run is None:  # strength 0: no step, the image itself
+            return x0
+        x_T = eps if x0 is None or strength == 1.0 else noised(self.schedule, x0, run.timesteps[0], eps)
+        if mask is not None:
+            mask = F.interpolate(mask, size=tuple(shape[-2:])) if tuple(mask.shape[-2:]) != tuple(shape[-2:]) else mask
+            callback = Blend(self.schedule, run, x0, eps, mask.to(self.device, self.dtype), callback)
+        denoiser = denoiser if isinstance(denoiser, Denoiser) else denoiser(generator)
+        return chosen.sample(denoiser, x_T, run, generator=generator, callback=callback)
+
+    def edit_inputs(self, image: Any, mask_image: Any, height: int, width: int) -> dict[str, torch.Tensor | None]:
+        """`draw`'s image and mask from what `generate` was given (zoo/pipelines/image_input.py checks them)."""
+        if image is None:
+            if mask_image is not None:
+                raise ValueError("mask_image needs the image it masks: pass image= too")
+            return {"image": None, "mask": None}
+        mask = None if mask_image is None else image_input.load_mask(mask_image, image, height, width)
+        return {"image": image_input.load_image(image, height, width), "mask": mask}
+
+    def diffusion_input(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """An image (1, 3, H, W) in [-1, 1] in the space the U-Net diffuses: pixels here."""
+        return image.to(self.device, self.dtype)
+
+    def starting_noise(
+        self, shape: Sequence[int], generator: torch.Generator, latents: torch.Tensor | None
+    ) -> torch.Tensor:
+        """eps ~ N(0, I) from the CPU generator, or the given `latents` (checked: shape, a float dtype)."""
+        if latents is None:
+            return torch.randn(tuple(shape), generator=generator, dtype=self.dtype).to(self.device)
+        if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+            kind = latents.dtype if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise TypeError(f"latents must be a floating-point tensor (the starting noise), got {kind}")
+        if tuple(latents.shape) != tuple(shape):
+            got = tuple(latents.shape)
+            raise ValueError(f"latents must have shape {tuple(shape)} (num_images, C, h, w), got {got}")
+        if not torch.isfinite(latents).all():
+            raise ValueError("latents hold NaN or infinite values")
+        return latents.to(self.device, self.dtype)
 
     # Saving: zoo/pipeline_io.py knows the layouts; the pipeline only hands itself over.
     def save_pretrained(self, folder: str | Path) -> Path:

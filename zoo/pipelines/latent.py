@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -21,6 +22,12 @@ from zoo.pipelines.base import Pipeline, check_num_images, check_seed, to_pil, t
 from zoo.recipes import Recipe
 
 SPACES = ("pixel", "latent")
+
+
+def concatenated(kwargs: dict, extra: torch.Tensor) -> dict:
+    """The U-Net's keyword arguments with `extra` appended to its concat input (after a semantic map's)."""
+    concat = extra if kwargs.get("concat") is None else torch.cat([kwargs["concat"], extra], dim=1)
+    return {**kwargs, "concat": concat}
 
 
 class LatentPipeline(Pipeline):
@@ -149,11 +156,19 @@ class LatentPipeline(Pipeline):
         callback: Callback | None = None,
         height: int | None = None,
         width: int | None = None,
+        image: Any = None,
+        strength: float = 1.0,
+        mask_image: Any = None,
+        latents: torch.Tensor | None = None,
     ) -> list[Image.Image]:
         """Sample images for a prompt (and/or a semantic map); the same seed gives the same images.
 
         height, width: the image size (the recipe's image_size by default); models without a semantic map
         allow other sizes, multiples of the autoencoder's factor times the U-Net's downsampling.
+        image, strength: image-to-image (SDEdit): the image (resized to height x width) encoded, noised to
+        `strength` of the grid and denoised from there (zoo/pipelines/editing.py). mask_image (white = repaint):
+        the blended latent step keeps the rest; its latents equal the image's exactly, its pixels up to the
+        autoencoder's round trip. latents: x_T (or the eps that noises the image), (num_images, C, h, w).
         """
         seed, num_images = check_seed(seed), check_num_images(num_images)
         if self.spatial is not None and (height, width) != (None, None):
@@ -166,16 +181,51 @@ class LatentPipeline(Pipeline):
         has_condition = self.conditioner is not None or self.spatial is not None
         cond = self.condition(prompt, semantic_map, num_images)
         uncond = self.condition(negative_prompt, None, num_images) if has_condition and w != 1.0 else None
-        x_T, generator = self.noise((num_images, *latent_shape), seed)
-        z0 = self.sample(
-            self.denoiser(cond, uncond, w),
-            x_T,
+        factor = self.autoencoder.downsample_factor
+        edit = self.edit_inputs(image, mask_image, latent_shape[1] * factor, latent_shape[2] * factor)
+        denoiser: Any = self.denoiser(cond, uncond, w)
+        if self.recipe.concat_image == "inpaint":  # trained to inpaint: the mask goes in by concatenation, no blend
+            if edit["mask"] is None:
+                raise ValueError(f"{self.recipe.name} is an inpainting model: pass image= and mask_image=")
+            image_and_mask = (edit["image"], edit.pop("mask"))
+            denoiser = lambda generator: self.denoiser(  # noqa: E731  (drawn after the starting noise)
+                *self.with_inpainting_input((cond, uncond), *image_and_mask, generator, num_images), w
+            )
+        z0 = self.draw(
+            denoiser,
+            (num_images, *latent_shape),
+            seed=seed,
             sampler=sampler or self.recipe.sampler,
             steps=self.recipe.steps if steps is None else steps,
-            generator=generator,
             callback=callback,
+            latents=latents,
+            strength=strength,
+            **edit,
         )
         return self.decode(z0)
+
+    def with_inpainting_input(
+        self,
+        conditions: tuple[dict, dict | None],
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        generator: torch.Generator,
+        batch: int,
+    ) -> list[dict | None]:
+        """The conditions with the inpainting model's concatenated input, in diffusers' order (the
+        StableDiffusionInpaintPipeline's 9-channel U-Net): the mask at latent resolution (nearest), then the
+        latent of the masked image x * (mask < 0.5), sampled from `generator`; the same for the unconditional
+        half of classifier-free guidance (after any semantic map's channels)."""
+        z = self.diffusion_input(image * (mask < 0.5), generator)
+        extra = torch.cat([F.interpolate(mask, size=z.shape[-2:]).to(z), z], dim=1)  # (1, 1 + C, h, w)
+        tiled = extra.expand(batch, -1, -1, -1)
+        return [None if kwargs is None else concatenated(kwargs, tiled) for kwargs in conditions]
+
+    def diffusion_input(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """z = scaling_factor * a sample of q(z|x) (LDM Sec. 3.1), drawn from `generator` as diffusers'
+        img2img and inpainting pipelines draw it (retrieve_latents, sample_mode "sample")."""
+        z = self.autoencoder.encode(self.autoencoder_input(image), sample=True, generator=generator)
+        return (z * self.autoencoder.scaling_factor).to(self.device, self.dtype)
 
     @torch.no_grad()
     def forward_noise(self, image: Any, t: int, *, seed: int = 0, space: str = "pixel") -> Image.Image:

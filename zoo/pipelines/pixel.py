@@ -30,25 +30,36 @@ class PixelPipeline(Pipeline):
         seed: int | None = None,
         num_images: int = 1,
         callback: Callback | None = None,
+        image: Any = None,
+        strength: float = 1.0,
+        mask_image: Any = None,
+        latents: torch.Tensor | None = None,
         **unused: Any,
     ) -> list[Image.Image]:
-        """Sample `num_images` images; the same seed gives the same images. A prompt is ignored (unconditional)."""
+        """Sample `num_images` images; the same seed gives the same images. A prompt is ignored (unconditional).
+
+        image, strength: image-to-image (SDEdit) from the image noised to `strength` of the grid; mask_image (white
+        = repaint): the rest kept, exactly, by the blended step (zoo/pipelines/editing.py). latents: x_T (or the
+        eps that noises the image), (num_images, 3, size, size)."""
         if prompt:
             logger.warning("%s is unconditional: the prompt %r is ignored", self.recipe.name, prompt)
         seed, num_images = check_seed(seed), check_num_images(num_images)
         size = self.recipe.image_size
-        x_T, generator = self.noise((num_images, self.unet.config.in_channels, size, size), seed)
+        edit = self.edit_inputs(image, mask_image, size, size)
         # a learned variance (2C outputs) is split by the denoiser: DDPM steps with Sigma_theta, DDIM the mean part
         denoiser = Denoiser(
             self.unet, self.schedule, self.recipe.prediction_type, clip_x0=1.0, model_variance=self.recipe.variance
         )  # pixels in [-1, 1]
-        x0 = self.sample(
+        x0 = self.draw(
             denoiser,
-            x_T,
+            (num_images, self.unet.config.in_channels, size, size),
+            seed=seed,
             sampler=sampler or self.recipe.sampler,
             steps=self.recipe.steps if steps is None else steps,
-            generator=generator,
             callback=callback,
+            latents=latents,
+            strength=strength,
+            **edit,
         )
         return to_pil(x0)
 

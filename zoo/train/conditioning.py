@@ -10,7 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
+
+from zoo.data.masks import random_masks
+from zoo.pipelines.latent import concatenated
+from zoo.train.data import to_float
 
 SAMPLE_PROMPTS = [
     "a red circle on a blue background",
@@ -52,7 +57,21 @@ class TrainingCondition:
             kwargs.update(self.tokens(idx, drop))
         if self.spatial is not None:
             kwargs["concat"] = self.maps(idx, drop)
+        if self.pipe.recipe.concat_image == "inpaint":  # the text is dropped for CFG; the mask and image never
+            kwargs = concatenated(kwargs, self.inpainting_input(idx, generator))
         return kwargs
+
+    @torch.no_grad()
+    def inpainting_input(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The inpainting model's concatenated input for the batch: a random mask (boxes and brush strokes, 10%
+        the whole image; zoo/data/masks.py) at latent resolution, then the masked image's latent, in the order the
+        pipeline builds it at sampling time (LatentPipeline.with_inpainting_input). The posterior mean here, where
+        sampling draws a posterior sample as diffusers does: the two differ by the trained KL encoder's small std."""
+        images = to_float(self.data["images"][idx]).to(self.device)
+        masks = random_masks(len(idx), images.shape[-1], generator).to(self.device)
+        ae = self.pipe.autoencoder
+        z = ae.encode(images * (masks < 0.5)) * ae.scaling_factor
+        return torch.cat([F.interpolate(masks, size=z.shape[-2:]), z], dim=1)
 
     def tokens(self, idx: torch.Tensor, drop: torch.Tensor) -> dict[str, torch.Tensor]:
         empty = self.conditioner.empty_input()
@@ -82,5 +101,10 @@ class TrainingCondition:
                 kwargs["semantic_map"] = self.data["semantic_maps"][k].long()
             if self.conditioner is not None:
                 kwargs["prompt"] = prompt if self.is_text else int(self.data["class_labels"][k])
+            if pipe.recipe.concat_image == "inpaint":  # the dataset's image k, its right half repainted
+                size = self.data["images"].shape[-1]
+                kwargs["image"] = to_float(self.data["images"][k])
+                kwargs["mask_image"] = torch.zeros(size, size)
+                kwargs["mask_image"][:, size // 2 :] = 1.0
             images += pipe.generate(**kwargs)
         return images

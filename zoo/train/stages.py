@@ -247,6 +247,9 @@ def build_for_training(args: Any) -> Any:
 
     if args.init:  # continue from a saved pipeline (e.g. the embedded weights); frozen parts stay frozen
         pipe = load_pipeline(args.init, device="cpu")
+        target = registered_recipe(args.pipeline)
+        if target.concat_image and not pipe.recipe.concat_image:  # e.g. a trained text model -> ldm-inpaint-kl
+            pipe = widened(pipe, target)
         changes = {**json.loads(args.overrides or "{}"), **({"objective": args.objective} if args.objective else {})}
         if changes:  # e.g. {"prediction_type": "v"}: fine-tune the same network to a new target or objective
             pipe.recipe = pipe.recipe.replace(**changes)
@@ -279,6 +282,24 @@ def build_for_training(args: Any) -> Any:
                 f"--unet-from {args.unet_from}: not the architecture of {recipe.name}'s U-Net: {error}"
             ) from None
     return pipe
+
+
+def widened(pipe: Any, target: Any) -> Any:
+    """`pipe`'s trained parts in a pipeline named as `target` whose U-Net also takes target's concatenated image
+    input (the inpainting model's mask and masked latent): the new input channels of conv_in start at zero, so
+    the network first computes exactly what the trained one did (how SD inpainting was fine-tuned from SD)."""
+    from zoo.assembly import assemble
+
+    extra = 1 + pipe.autoencoder.latent_channels  # concat_image "inpaint": the mask + the masked image's latent
+    unet = {"concat_channels": pipe.unet.config.concat_channels + extra}
+    recipe = pipe.recipe.replace(name=target.name, description=target.description, unet=unet, concat_image="inpaint")
+    parts = {role: module for role, module in pipe.modules().items() if role != "unet"}
+    new = assemble(recipe, parts, pretrained=True, device="cpu")
+    state = pipe.unet.state_dict()
+    weight = torch.zeros_like(new.unet.conv_in.weight)  # (C, in + concat, 3, 3): x_t first, then the concat
+    weight[:, : state["conv_in.weight"].shape[1]] = state["conv_in.weight"]
+    new.unet.load_state_dict({**state, "conv_in.weight": weight}, strict=True)
+    return new
 
 
 def train_diffusion(args: Any) -> Path:
