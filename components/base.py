@@ -16,7 +16,14 @@ from typing import Any, Self
 from huggingface_hub import PyTorchModelHubMixin, snapshot_download
 from torch import nn
 
-from components.validation import require_int
+from components.validation import (
+    MAX_CHANNEL_MULT,
+    MAX_CHANNELS,
+    MAX_LEVELS,
+    MAX_PARAMETERS,
+    require_int,
+    require_int_sequence,
+)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -36,10 +43,33 @@ class Config:
             if isinstance(value, list):
                 object.__setattr__(self, f.name, tuple(tuple(v) if isinstance(v, list) else v for v in value))
 
-    def check_ints(self, *names: str, minimum: int = 1) -> None:
-        """Each named field must be an integer >= minimum (the message names the config and the field)."""
+    def check_ints(self, *names: str, minimum: int = 1, maximum: int | None = None, why: str | None = None) -> None:
+        """Each named field must be an integer in [minimum, maximum] (the message names the config and the field)."""
         for name in names:
-            require_int(f"{type(self).__name__}.{name}", getattr(self, name), minimum=minimum)
+            field = f"{type(self).__name__}.{name}"
+            require_int(field, getattr(self, name), minimum=minimum, maximum=maximum, why=why)
+
+    def check_levels(self, base: str) -> None:
+        """channel_mult: at most MAX_LEVELS entries in [1, MAX_CHANNEL_MULT], and each level's width, `base` (a
+        field) times its entry, at most MAX_CHANNELS."""
+        name, why = type(self).__name__, f"at most {MAX_LEVELS} levels of x{MAX_CHANNEL_MULT}: SD's are (1, 2, 4, 4)"
+        mult = self.channel_mult
+        mult = require_int_sequence(
+            f"{name}.channel_mult", mult, minimum=1, maximum=MAX_CHANNEL_MULT, max_length=MAX_LEVELS, why=why
+        )
+        for i, m in enumerate(mult):
+            width = f"{name} level {i}'s channels ({base} * channel_mult[{i}])"
+            require_int(width, getattr(self, base) * m, maximum=MAX_CHANNELS, why="SD's widest level has 1280")
+
+    def check_parameters(self, estimate: int, knobs: str) -> None:
+        """A network's estimated parameter count, from its already-bounded `knobs`, against MAX_PARAMETERS: checked
+        before any module is built, so a config too large for memory fails at once instead of in the allocator."""
+        require_int(
+            f"{type(self).__name__}: the parameters estimated from {knobs}",
+            estimate,
+            maximum=MAX_PARAMETERS,
+            why="4 bytes each in float32; SDXL's U-Net has 2.6e9",
+        )
 
     def replace(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)

@@ -15,7 +15,7 @@ from components.registry import AUTOENCODERS, CONDITIONERS, SCHEDULES, UNETS, Re
 from components.samplers.common import TIMESTEP_SPACINGS
 from components.schedulers.losses import check_objective
 from components.schedulers.schedule import PREDICTION_TYPES
-from components.validation import require_int
+from components.validation import MAX_IMAGE_SIZE, MAX_TIMESTEPS, ArgumentTypeError, require_int, require_number
 
 PIPELINE_KINDS = ("pixel", "latent")
 LAYOUTS = ("zoo", "diffusers")  # how save_pretrained writes the weights (zoo/pipeline_io.py)
@@ -84,7 +84,17 @@ class Recipe:
         ):
             if value not in allowed:
                 raise ValueError(f"recipe {self.name!r}: {field} must be one of {allowed}, got {value!r}")
-        require_int(f"recipe {self.name!r}: steps_offset", self.steps_offset, minimum=0)
+        name = f"recipe {self.name!r}:"
+        require_int(f"{name} steps_offset", self.steps_offset, minimum=0, maximum=MAX_TIMESTEPS)
+        why = f"{MAX_IMAGE_SIZE}: SD draws 512 or 768; images are allocated at this side"
+        require_int(f"{name} image_size", self.image_size, minimum=8, maximum=MAX_IMAGE_SIZE, why=why)
+        require_int(f"{name} steps", self.steps, minimum=1, maximum=MAX_TIMESTEPS, why="the default sampling steps")
+        require_number(f"{name} guidance_scale", self.guidance_scale, minimum=0.0)
+        require_number(f"{name} cfg_dropout", self.cfg_dropout, minimum=0.0, maximum=1.0)
+        for role in ("schedule", "unet", "autoencoder", "conditioner", "spatial"):
+            part = getattr(self, role)
+            if part is not None and not (isinstance(part, Part) and isinstance(part.name, str)):
+                raise ArgumentTypeError(f"{name} {role} must be a Part(name, kwargs) with a string name, got {part!r}")
         try:
             check_objective(self.objective, self.variance)
         except ValueError as error:

@@ -24,7 +24,7 @@ from PIL import Image
 
 from components.base import Config, HubModule
 from components.registry import CONDITIONERS
-from components.validation import require_int
+from components.validation import MAX_CLASSES, MAX_IMAGE_SIZE, MAX_LEVELS, require_int
 
 # Label 0 is the background (black), then distinct colours (Trubetskoy's list), one per label.
 DEFAULT_PALETTE = (
@@ -43,7 +43,9 @@ class SpatialConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.check_ints("num_labels", "downsample_factor", "image_size", minimum=1)
+        self.check_ints("num_labels", maximum=MAX_CLASSES)
+        self.check_ints("downsample_factor", maximum=2 ** (MAX_LEVELS - 1), why="the autoencoder's factor")
+        self.check_ints("image_size", maximum=MAX_IMAGE_SIZE, why="SD's images are 512 or 768")
         if len(self.palette) != self.num_labels:
             raise ValueError(f"palette needs one RGB triple per label ({self.num_labels}), got {len(self.palette)}")
         if any(len(c) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in self.palette):
