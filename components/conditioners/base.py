@@ -30,7 +30,7 @@ from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTr
 
 from components.base import WeightsError
 from components.conditioners import tokenizer as tok
-from components.validation import MAX_CHANNEL_MULT, MAX_CHANNELS, MAX_DEPTH, require_int
+from components.validation import MAX_CHANNEL_MULT, MAX_CHANNELS, MAX_DEPTH, require_int, require_text
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def check_texts(texts: Any) -> list[str]:
     bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
     if bad:
         raise TypeError(f"a text conditioner takes strings; got {', '.join(sorted(set(bad)))} in the batch")
-    return texts
+    return [require_text(f"texts[{i}]", t) for i, t in enumerate(texts)]
 
 
 class TextConditioner(nn.Module):

@@ -31,6 +31,7 @@ DEFAULT_PALETTE = (
     (0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200),
     (255, 225, 25), (245, 130, 48), (145, 30, 180), (70, 240, 240),
 )  # fmt: skip
+MAX_SIDE_FACTOR = 8  # a map's side: at most 8x the model's image_size, as the pipelines' height and width
 UNLABELLED = -1
 
 
@@ -106,8 +107,13 @@ class SpatialConditioner(HubModule):
             if not maps:
                 raise ValueError("empty batch: pass at least one map")
             return torch.cat([self.to_labels(m) for m in maps])
-        x = as_tensor(maps).to(self.palette.device)
-        if x.dtype == torch.uint8 and x.dim() in (3, 4) and x.shape[-1] == 3:
+        x = as_tensor(maps, MAX_SIDE_FACTOR * self.config.image_size).to(self.palette.device)
+        if x.dim() in (3, 4) and x.shape[-1] == 3:  # (H, W, 3): RGB, which must be uint8 (a label map is wider)
+            if x.dtype != torch.uint8:
+                raise ValueError(
+                    f"a map of shape {tuple(x.shape)} ending in 3 is read as RGB, which must be uint8, got {x.dtype}; "
+                    "label maps are integer (H, W) or (B, H, W)"
+                )
             x = self.snap(x)
         x = x.long()  # before the range check: uint8 cannot hold -1
         if x.dim() == 2:
@@ -125,8 +131,13 @@ class SpatialConditioner(HubModule):
         return distance.argmin(dim=1).reshape(rgb.shape[:-1])
 
 
-def as_tensor(maps: Any) -> torch.Tensor:
-    """A PIL image, numpy array or integer tensor as a tensor; floats and other types are refused."""
+def as_tensor(maps: Any, largest: int | None = None) -> torch.Tensor:
+    """A PIL image, numpy array or integer tensor as a tensor; floats and other types are refused, and so is a map
+    with a side above `largest` (checked before anything is copied)."""
+    shape = tuple(maps.size[::-1]) if isinstance(maps, Image.Image) else tuple(getattr(maps, "shape", ()))
+    sides = shape[-3:-1] if len(shape) in (3, 4) and shape[-1] == 3 else shape[-2:]  # (H, W) of RGB or labels
+    if largest is not None and any(side > largest for side in sides):
+        raise ValueError(f"a map may be at most {largest} x {largest} ({MAX_SIDE_FACTOR}x image_size), got {shape}")
     if isinstance(maps, Image.Image):
         maps = np.array(maps.convert("RGB"))  # a writable copy
     if isinstance(maps, np.ndarray):
