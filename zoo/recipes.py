@@ -47,6 +47,19 @@ class Part:
         return Part(self.name, {**self.kwargs, **changes})
 
 
+ROLES = ("schedule", "unet", "autoencoder", "conditioner", "spatial")
+
+
+def part_from_dict(role: str, data: Any) -> Part:
+    """{"name": registered name, "kwargs": {...}} -> Part; the message names the role and what is wrong."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("name"), str) or set(data) - {"name", "kwargs"}:
+        raise ValueError(f'recipe part {role!r} must be {{"name": <string>, "kwargs": {{...}}}}, got {data!r}')
+    kwargs = data.get("kwargs", {})
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise ValueError(f"recipe part {role!r}: kwargs must be an object of named values, got {kwargs!r}")
+    return Part(data["name"], dict(kwargs))
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """Which parts make a pipeline, and its defaults at sampling time."""
@@ -91,7 +104,7 @@ class Recipe:
         require_int(f"{name} steps", self.steps, minimum=1, maximum=MAX_TIMESTEPS, why="the default sampling steps")
         require_number(f"{name} guidance_scale", self.guidance_scale, minimum=0.0)
         require_number(f"{name} cfg_dropout", self.cfg_dropout, minimum=0.0, maximum=1.0)
-        for role in ("schedule", "unet", "autoencoder", "conditioner", "spatial"):
+        for role in ROLES:
             part = getattr(self, role)
             if part is not None and not (isinstance(part, Part) and isinstance(part.name, str)):
                 raise ArgumentTypeError(f"{name} {role} must be a Part(name, kwargs) with a string name, got {part!r}")
@@ -107,8 +120,7 @@ class Recipe:
     @property
     def parts(self) -> dict[str, Part]:
         """The present parts by role: schedule, unet, and any of autoencoder, conditioner, spatial."""
-        roles = ("schedule", "unet", "autoencoder", "conditioner", "spatial")
-        return {role: getattr(self, role) for role in roles if getattr(self, role) is not None}
+        return {role: getattr(self, role) for role in ROLES if getattr(self, role) is not None}
 
     def replace(self, **changes: Any) -> Recipe:
         """A copy with top-level fields replaced; a dict for a part's role merges into that part's kwargs."""
@@ -126,15 +138,19 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown recipe fields {sorted(unknown)}; known: {sorted(known)}")
-        fields = dict(data)
-        for role in ("schedule", "unet", "autoencoder", "conditioner", "spatial"):
-            if fields.get(role) is not None:
-                fields[role] = Part(fields[role]["name"], dict(fields[role].get("kwargs", {})))
-        return cls(**fields)
+        """A recipe from plain data: every required field present, none unknown, each part {"name", "kwargs"}."""
+        if not isinstance(data, Mapping):
+            raise ArgumentTypeError(f"a recipe is a JSON object of fields, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(data) - set(fields)
+        required = {name for name, f in fields.items() if f.default is dataclasses.MISSING}
+        if unknown or required - set(data):
+            raise ValueError(
+                f"recipe fields: unknown {sorted(unknown)}, missing {sorted(required - set(data))}; "
+                f"known: {sorted(fields)}"
+            )
+        parts = {role: part_from_dict(role, data[role]) for role in ROLES if data.get(role) is not None}
+        return cls(**{**data, **parts})
 
     @classmethod
     def from_json(cls, text: str) -> Recipe:

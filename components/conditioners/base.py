@@ -189,7 +189,7 @@ class TextConditioner(nn.Module):
         except SafetensorError as err:  # a corrupt weights file: name it
             weights = Path(path_or_repo, subfolder or "", "model.safetensors")
             raise WeightsError(f"cannot load a {cls.__name__}: {weights} is not valid safetensors: {err}") from err
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: weights that do not fit the config
             raise WeightsError(f"cannot load a {cls.__name__} from {path_or_repo}: {err}") from err
         return cls(text_model, tokenizer).eval()
 

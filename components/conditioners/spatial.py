@@ -122,7 +122,9 @@ class SpatialConditioner(HubModule):
             raise ValueError(f"a label map is (H, W) or (B, H, W), an RGB map (H, W, 3) uint8; got {tuple(x.shape)}")
         if x.min() < UNLABELLED or x.max() >= self.channels:
             low, high = int(x.min()), int(x.max())
-            raise ValueError(f"labels must lie in [0, {self.channels - 1}] (or -1: unlabelled), got [{low}, {high}]")
+            raise ValueError(
+                f"map labels must lie in [0, {self.channels - 1}] (or -1: unlabelled), got [{low}, {high}]"
+            )
         return x
 
     def snap(self, rgb: torch.Tensor) -> torch.Tensor:
