@@ -144,11 +144,9 @@ class Recipe:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(data) - set(fields)
         required = {name for name, f in fields.items() if f.default is dataclasses.MISSING}
-        if unknown or required - set(data):
-            raise ValueError(
-                f"recipe fields: unknown {sorted(unknown)}, missing {sorted(required - set(data))}; "
-                f"known: {sorted(fields)}"
-            )
+        for what, names in (("unknown", unknown), ("missing", required - set(data))):
+            if names:
+                raise ValueError(f"{what} recipe fields {sorted(names)}; known: {sorted(fields)}")
         parts = {role: part_from_dict(role, data[role]) for role in ROLES if data.get(role) is not None}
         return cls(**{**data, **parts})
 
