@@ -10,13 +10,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Self
 
 from huggingface_hub import PyTorchModelHubMixin, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError
 from torch import nn
 
-from components.validation import require_int
+from components.validation import (
+    MAX_CHANNEL_MULT,
+    MAX_CHANNELS,
+    MAX_LEVELS,
+    MAX_PARAMETERS,
+    require_int,
+    require_int_sequence,
+)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -36,10 +45,33 @@ class Config:
             if isinstance(value, list):
                 object.__setattr__(self, f.name, tuple(tuple(v) if isinstance(v, list) else v for v in value))
 
-    def check_ints(self, *names: str, minimum: int = 1) -> None:
-        """Each named field must be an integer >= minimum (the message names the config and the field)."""
+    def check_ints(self, *names: str, minimum: int = 1, maximum: int | None = None, why: str | None = None) -> None:
+        """Each named field must be an integer in [minimum, maximum] (the message names the config and the field)."""
         for name in names:
-            require_int(f"{type(self).__name__}.{name}", getattr(self, name), minimum=minimum)
+            field = f"{type(self).__name__}.{name}"
+            require_int(field, getattr(self, name), minimum=minimum, maximum=maximum, why=why)
+
+    def check_levels(self, base: str) -> None:
+        """channel_mult: at most MAX_LEVELS entries in [1, MAX_CHANNEL_MULT], and each level's width, `base` (a
+        field) times its entry, at most MAX_CHANNELS."""
+        name, why = type(self).__name__, f"at most {MAX_LEVELS} levels of x{MAX_CHANNEL_MULT}: SD's are (1, 2, 4, 4)"
+        mult = self.channel_mult
+        mult = require_int_sequence(
+            f"{name}.channel_mult", mult, minimum=1, maximum=MAX_CHANNEL_MULT, max_length=MAX_LEVELS, why=why
+        )
+        for i, m in enumerate(mult):
+            width = f"{name} level {i}'s channels ({base} * channel_mult[{i}])"
+            require_int(width, getattr(self, base) * m, maximum=MAX_CHANNELS, why="SD's widest level has 1280")
+
+    def check_parameters(self, estimate: int, knobs: str) -> None:
+        """A network's estimated parameter count, from its already-bounded `knobs`, against MAX_PARAMETERS: checked
+        before any module is built, so a config too large for memory fails at once instead of in the allocator."""
+        require_int(
+            f"{type(self).__name__}: the parameters estimated from {knobs}",
+            estimate,
+            maximum=MAX_PARAMETERS,
+            why="4 bytes each in float32; SDXL's U-Net has 2.6e9",
+        )
 
     def replace(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)
@@ -48,21 +80,69 @@ class Config:
         return dataclasses.asdict(self)
 
 
+HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")  # "user/name": a bare name is local
+
+
+def is_local(path_or_repo: str | os.PathLike) -> bool:
+    """True when `path_or_repo` names a local folder, never a Hub repo: a Path, anything that exists here, a string
+    that is not shaped like a repo id (x, ./x, /x, ~/x, a/b/c), or "a/b" whose "a" is a folder here (runs/model)."""
+    if isinstance(path_or_repo, os.PathLike) or not isinstance(path_or_repo, str):
+        return True
+    first = path_or_repo.split("/")[0]
+    shaped = HUB_REPO_ID.fullmatch(path_or_repo) is not None
+    return not shaped or Path(path_or_repo).exists() or Path(first).is_dir()
+
+
 def resolve_folder(path_or_repo: str | os.PathLike, subfolder: str | None = None, **hub_kwargs: Any) -> Path:
-    """A local folder as is, else a Hub repo id downloaded (and cached) by huggingface_hub: JSON/safetensors/text."""
+    """A local folder as is, else a Hub repo id downloaded (and cached) by huggingface_hub: JSON/safetensors/text.
+    A local path that is missing is an error at once: it never turns into a Hub request."""
     local = Path(path_or_repo)
     if local.is_dir():
         folder = local / subfolder if subfolder else local
         if not folder.is_dir():
             raise WeightsError(f"{folder} does not exist (expected a component folder inside {local})")
         return folder
-    if local.exists() or str(path_or_repo).startswith((".", "/")):
-        raise WeightsError(f"{local} is not a folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
+    if is_local(path_or_repo):
+        raise WeightsError(
+            f"{local} is not a folder (a saved pipeline or part: {CONFIG_NAME} + {WEIGHTS_NAME}, or recipe.json "
+            "+ one folder per part); a Hub repo id is 'user/name'"
+        )
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
     if subfolder:
         patterns = [f"{subfolder}/{p}" for p in patterns]
-    root = Path(snapshot_download(str(path_or_repo), allow_patterns=patterns, **hub_kwargs))
+    try:
+        root = Path(snapshot_download(path_or_repo, allow_patterns=patterns, **hub_kwargs))
+    except (HfHubHTTPError, OSError, ValueError) as err:  # LocalEntryNotFoundError (offline) is an OSError
+        raise WeightsError(
+            f"{path_or_repo!r} is no local folder, and the Hub repo of that name cannot be fetched: {err}"
+        ) from err
     return root / subfolder if subfolder else root
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path` (UTF-8); anything else is a WeightsError that names the file."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise WeightsError(f"{path} is not UTF-8 JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_config(config_class: type[Config], path: Path) -> Config:
+    """A config from its config.json: every field present (a missing one would silently take its default), none
+    unknown, each value valid; the message names the file and the field."""
+    data, fields = read_json_object(path), {f.name for f in dataclasses.fields(config_class)}
+    for what, names in (("misses", fields - set(data)), ("has unknown", set(data) - fields)):
+        if names:
+            raise WeightsError(
+                f"{path} {what} fields {sorted(names)} of {config_class.__name__} (its fields: {sorted(fields)})"
+            )
+    try:
+        return config_class(**data)
+    except (TypeError, ValueError) as err:  # a bad value: the config's own checks name the field
+        raise WeightsError(f"{path} is not a valid {config_class.__name__}: {err}") from err
 
 
 class HubModule(nn.Module, PyTorchModelHubMixin):
@@ -77,11 +157,7 @@ class HubModule(nn.Module, PyTorchModelHubMixin):
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (folder / name).is_file():
                 raise WeightsError(f"missing {folder / name} (a component folder has {CONFIG_NAME}, {WEIGHTS_NAME})")
-        try:
-            config = cls.config_class(**json.loads((folder / CONFIG_NAME).read_text()))
-        except (TypeError, ValueError) as err:  # ValueError covers JSONDecodeError, UnicodeDecodeError, bad values
-            raise WeightsError(f"{folder / CONFIG_NAME} is not a valid {cls.config_class.__name__}: {err}") from err
-        model = cls(config)
+        model = cls(read_config(cls.config_class, folder / CONFIG_NAME))
         try:
             from safetensors.torch import load_model
 

@@ -60,6 +60,11 @@ class Registry:
         self._entries[name] = Entry(name, factory, description or (doc[0] if doc else ""), dict(tiny or {}))
 
     def entry(self, name: str) -> Entry:
+        if not isinstance(name, str):  # 123 or ["x"]: say so, rather than "unhashable type" or "not iterable"
+            raise TypeError(
+                f"a {self.kind} name must be a string, got {name!r} ({type(name).__name__}); "
+                f"known {self.kind}s: {', '.join(self.names())}"
+            )
         if name not in self._entries:
             close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""

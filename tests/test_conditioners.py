@@ -244,7 +244,7 @@ def test_class_bad_labels(labels, error, match):
 
 
 def test_class_config_errors():
-    with pytest.raises(ValueError, match=r"ClassConfig.num_classes must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"ClassConfig.num_classes must be an integer in \[1, 100000\] .*, got 0"):
         ClassConfig(num_classes=0)
 
 
@@ -317,7 +317,7 @@ def test_spatial_bad_maps(maps, error, match):
         ({"num_labels": 2, "palette": ((0, 0, 0), (0, 0, 0))}, "distinct"),
         ({"num_labels": 2, "palette": ((0, 0, 0), (0, 0, 300))}, r"\[0, 255\]"),
         ({"num_labels": 9}, r"num_labels must be an integer in \[1, 8\] \(without a palette"),
-        ({"downsample_factor": 0}, r"SpatialConfig.downsample_factor must be an integer >= 1, got 0"),
+        ({"downsample_factor": 0}, r"SpatialConfig.downsample_factor must be an integer in \[1, 128\] .*, got 0"),
         ({"downsample_factor": 3}, "not divisible"),
     ],
 )
@@ -329,7 +329,7 @@ def test_spatial_config_errors(kwargs, match):
 def test_spatial_bad_latent_size():
     with pytest.raises(ValueError, match="latent_size must be an int or"):
         seg()(torch.zeros(8, 8, dtype=torch.long), latent_size=(0, 2))
-    with pytest.raises(ValueError, match=r"SpatialConfig.image_size must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"SpatialConfig.image_size must be an integer in \[1, 4096\] .*, got 0"):
         SpatialConfig(image_size=0)
 
 

@@ -31,7 +31,7 @@ from transformers import AutoTokenizer, CLIPTextModel
 
 from components.autoencoders import diffusers_compat as vae_compat
 from components.autoencoders.kl import AutoencoderKL, AutoencoderKLConfig
-from components.base import WeightsError
+from components.base import WeightsError, is_local
 from components.conditioners.clip import CLIPTextConditioner
 from components.unets import diffusers_compat as unet_compat
 from components.unets.unet import UNet
@@ -77,7 +77,7 @@ class UnmaskedCLIPTextConditioner(CLIPTextConditioner):
 def holds_model_index(source: str | Path) -> bool:
     """True for a local folder with model_index.json, or a Hub repo that has one (a small download)."""
     local = Path(source)
-    if local.is_dir() or str(source).startswith((".", "/")):
+    if local.is_dir() or is_local(source):  # a missing local folder is never looked up on the Hub
         return (local / MODEL_INDEX).is_file()
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError

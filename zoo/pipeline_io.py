@@ -20,9 +20,17 @@ from typing import Any
 
 from torch import nn
 
-from components.base import WeightsError, resolve_folder
+from components.base import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    HubModule,
+    WeightsError,
+    read_config,
+    read_json_object,
+    resolve_folder,
+)
 from zoo import catalog
-from zoo.recipes import REGISTRIES, Recipe
+from zoo.recipes import REGISTRIES, Part, Recipe, as_tuples
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +69,72 @@ def read_zoo(source: str | os.PathLike) -> tuple[Recipe, dict[str, Any]]:
     recipe_file = folder / RECIPE_FILE
     if not recipe_file.is_file():
         raise WeightsError(f"missing {recipe_file}: a pipeline folder holds {RECIPE_FILE} and one folder per part")
-    recipe = Recipe.from_json(recipe_file.read_text())
+    recipe = read_recipe(recipe_file)
+    roles = [role for role in recipe.parts if role != "schedule"]
+    classes = {role: component_class(role, recipe.parts[role].name) for role in roles}
+    for role in roles:  # every part's files are checked before any module is built (a defect costs milliseconds)
+        strict = issubclass(classes[role], HubModule)
+        check_part_agrees(recipe_file, role, recipe.parts[role], strict, folder / role / CONFIG_NAME)
+        check_weights_file(folder / role)
+        if strict and (folder / role / CONFIG_NAME).is_file():
+            read_config(classes[role].config_class, folder / role / CONFIG_NAME)  # every field, each value bounded
     parts: dict[str, Any] = {"schedule": REGISTRIES["schedule"].build(recipe.schedule.name, **recipe.schedule.kwargs)}
-    for role, part in recipe.parts.items():
-        if role != "schedule":
-            parts[role] = component_class(role, part.name).from_pretrained(folder / role)
+    parts.update({role: classes[role].from_pretrained(folder / role) for role in roles})
     logger.info("read %s from %s", recipe.name, folder)
     return recipe, parts
+
+
+def read_recipe(recipe_file: Path) -> Recipe:
+    """recipe.json as a Recipe; every defect (not UTF-8 JSON, a missing or unknown field, a bad part, a value out
+    of range, an unregistered part name) is a WeightsError naming the file."""
+    data = read_json_object(recipe_file)
+    try:
+        recipe = Recipe.from_dict(data)
+        for role, part in recipe.parts.items():
+            REGISTRIES[role].entry(part.name)
+    except (TypeError, ValueError, LookupError) as err:
+        raise WeightsError(f"{recipe_file}: {err}") from err
+    return recipe
+
+
+def check_weights_file(folder: Path) -> None:
+    """The part's folder exists and its model.safetensors, when there, has a valid header covering the file
+    (safetensors reads the header only: no tensor is loaded)."""
+    if not folder.is_dir():
+        raise WeightsError(f"missing {folder}: a pipeline folder holds one folder per part of its recipe")
+    weights = folder / WEIGHTS_NAME
+    if weights.is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(weights), "pt") as handle:
+                handle.keys()
+        except Exception as err:  # safetensors raises several types for corrupt and truncated files
+            raise WeightsError(f"{weights} is not valid safetensors (truncated or another format): {err}") from err
+
+
+SAME_IN_TEXT_CONFIGS = {"hidden_size"}  # a text factory's kwargs that mean the same in its transformers config
+
+
+def check_part_agrees(recipe_file: Path, role: str, part: Part, strict: bool, config_file: Path) -> None:
+    """Each of the recipe's kwargs for `role` must equal the part's config.json value (the weights follow
+    config.json, so a recipe that disagrees would describe a model that is not the one loaded). strict: a zoo
+    part, whose every kwarg is a config field (a text encoder's factory takes other names too)."""
+    if not config_file.is_file():
+        return  # from_pretrained names the missing file
+    config = read_json_object(config_file)
+    for key, wanted in part.kwargs.items():
+        if not strict and key not in SAME_IN_TEXT_CONFIGS:  # vocab_size is the tokenizer's cap, not its size
+            continue
+        if key not in config:
+            if strict:
+                raise WeightsError(f"{recipe_file}: {role}.kwargs.{key} is not a field of {config_file}")
+            continue
+        if as_tuples(config[key]) != as_tuples(wanted):
+            raise WeightsError(
+                f"{recipe_file} says {role}.kwargs.{key} = {wanted!r} but {config_file} has {key} = {config[key]!r}: "
+                "they must agree (the weights follow config.json)"
+            )
 
 
 def read(source: str | os.PathLike, *, name: str | None = None) -> tuple[Recipe, dict[str, Any]]:

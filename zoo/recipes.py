@@ -15,7 +15,7 @@ from components.registry import AUTOENCODERS, CONDITIONERS, SCHEDULES, UNETS, Re
 from components.samplers.common import TIMESTEP_SPACINGS
 from components.schedulers.losses import check_objective
 from components.schedulers.schedule import PREDICTION_TYPES
-from components.validation import require_int
+from components.validation import MAX_IMAGE_SIZE, MAX_TIMESTEPS, ArgumentTypeError, require_int, require_number
 
 PIPELINE_KINDS = ("pixel", "latent")
 CONCAT_IMAGES = (None, "inpaint")  # what of a given image a U-Net takes by concatenation (SD inpainting's order)
@@ -46,6 +46,19 @@ class Part:
 
     def with_kwargs(self, **changes: Any) -> Part:
         return Part(self.name, {**self.kwargs, **changes})
+
+
+ROLES = ("schedule", "unet", "autoencoder", "conditioner", "spatial")
+
+
+def part_from_dict(role: str, data: Any) -> Part:
+    """{"name": registered name, "kwargs": {...}} -> Part; the message names the role and what is wrong."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("name"), str) or set(data) - {"name", "kwargs"}:
+        raise ValueError(f'recipe part {role!r} must be {{"name": <string>, "kwargs": {{...}}}}, got {data!r}')
+    kwargs = data.get("kwargs", {})
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise ValueError(f"recipe part {role!r}: kwargs must be an object of named values, got {kwargs!r}")
+    return Part(data["name"], dict(kwargs))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +100,17 @@ class Recipe:
         ):
             if value not in allowed:
                 raise ValueError(f"recipe {self.name!r}: {field} must be one of {allowed}, got {value!r}")
-        require_int(f"recipe {self.name!r}: steps_offset", self.steps_offset, minimum=0)
+        name = f"recipe {self.name!r}:"
+        require_int(f"{name} steps_offset", self.steps_offset, minimum=0, maximum=MAX_TIMESTEPS)
+        why = f"{MAX_IMAGE_SIZE}: SD draws 512 or 768; images are allocated at this side"
+        require_int(f"{name} image_size", self.image_size, minimum=8, maximum=MAX_IMAGE_SIZE, why=why)
+        require_int(f"{name} steps", self.steps, minimum=1, maximum=MAX_TIMESTEPS, why="the default sampling steps")
+        require_number(f"{name} guidance_scale", self.guidance_scale, minimum=0.0)
+        require_number(f"{name} cfg_dropout", self.cfg_dropout, minimum=0.0, maximum=1.0)
+        for role in ROLES:
+            part = getattr(self, role)
+            if part is not None and not (isinstance(part, Part) and isinstance(part.name, str)):
+                raise ArgumentTypeError(f"{name} {role} must be a Part(name, kwargs) with a string name, got {part!r}")
         try:
             check_objective(self.objective, self.variance)
         except ValueError as error:
@@ -100,8 +123,7 @@ class Recipe:
     @property
     def parts(self) -> dict[str, Part]:
         """The present parts by role: schedule, unet, and any of autoencoder, conditioner, spatial."""
-        roles = ("schedule", "unet", "autoencoder", "conditioner", "spatial")
-        return {role: getattr(self, role) for role in roles if getattr(self, role) is not None}
+        return {role: getattr(self, role) for role in ROLES if getattr(self, role) is not None}
 
     def replace(self, **changes: Any) -> Recipe:
         """A copy with top-level fields replaced; a dict for a part's role merges into that part's kwargs."""
@@ -119,15 +141,17 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown recipe fields {sorted(unknown)}; known: {sorted(known)}")
-        fields = dict(data)
-        for role in ("schedule", "unet", "autoencoder", "conditioner", "spatial"):
-            if fields.get(role) is not None:
-                fields[role] = Part(fields[role]["name"], dict(fields[role].get("kwargs", {})))
-        return cls(**fields)
+        """A recipe from plain data: every required field present, none unknown, each part {"name", "kwargs"}."""
+        if not isinstance(data, Mapping):
+            raise ArgumentTypeError(f"a recipe is a JSON object of fields, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(data) - set(fields)
+        required = {name for name, f in fields.items() if f.default is dataclasses.MISSING}
+        for what, names in (("unknown", unknown), ("missing", required - set(data))):
+            if names:
+                raise ValueError(f"{what} recipe fields {sorted(names)}; known: {sorted(fields)}")
+        parts = {role: part_from_dict(role, data[role]) for role in ROLES if data.get(role) is not None}
+        return cls(**{**data, **parts})
 
     @classmethod
     def from_json(cls, text: str) -> Recipe:

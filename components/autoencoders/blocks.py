@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from components.base import Config, HubModule
 from components.blocks import Upsample
-from components.validation import require_int
+from components.validation import MAX_BLOCKS, MAX_CHANNELS, require_int
 
 logger = logging.getLogger(__name__)
 
@@ -286,11 +286,12 @@ class AutoencoderConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.check_ints(*COUNT_KNOBS, minimum=1)
-        if not self.channel_mult:
-            raise ValueError(f"channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult!r}")
-        for m in self.channel_mult:
-            require_int(f"each {type(self).__name__}.channel_mult entry", m, minimum=1)
+        self.check_ints(*COUNT_KNOBS, minimum=1, maximum=MAX_CHANNELS, why="SD's VAE is 512 wide")
+        self.check_ints("num_res_blocks", maximum=MAX_BLOCKS, why="SD's VAE uses 2")
+        self.check_levels("base_channels")
+        # Encoder and decoder: about 2 * num_res_blocks + 1 ResBlocks of two 3x3 convolutions (18 ch^2) per level.
+        estimate = sum((2 * self.num_res_blocks + 1) * 18 * ch * ch for ch in self.channels)
+        self.check_parameters(estimate, "base_channels, channel_mult and num_res_blocks")
         if any(c % self.norm_groups for c in self.channels):
             raise ValueError(f"norm_groups={self.norm_groups} must divide each level width {self.channels}")
         if self.rec_loss not in REC_LOSSES:

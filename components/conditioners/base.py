@@ -30,7 +30,7 @@ from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTr
 
 from components.base import WeightsError
 from components.conditioners import tokenizer as tok
-from components.validation import require_int
+from components.validation import MAX_CHANNEL_MULT, MAX_CHANNELS, MAX_DEPTH, require_int, require_text
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def check_texts(texts: Any) -> list[str]:
     bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
     if bad:
         raise TypeError(f"a text conditioner takes strings; got {', '.join(sorted(set(bad)))} in the batch")
-    return texts
+    return [require_text(f"texts[{i}]", t) for i, t in enumerate(texts)]
 
 
 class TextConditioner(nn.Module):
@@ -84,7 +84,10 @@ class TextConditioner(nn.Module):
     ) -> Self:
         """A small randomly initialised text model with a tokenizer of `tokenizer_kind` built from `texts` (our
         captions by default); in eval mode (call train() before training: dropout is then on)."""
-        if require_int("hidden_size", hidden_size, minimum=1) % require_int("num_heads", num_heads, minimum=1):
+        require_int("num_layers", num_layers, minimum=1, maximum=MAX_DEPTH, why="CLIP-L has 12")
+        require_int("mlp_ratio", mlp_ratio, minimum=1, maximum=MAX_CHANNEL_MULT)
+        hidden_size = require_int("hidden_size", hidden_size, minimum=1, maximum=MAX_CHANNELS, why="CLIP-G's is 1280")
+        if hidden_size % require_int("num_heads", num_heads, minimum=1, maximum=hidden_size):
             raise ValueError(f"hidden_size ({hidden_size}) must be a positive multiple of num_heads ({num_heads})")
         tokenizer = tok.build_tokenizer(texts, kind=cls.tokenizer_kind, vocab_size=vocab_size, max_length=max_length)
         config = cls.config_class(
@@ -186,7 +189,7 @@ class TextConditioner(nn.Module):
         except SafetensorError as err:  # a corrupt weights file: name it
             weights = Path(path_or_repo, subfolder or "", "model.safetensors")
             raise WeightsError(f"cannot load a {cls.__name__}: {weights} is not valid safetensors: {err}") from err
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: weights that do not fit the config
             raise WeightsError(f"cannot load a {cls.__name__} from {path_or_repo}: {err}") from err
         return cls(text_model, tokenizer).eval()
 

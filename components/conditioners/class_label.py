@@ -16,6 +16,7 @@ from torch import nn
 
 from components.base import Config, HubModule
 from components.registry import CONDITIONERS
+from components.validation import MAX_CHANNELS, MAX_CLASSES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +26,8 @@ class ClassConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.check_ints("num_classes", "dim", minimum=1)
+        self.check_ints("num_classes", maximum=MAX_CLASSES, why="ImageNet-21k has 21,841")
+        self.check_ints("dim", maximum=MAX_CHANNELS, why="SDXL's context is 2048 wide")
 
 
 class ClassConditioner(HubModule):

@@ -24,13 +24,14 @@ from PIL import Image
 
 from components.base import Config, HubModule
 from components.registry import CONDITIONERS
-from components.validation import require_int
+from components.validation import MAX_CLASSES, MAX_IMAGE_SIZE, MAX_LEVELS, require_int
 
 # Label 0 is the background (black), then distinct colours (Trubetskoy's list), one per label.
 DEFAULT_PALETTE = (
     (0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200),
     (255, 225, 25), (245, 130, 48), (145, 30, 180), (70, 240, 240),
 )  # fmt: skip
+MAX_SIDE_FACTOR = 8  # a map's side: at most 8x the model's image_size, as the pipelines' height and width
 UNLABELLED = -1
 
 
@@ -43,7 +44,9 @@ class SpatialConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.check_ints("num_labels", "downsample_factor", "image_size", minimum=1)
+        self.check_ints("num_labels", maximum=MAX_CLASSES)
+        self.check_ints("downsample_factor", maximum=2 ** (MAX_LEVELS - 1), why="the autoencoder's factor")
+        self.check_ints("image_size", maximum=MAX_IMAGE_SIZE, why="SD's images are 512 or 768")
         if len(self.palette) != self.num_labels:
             raise ValueError(f"palette needs one RGB triple per label ({self.num_labels}), got {len(self.palette)}")
         if any(len(c) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in self.palette):
@@ -104,8 +107,13 @@ class SpatialConditioner(HubModule):
             if not maps:
                 raise ValueError("empty batch: pass at least one map")
             return torch.cat([self.to_labels(m) for m in maps])
-        x = as_tensor(maps).to(self.palette.device)
-        if x.dtype == torch.uint8 and x.dim() in (3, 4) and x.shape[-1] == 3:
+        x = as_tensor(maps, MAX_SIDE_FACTOR * self.config.image_size).to(self.palette.device)
+        if x.dim() in (3, 4) and x.shape[-1] == 3:  # (H, W, 3): RGB, which must be uint8 (a label map is wider)
+            if x.dtype != torch.uint8:
+                raise ValueError(
+                    f"a map of shape {tuple(x.shape)} ending in 3 is read as RGB, which must be uint8, got {x.dtype}; "
+                    "label maps are integer (H, W) or (B, H, W)"
+                )
             x = self.snap(x)
         x = x.long()  # before the range check: uint8 cannot hold -1
         if x.dim() == 2:
@@ -114,7 +122,9 @@ class SpatialConditioner(HubModule):
             raise ValueError(f"a label map is (H, W) or (B, H, W), an RGB map (H, W, 3) uint8; got {tuple(x.shape)}")
         if x.min() < UNLABELLED or x.max() >= self.channels:
             low, high = int(x.min()), int(x.max())
-            raise ValueError(f"labels must lie in [0, {self.channels - 1}] (or -1: unlabelled), got [{low}, {high}]")
+            raise ValueError(
+                f"map labels must lie in [0, {self.channels - 1}] (or -1: unlabelled), got [{low}, {high}]"
+            )
         return x
 
     def snap(self, rgb: torch.Tensor) -> torch.Tensor:
@@ -123,8 +133,13 @@ class SpatialConditioner(HubModule):
         return distance.argmin(dim=1).reshape(rgb.shape[:-1])
 
 
-def as_tensor(maps: Any) -> torch.Tensor:
-    """A PIL image, numpy array or integer tensor as a tensor; floats and other types are refused."""
+def as_tensor(maps: Any, largest: int | None = None) -> torch.Tensor:
+    """A PIL image, numpy array or integer tensor as a tensor; floats and other types are refused, and so is a map
+    with a side above `largest` (checked before anything is copied)."""
+    shape = tuple(maps.size[::-1]) if isinstance(maps, Image.Image) else tuple(getattr(maps, "shape", ()))
+    sides = shape[-3:-1] if len(shape) in (3, 4) and shape[-1] == 3 else shape[-2:]  # (H, W) of RGB or labels
+    if largest is not None and any(side > largest for side in sides):
+        raise ValueError(f"a map may be at most {largest} x {largest} ({MAX_SIDE_FACTOR}x image_size), got {shape}")
     if isinstance(maps, Image.Image):
         maps = np.array(maps.convert("RGB"))  # a writable copy
     if isinstance(maps, np.ndarray):

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from components.validation import require_int
+from components.validation import MAX_TOKENS, MAX_VOCAB, require_int
 
 KINDS = ("wordpiece", "bpe")
 PAD, UNK = "[PAD]", "[UNK]"
@@ -46,8 +46,8 @@ def build_tokenizer(
     corpus = check_corpus(CAPTION_VOCABULARY if texts is None else texts)
     start, end = SPECIALS[kind]
     specials = [PAD, UNK, start, end]
-    require_int("vocab_size", vocab_size, minimum=64, why="the alphabet alone takes ~40 entries")
-    require_int("max_length", max_length, minimum=3, why="start, one word, end")
+    require_int("vocab_size", vocab_size, minimum=64, maximum=MAX_VOCAB, why="the alphabet alone takes ~40 entries")
+    require_int("max_length", max_length, minimum=3, maximum=MAX_TOKENS, why="start, one word, end; CLIP's is 77")
     backend = backend_tokenizer(kind)
     backend.train_from_iterator(corpus, trainer(kind, vocab_size, specials))
     backend.post_processor = processors.TemplateProcessing(

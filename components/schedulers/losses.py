@@ -24,6 +24,7 @@ from torch import nn
 
 from components.schedulers.schedule import NoiseSchedule, check_prediction_type
 from components.schedulers.variance import check_model_variance, model_log_variance, split_output
+from components.validation import require_int
 
 NUM_BINS = 256  # 8-bit images scaled to [-1, 1]
 
@@ -258,8 +259,7 @@ def bits_per_dim(
     T = schedule.num_timesteps
     timesteps = None
     if num_timesteps is not None:
-        if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or not 1 <= num_timesteps <= T - 1:
-            raise ValueError(f"num_timesteps must be None (all) or an integer in [1, {T - 1}], got {num_timesteps!r}")
+        num_timesteps = require_int("num_timesteps", num_timesteps, minimum=1, maximum=T - 1, why="None: all T - 1")
         timesteps = torch.linspace(1, T - 1, num_timesteps).round().long().unique()
     terms = vlb_terms(model, x0, schedule, timesteps=timesteps, generator=generator, **term_kwargs)
     kl_sum = terms.kl.mean(1) * (T - 1) if terms.kl.shape[1] else terms.kl.sum(1)

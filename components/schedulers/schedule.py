@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
+from components.validation import MAX_TIMESTEPS, require_int
+
 logger = logging.getLogger(__name__)
 
 PREDICTION_TYPES = ("eps", "x0", "v")
@@ -28,9 +30,8 @@ def check_prediction_type(prediction_type: str) -> str:
 
 
 def check_num_timesteps(num_timesteps: int) -> int:
-    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, int) or num_timesteps < 1:
-        raise ValueError(f"num_timesteps must be a positive integer, got {num_timesteps!r}")
-    return num_timesteps
+    why = f"{MAX_TIMESTEPS:,}: DDPM uses 1000, and T float64 coefficients are computed up front"
+    return require_int("num_timesteps", num_timesteps, minimum=1, maximum=MAX_TIMESTEPS, why=why)
 
 
 def _check_betas(betas: torch.Tensor) -> None:
@@ -76,8 +77,9 @@ class NoiseSchedule:
     # Gathering coefficients at t.
     def check_t(self, t: torch.Tensor | int) -> torch.Tensor:
         """t as a CPU LongTensor (scalar or (B,)), validated to lie in [0, T - 1]."""
-        if isinstance(t, bool) or not isinstance(t, int | torch.Tensor):
-            raise TypeError(f"t must be an int or an integer tensor, got {type(t).__name__}")
+        if not isinstance(t, torch.Tensor):  # an integer (Python or numpy), else a tensor checked below
+            T = self.num_timesteps
+            t = require_int("t", t, minimum=0, maximum=T - 1, why=f"0-based, T = {T}; or an integer tensor")
         t = torch.as_tensor(t)
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.dim() > 1:
             raise TypeError(f"t must be an int or a 1-D integer tensor, got {t.dtype} of shape {tuple(t.shape)}")

@@ -36,7 +36,7 @@ from components.unets.blocks import (
     timestep_embedding,
     zero_,
 )
-from components.validation import require_int
+from components.validation import MAX_BLOCKS, MAX_CHANNELS, MAX_CLASSES, MAX_DEPTH, require_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,14 +84,25 @@ class UNetConfig(Config):
         return self.num_heads if self.num_heads is not None else channels // self.num_head_channels
 
     def _check_sizes(self) -> None:
-        self.check_ints("in_channels", "out_channels", "model_channels", "num_res_blocks", "transformer_depth")
-        self.check_ints("norm_groups")
-        self.check_ints("concat_channels", minimum=0)
-        self.check_ints(*(name for name in ("context_dim", "num_classes") if getattr(self, name) is not None))
-        if not isinstance(self.channel_mult, tuple) or not self.channel_mult:
-            raise ValueError(f"channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult!r}")
-        for m in self.channel_mult:
-            require_int("each channel_mult entry", m, minimum=1)
+        widths = ("in_channels", "out_channels", "model_channels", "norm_groups")
+        self.check_ints(*widths, maximum=MAX_CHANNELS, why=f"{MAX_CHANNELS}: SD's widest level has 1280 channels")
+        self.check_ints("concat_channels", minimum=0, maximum=MAX_CHANNELS)
+        if self.context_dim is not None:
+            self.check_ints("context_dim", maximum=MAX_CHANNELS, why="SDXL's context is 2048 wide")
+        if self.num_classes is not None:
+            self.check_ints("num_classes", maximum=MAX_CLASSES, why="ImageNet-21k has 21,841")
+        self.check_ints("num_res_blocks", maximum=MAX_BLOCKS, why="DDPM and SD use 2")
+        self.check_ints("transformer_depth", maximum=MAX_DEPTH, why="SDXL's deepest is 10")
+        self.check_levels("model_channels")
+        # Each level has 2 * num_res_blocks + 1 ResBlocks (down and up) of two 3x3 convolutions: 18 ch^2 each, and as
+        # many transformers at attention levels: about 12 ch^2 + 2 ch context_dim each per depth (an underestimate).
+        context, depth = self.context_dim or 0, self.transformer_depth
+        per_level = [
+            (2 * self.num_res_blocks + 1)
+            * (18 * ch * ch + (i in self.attention_levels) * depth * 2 * ch * (6 * ch + context))
+            for i, ch in enumerate(self.level_channels)
+        ]
+        self.check_parameters(sum(per_level), "model_channels, channel_mult, num_res_blocks and transformer_depth")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 

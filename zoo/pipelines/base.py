@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 MAX_SEED = 2**63 - 1
 MAX_IMAGES = 16
+MAX_SIDE_FACTOR = 8  # height, width, maps and image tensors: at most 8x the model's image_size (SD 1.5: 4096)
 
 
 def default_device() -> torch.device:
@@ -66,12 +67,17 @@ def check_num_images(num_images: int) -> int:
 
 
 def to_tensor(image: Any, size: int | None = None) -> torch.Tensor:
-    """A PIL image, a uint8 HxWx3 array, or a float (3, H, W) / (B, 3, H, W) tensor -> (B, 3, H, W) in [-1, 1]."""
+    """A PIL image, a uint8 HxWx3 array, or a float (3, H, W) / (B, 3, H, W) tensor -> (B, 3, H, W) in [-1, 1].
+
+    size: images are resized to size x size; tensors are taken as they are, each side at most 8x size."""
     if isinstance(image, torch.Tensor):
         x = image if image.dim() == 4 else image.unsqueeze(0)
-        if x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
+        largest = MAX_SIDE_FACTOR * size if size is not None else None
+        if x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point() or (largest and max(x.shape[2:]) > largest):
+            within = f", H and W <= {largest} ({MAX_SIDE_FACTOR}x the model's image_size)" if largest else ""
             raise ValueError(
-                f"an image tensor must be float (3, H, W) or (B, 3, H, W) in [-1, 1], got {tuple(image.shape)}"
+                f"an image tensor must be float (3, H, W) or (B, 3, H, W) in [-1, 1]{within}, got {image.dtype} "
+                f"of shape {tuple(image.shape)}"
             )
         return x
     if isinstance(image, np.ndarray):

@@ -17,8 +17,8 @@ from torch import nn
 
 from components.samplers.common import Callback
 from components.samplers.denoiser import MAX_GUIDANCE, Denoiser
-from components.validation import require_int, require_number
-from zoo.pipelines.base import Pipeline, check_num_images, check_seed, to_pil, to_tensor
+from components.validation import ArgumentTypeError, require_int, require_number, require_text
+from zoo.pipelines.base import MAX_SIDE_FACTOR, Pipeline, check_num_images, check_seed, to_pil, to_tensor
 from zoo.recipes import Recipe
 
 SPACES = ("pixel", "latent")
@@ -69,7 +69,9 @@ class LatentPipeline(Pipeline):
         for name, side in (("height", height), ("width", width)):
             side = self.recipe.image_size if side is None else side
             why = f"a multiple of {multiple}, the autoencoder's factor {factor} x the U-Net's downsampling"
-            if require_int(name, side, minimum=multiple, why=why) % multiple:
+            largest = MAX_SIDE_FACTOR * self.recipe.image_size
+            limit = f"at most {MAX_SIDE_FACTOR}x the model's image_size {self.recipe.image_size}"
+            if require_int(name, side, minimum=multiple, maximum=largest, why=f"{why}; {limit}") % multiple:
                 raise ValueError(f"{name} must be {why}, got {side!r}")
             sides.append(side // factor)
         return (self.autoencoder.latent_channels, *sides)
@@ -92,6 +94,7 @@ class LatentPipeline(Pipeline):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        self.check_latents(latents)
         return to_pil(self.autoencoder.decode(self.autoencoder_input(latents) / self.autoencoder.scaling_factor))
 
     def vlb(self, images: Any, **options: Any) -> NoReturn:
@@ -102,6 +105,16 @@ class LatentPipeline(Pipeline):
             "discretised decoder over pixel values, and E is not invertible), so vlb() is for pixel pipelines "
             "only (e.g. ddpm-cosine)"
         )
+
+    def check_latents(self, latents: Any) -> None:
+        """Latents (B, C, h, w): a float tensor with the autoencoder's C channels, each side within the model's."""
+        c, largest = self.autoencoder.latent_channels, MAX_SIDE_FACTOR * self.latent_shape[1]
+        form = f"a float tensor (B, {c}, h, w) with h, w <= {largest} ({MAX_SIDE_FACTOR}x the model's latent side)"
+        if not isinstance(latents, torch.Tensor):
+            raise ArgumentTypeError(f"latents must be {form}, got {type(latents).__name__}")
+        shape = tuple(latents.shape)
+        if latents.dim() != 4 or not latents.is_floating_point() or shape[1] != c or max(shape[2:]) > largest:
+            raise ValueError(f"latents must be {form}, got {latents.dtype} of shape {shape}")
 
     def autoencoder_input(self, x: torch.Tensor) -> torch.Tensor:
         """x on the autoencoder's device and dtype; with CPU offload its hook moves it in first (encode and
@@ -117,8 +130,10 @@ class LatentPipeline(Pipeline):
             return []
         return self.conditioner.unknown_words([prompt])[0]
 
-    def condition(self, prompt: Any, semantic_map: Any, batch: int) -> dict[str, torch.Tensor | None]:
-        """The U-Net's keyword arguments for one condition, repeated over the batch."""
+    def condition(
+        self, prompt: Any, semantic_map: Any, batch: int, latent_size: tuple[int, int] | None = None
+    ) -> dict[str, torch.Tensor | None]:
+        """The U-Net's keyword arguments for one condition, repeated over the batch (a map pooled to latent_size)."""
         kwargs: dict[str, torch.Tensor | None] = {}
         if self.conditioner is not None:
             text = self.conditioner.empty_input() if prompt is None or prompt == "" else prompt
@@ -126,7 +141,12 @@ class LatentPipeline(Pipeline):
             kwargs.update(context=context.to(self.device), context_mask=mask.to(self.device))
         if self.spatial is not None:
             chosen = self.spatial.empty_input() if semantic_map is None else semantic_map
-            maps = self.spatial(chosen)
+            maps = self.spatial(chosen, latent_size)
+            if len(maps) not in (1, batch):
+                raise ValueError(
+                    f"semantic_map holds {len(maps)} maps but num_images={batch}: pass one map (H, W) for every "
+                    "image, or num_images maps (num_images, H, W)"
+                )
             kwargs["concat"] = maps.expand(batch, *maps.shape[1:]).to(self.device)
         return kwargs
 
@@ -172,15 +192,23 @@ class LatentPipeline(Pipeline):
         """
         seed, num_images = check_seed(seed), check_num_images(num_images)
         if self.spatial is not None and (height, width) != (None, None):
-            raise ValueError(f"{self.recipe.name} draws at its semantic map's size: leave height and width unset")
+            raise ValueError(
+                f"{self.recipe.name} draws at its image_size (the map is pooled to it): leave height and width unset"
+            )
         latent_shape = self.latent_shape_for(height, width)
         w = self.recipe.guidance_scale if guidance_scale is None else guidance_scale
         w = require_number("guidance_scale", w, minimum=0, maximum=MAX_GUIDANCE)
         if self.spatial is not None and semantic_map is None:
             raise ValueError(f"{self.recipe.name} is conditioned on a semantic map: pass semantic_map=")
+        if self.conditioner is not None and self.conditioner.kind == "text":
+            for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+                if text is not None:
+                    require_text(name, text)
         has_condition = self.conditioner is not None or self.spatial is not None
-        cond = self.condition(prompt, semantic_map, num_images)
-        uncond = self.condition(negative_prompt, None, num_images) if has_condition and w != 1.0 else None
+        cond = self.condition(prompt, semantic_map, num_images, latent_shape[1:])
+        uncond = (
+            self.condition(negative_prompt, None, num_images, latent_shape[1:]) if has_condition and w != 1.0 else None
+        )
         factor = self.autoencoder.downsample_factor
         edit = self.edit_inputs(image, mask_image, latent_shape[1] * factor, latent_shape[2] * factor)
         denoiser: Any = self.denoiser(cond, uncond, w)
