@@ -398,18 +398,7 @@ DDPM_64 = dict(
 # 32x32x3 -> levels at 32, 16, 8 (24, 48, 48 channels), self-attention at 8x8 and in the mid block; 0.76M
 # parameters (1.5 MB in float16): the loss study's model, small enough that three objectives each train ~11 CPU
 # minutes on one core (README, "L_simple vs the bound"); attention at 16x16 would cost ~40% more per step here.
-DDPM_32 = dict(
-    in_channels=3,
-    out_channels=3,
-    model_channels=24,
-    channel_mult=(1, 2, 2),
-    num_res_blocks=1,
-    attention_levels=(2,),
-    num_heads=None,
-    num_head_channels=24,
-    context_dim=None,
-    norm_groups=8,
-)
+DDPM_32 = {**DDPM_64, "model_channels": 24, "channel_mult": (1, 2, 2), "num_head_channels": 24, "norm_groups": 8}
 # 16x16x4 -> levels at 16, 8, 4 with attention (self + cross) at 8x8 and 4x4 and the mid block; ~4.7M parameters.
 LDM_16 = dict(
     in_channels=4,
