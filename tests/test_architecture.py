@@ -37,7 +37,6 @@ FLOORS = {
     "zoo.train": 6,
     "zoo.evaluate": 6,
     "zoo.bench": 6,
-    "zoo.service": 7,
     "zoo.app": 7,
     "app": 7,
 }
