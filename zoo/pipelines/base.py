@@ -213,22 +213,6 @@ class Pipeline:
         )
 
     @torch.no_grad()
-    def sample(
-        self,
-        denoiser: Denoiser,
-        x_T: torch.Tensor,
-        *,
-        sampler: str | Sampler,
-        steps: int,
-        generator: torch.Generator,
-        callback: Callback | None,
-    ) -> torch.Tensor:
-        """Run the registered sampler `sampler` from x_T on its grid of `steps` steps; a built one carries its
-        options: `SAMPLERS.build("ddim", eta=0.5)`."""
-        chosen = sampler if isinstance(sampler, Sampler) else SAMPLERS.build(sampler)
-        return chosen.sample(denoiser, x_T, self.grid(chosen, steps), generator=generator, callback=callback)
-
-    @torch.no_grad()
     def draw(
         self,
         denoiser: Denoiser | Callable[[torch.Generator], Denoiser],
