@@ -48,6 +48,7 @@ import torch
 
 from components.unets.diffusers_compat import config_to_diffusers, state_dict_from_diffusers
 from components.unets.unet import LDM_16, TINY, UNet, UNetConfig
+from zoo.catalog import HUB_MODELS, SD_UNET
 from zoo.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -85,18 +86,7 @@ UNET_BENCHES.add(
 UNET_BENCHES.add(
     "sd-v1-5",
     lambda: UNetBench(
-        unet=dict(
-            in_channels=4,
-            out_channels=4,
-            model_channels=320,
-            channel_mult=(1, 2, 4, 4),
-            num_res_blocks=2,
-            attention_levels=(0, 1, 2),
-            num_heads=8,
-            num_head_channels=None,
-            context_dim=768,
-            norm_groups=32,
-        ),
+        unet={**SD_UNET, "in_channels": 4, "out_channels": 4, **HUB_MODELS["sd-v1-5"]["unet"]},  # the recipe's
         batch=2,
         size=64,
         context_len=77,

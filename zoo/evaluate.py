@@ -327,25 +327,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the recipe's)")
     parser.add_argument("--sampler", default=None, choices=SAMPLERS, help="default: the recipe's")
     parser.add_argument("--all-samplers", action="store_true", help="the recipe's sampler, then the other two")
-    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the recipe's)")
+    parser.add_argument("--guidance", type=float, default=None, dest="guidance_scale", help="default: the recipe's")
     parser.add_argument("--weights", default=None, help="a folder or Hub repo instead of the embedded weights")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (figures in the README: 2)")
     parser.add_argument("--save", action="store_true", help="write evaluation.json next to the embedded weights")
-    parser.add_argument("--inpainting", action="store_true", help="also inpaint shapes into plain backgrounds")
+    parser.add_argument("--inpainting", action="store_true", dest="inpaint", help="also inpaint into backgrounds")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
+    options = {k: v for k, v in vars(args).items() if k not in ("name", "threads", "save")}  # evaluate()'s keywords
     for name in args.name:
-        result = evaluate(
-            name,
-            prompts=args.prompts,
-            weights=args.weights,
-            steps=args.steps,
-            sampler=args.sampler,
-            all_samplers=args.all_samplers,
-            guidance_scale=args.guidance,
-            inpaint=args.inpainting,
-        )
+        result = evaluate(name, **options)
         print(table(result) + "\n")  # noqa: T201 (the command's output)
         if args.save and (folder := embedded_weights(name)):
             (folder / "evaluation.json").write_text(json.dumps(result, indent=2))
