@@ -267,11 +267,12 @@ class Trainer:
             bar.update(1)
             self.after_step(window, started, sample_fn)
         bar.close()
-        if self.step < cfg.steps:
+        stopped = self.step < cfg.steps
+        if stopped:
             self.history.append({"step": self.step, "stopped": f"time box of {cfg.max_seconds:.0f} s reached"})
             logger.warning("%s: stopped at step %d of %d (time box)", self.out, self.step, cfg.steps)
             self.sample(sample_fn)
-        if self.saved_step != self.step:
+        if stopped or self.saved_step != self.step:  # a time box that ends on a checkpoint step still records it
             self.save_checkpoint()
         return self.history
 
