@@ -15,3 +15,13 @@ torch.set_num_threads(1)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    """The app's pipeline cache over tiny, seeded pipelines (imported here only when an app test asks for it)."""
+    from app_support import seeded_tiny
+
+    from zoo.app import cache
+
+    return cache.PipelineCache(tiny=True, loader=seeded_tiny)

@@ -13,6 +13,7 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
+from app_support import seeded_tiny
 from PIL import Image, ImageDraw
 
 import zoo
@@ -32,17 +33,6 @@ from zoo.data import shapes
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 2
 NEW_VIEWS = {"compare_samplers", "swap", "inspect_autoencoders", "one_step"}
-
-
-def seeded_tiny(name: str):
-    """Tiny parts, initialised from torch seed 0: the same weights every time they are built."""
-    torch.manual_seed(0)
-    return cache.build_pipeline(name, tiny=True)
-
-
-@pytest.fixture(scope="module")
-def pipes() -> cache.PipelineCache:
-    return cache.PipelineCache(tiny=True, loader=seeded_tiny)
 
 
 @pytest.fixture(scope="module")

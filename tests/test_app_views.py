@@ -9,6 +9,7 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
+from app_support import seeded_tiny
 from PIL import Image
 
 from zoo.app import autoencoders, cache, display, samplers, steps, swap
@@ -17,16 +18,6 @@ from zoo.registry import SAMPLERS
 from zoo.train.stages import psnr
 
 PROMPT = "a red circle on a blue background"
-
-
-def seeded_tiny(name: str):
-    torch.manual_seed(0)
-    return cache.build_pipeline(name, tiny=True)
-
-
-@pytest.fixture(scope="module")
-def pipes() -> cache.PipelineCache:
-    return cache.PipelineCache(tiny=True, loader=seeded_tiny)
 
 
 def pixels(image: Image.Image) -> np.ndarray:
