@@ -272,6 +272,10 @@ def build_for_training(args: Any) -> Any:
         trained["conditioner"] = load_part("conditioner", "clip", args.conditioner)
     for module in trained.values():
         module.requires_grad_(False)
+    if recipe.conditioner is not None and recipe.conditioner.name == "bert" and args.conditioner:
+        # warm start: a BERT trained jointly with another pipeline's U-Net, trained on here (LDM trains its
+        # BERT with the U-Net, so it is never frozen); it brings its own vocabulary (tokenizer.json)
+        trained["conditioner"] = load_part("conditioner", "bert", args.conditioner)
     pipe = assemble(recipe, trained, tiny=args.tiny, device="cpu")
     if getattr(args, "unet_from", None):  # warm start: another pipeline's trained U-Net of the same architecture
         source = load_part("unet", recipe.unet.name, args.unet_from)
