@@ -159,9 +159,9 @@ class HubModule(nn.Module, PyTorchModelHubMixin):
                 raise WeightsError(f"missing {folder / name} (a component folder has {CONFIG_NAME}, {WEIGHTS_NAME})")
         model = cls(read_config(cls.config_class, folder / CONFIG_NAME))
         try:
-            from safetensors.torch import load_model
+            from components import storage
 
-            load_model(model, str(folder / WEIGHTS_NAME), strict=True, device="cpu")
+            model.load_state_dict(storage.read(folder / WEIGHTS_NAME), strict=True)  # int8 storage dequantised
         except Exception as err:  # safetensors raises several types for corrupt headers and bad keys
             raise WeightsError(f"cannot load {folder / WEIGHTS_NAME} into {cls.__name__}: {err}") from err
         return model.eval()

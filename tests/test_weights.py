@@ -137,11 +137,15 @@ def test_no_pickle_anywhere_in_the_weights():
     files = [f for f in WEIGHTS_ROOT.rglob("*") if f.is_file()]
     assert files and {f.suffix for f in files} <= {".json", ".safetensors"}, sorted({f.suffix for f in files})
     for file in files:
-        head = file.read_bytes()[:2]
-        assert head[:1] != b"\x80" and head != b"PK", file  # a pickle's protocol byte, torch.save's zip
-        if file.suffix == ".safetensors":
+        data = file.read_bytes()
+        if file.suffix == ".safetensors":  # u64 header length, then the JSON header: never a pickle or a zip
+            length = int.from_bytes(data[:8], "little")
+            assert data[8:9] == b"{" and 8 + length <= len(data), file
             with safe_open(file, framework="pt") as f:  # a readable safetensors header (spatial/ holds no tensors)
                 assert all(isinstance(key, str) for key in f.keys()), file
+        else:
+            assert data[:1] != b"\x80" and data[:2] != b"PK", file  # a pickle's protocol byte, torch.save's zip
+            json.loads(data)
 
 
 def test_weights_are_under_60_mb_and_every_shipped_pipeline_has_its_folder():

@@ -83,7 +83,12 @@ def parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="copy a trained pipeline into zoo/weights, in float16 safetensors")
     exp.add_argument("--run", required=True, help="a pipeline folder written by save_pretrained (<run>/final)")
     exp.add_argument("--to", required=True)
-    exp.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    exp.add_argument(
+        "--dtype",
+        default="float16",
+        choices=["float16", "float32", "int8"],
+        help="int8: the zoo's parts' large weights int8 with per-channel scales, the rest float16 (zoo/weights)",
+    )
     pl = sub.add_parser("plan", help="every shipped model in order (each stage resumes or is skipped when done)")
     pl.add_argument("--runs", default="runs")
     pl.add_argument("--weights", default="zoo/weights", help="where the exports go")

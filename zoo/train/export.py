@@ -1,7 +1,10 @@
-"""Copy a trained pipeline folder into the package, with its tensors stored as float16 to keep the wheel small.
+"""Copy a trained pipeline folder into the package, its tensors stored small to keep the wheel in its budget.
 
-Loading casts back to the model's float32 parameters (safetensors load + load_state_dict copy), so only the
-storage changes; the rounding error of float16 (~1e-3 relative) is far below what changes an image.
+float16: every floating tensor (loading casts back to the model's float32 parameters; the rounding error,
+~1e-3 relative, is far below what changes an image). int8: the zoo's own parts (U-Net, autoencoder, ...: the
+large weight matrices with a per-output-channel scale, components/storage.py; the README measures what it
+changes) and float16 for the text encoders, which transformers loads itself. Reading always dequantises, so
+an export from an int8 folder (the plan's embedded parts) gives true float values.
 """
 
 from __future__ import annotations
@@ -10,8 +13,7 @@ import logging
 import shutil
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
+from components import storage
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +28,10 @@ def export(run: Path, to: Path, *, dtype: str = "float16") -> Path:
         if leftover.exists():
             shutil.rmtree(leftover)
     shutil.copytree(run, staging, ignore=shutil.ignore_patterns("README.md"))
-    if dtype != "float32":
-        for file in staging.rglob("*.safetensors"):
-            tensors = load_file(file)
-            cast = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in tensors.items()}
-            save_file(cast, file, metadata={"format": "pt"})
+    zoo_parts = zoo_part_folders(staging) if dtype == "int8" else set()
+    for file in staging.rglob("*.safetensors"):
+        part_dtype = "int8" if file.parent in zoo_parts else "float16" if dtype == "int8" else dtype
+        storage.save(storage.read(file), file, dtype=part_dtype)
     if to.exists():
         to.rename(old)
     staging.rename(to)
@@ -39,3 +40,21 @@ def export(run: Path, to: Path, *, dtype: str = "float16") -> Path:
     size = sum(f.stat().st_size for f in to.rglob("*") if f.is_file())
     logger.info("exported %s -> %s (%.1f MB)", run, to, size / 1e6)
     return to
+
+
+def zoo_part_folders(folder: Path) -> set[Path]:
+    """The part folders of the pipeline folder `folder` whose classes are the zoo's own (HubModule: loaded by
+    components/base.py, which reads int8 storage), not a transformers model (which loads its file itself)."""
+    from components.base import HubModule
+    from zoo import catalog
+    from zoo.pipeline_io import component_class, read_recipe
+
+    catalog.load()
+    if not (folder / "recipe.json").is_file():
+        return set()
+    recipe = read_recipe(folder / "recipe.json")
+    return {
+        folder / role
+        for role, part in recipe.parts.items()
+        if role != "schedule" and issubclass(component_class(role, part.name), HubModule)
+    }

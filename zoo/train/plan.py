@@ -105,7 +105,8 @@ def commands(
         plan.append((name, argv, (ae, "clip") if uses_clip else (ae,)))
     plan += [(n, ["diffusion", "--pipeline", n, "--out", f"{r}/{n}", *data, *LOSS_STUDY_ARGS], ()) for n in LOSS_STUDY]
     trained = [*LATENT, *pixel, *LOSS_STUDY]
-    plan += [(f"export {n}", ["export", "--run", f"{r}/{n}/final", "--to", f"{weights}/{n}"], (n,)) for n in trained]
+    export = ["export", "--dtype", "int8"]  # the zoo's parts int8 (components/storage.py): the 60 MB budget
+    plan += [(f"export {n}", [*export, "--run", f"{r}/{n}/final", "--to", f"{weights}/{n}"], (n,)) for n in trained]
     if p["parts"] == "train":
         clip_export = ["export", "--run", f"{r}/clip/final-clip", "--to", f"{weights}/clip-shapes"]
         plan.append(("export clip-shapes", clip_export, ("clip",)))
