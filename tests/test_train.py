@@ -224,7 +224,7 @@ def test_the_plan_trains_every_shipped_model_after_the_parts_it_needs(preset):
     names = [name for name, _, _ in entries]
     for position, (name, argv, needs) in enumerate(entries):
         assert all(names.index(n) < position for n in needs), (name, needs)
-        for flag in ("--autoencoder", "--conditioner"):
+        for flag in ("--autoencoder", "--conditioner", "--unet-from", "--init"):
             if flag in argv:  # the folder it reads is written by a stage it waits for
                 stage = argv[argv.index(flag) + 1].split("/")[1]
                 assert stage in needs, (name, flag, stage)
@@ -232,7 +232,8 @@ def test_the_plan_trains_every_shipped_model_after_the_parts_it_needs(preset):
     assert trained <= set(names) and {f"export {n}" for n in trained} <= set(names)
     if preset == "cpu":  # the parts come from the embedded weights, which ship with the package
         for name, src in plan.EMBEDDED_PARTS.items():
-            assert (Path(zoo.__file__).parent / "weights" / src / "config.json").is_file()
+            folder = Path(zoo.__file__).parent / "weights" / src  # a part (config.json) or a pipeline (recipe.json)
+            assert (folder / "config.json").is_file() or (folder / "recipe.json").is_file(), src
             assert names.index(name) < names.index("ldm-clip-kl")
 
 

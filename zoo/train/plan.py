@@ -30,7 +30,23 @@ LATENT: dict[str, tuple[str, bool]] = {
     "ldm-bert-vq": ("vq-f4", False),
     "ldm-seg-kl": ("kl-f4", False),
     "ldm-class-kl": ("kl-f4", False),
+    "ldm-inpaint-kl": ("kl-f4", True),
 }
+# How a stage starts in the cpu preset when not from scratch: the grid's partners (one part away from
+# ldm-clip-kl) start from its U-Net, the BERT one from ldm-bert-vq's trained BERT too, the inpainting model
+# from the whole pipeline (its new mask / masked-latent input channels zero: stages.widened). "root" and
+# "bert" are copies of the embedded weights (EMBEDDED_PARTS), made at the start of the plan.
+CPU_WARM: dict[str, list[str]] = {
+    "ldm-clip-vq": ["--unet-from", "{r}/root/final/unet"],
+    "ldm-bert-kl": ["--unet-from", "{r}/root/final/unet", "--conditioner", "{r}/bert/final"],
+    "ldm-inpaint-kl": ["--init", "{r}/root/final", "--max-minutes", "55"],
+}
+# The warm-started stages' settings: batch 32, lr 2e-4, one thread each, so two run at once on 2 cores
+# (--jobs 2); what made the shipped ldm-clip-vq, ldm-bert-kl and ldm-inpaint-kl (README "Retraining").
+CPU_WARM_ARGS = [
+    *("--batch", "32", "--steps", "8000", "--lr", "2e-4", "--warmup", "100", "--max-minutes", "60"),
+    *("--threads", "1", "--samples", "12000", "--sample-every", "100000", "--checkpoint-every", "100"),
+]
 PIXEL = ("ddpm-cosine", "ddpm-linear")
 SHIPPED = (*LATENT, *PIXEL)
 # The loss study (README "L_simple vs the bound"): one 32x32 model, three objectives, the same steps and batch
@@ -48,6 +64,8 @@ EMBEDDED_PARTS = {
     "kl-f4": "ldm-clip-kl/autoencoder",
     "vq-f4": "ldm-bert-vq/autoencoder",
     "clip": "ldm-clip-kl/conditioner",
+    "bert": "ldm-bert-vq/conditioner",
+    "root": "ldm-clip-kl",
 }
 
 # Per-stage settings. "cpu": this project's 2-core machines, every diffusion stage time-boxed (measured times in
@@ -90,6 +108,23 @@ def part_stages(r: str, preset: dict, data: list[str], weights: str) -> list[tup
     ]
 
 
+def latent_stage(name: str, r: str, preset: str, data: list[str]) -> tuple[str, list[str], tuple[str, ...]]:
+    """(name, argv, needs) of one latent model: from scratch on the trained parts, or warm-started."""
+    ae, uses_clip = LATENT[name]
+    parts = ["--autoencoder", f"{r}/{ae}/final"] + (["--conditioner", f"{r}/clip/final"] if uses_clip else [])
+    needs = (ae, "clip") if uses_clip else (ae,)
+    settings = PRESETS[preset]["ldm"]
+    warm = CPU_WARM.get(name) if preset == "cpu" else None
+    if warm:  # its own flags go last: a --max-minutes of its own wins over CPU_WARM_ARGS' (argparse: the last)
+        if warm[0] == "--init":  # the whole pipeline: its parts come with it
+            parts, needs = [], ()
+        settings = CPU_WARM_ARGS + [arg.format(r=r) for arg in warm]
+        needs = tuple(dict.fromkeys((*needs, *(a.format(r=r).split("/")[1] for a in warm if "{r}" in a))))
+    elif name == "ldm-inpaint-kl":  # the SD-inpainting recipe: fine-tuned from the trained text model
+        parts, needs = ["--init", f"{r}/ldm-clip-kl/final"], ("ldm-clip-kl",)
+    return name, ["diffusion", "--pipeline", name, *parts, "--out", f"{r}/{name}", *data, *settings], needs
+
+
 def commands(
     runs: str = "runs", only: list[str] | None = None, preset: str = "cpu", weights: str = "zoo/weights"
 ) -> list[tuple[str, list[str], tuple[str, ...]]]:
@@ -99,10 +134,7 @@ def commands(
     plan = part_stages(r, p, data, weights)
     pixel = PIXEL if p["pixel"] else ()
     plan += [(n, ["diffusion", "--pipeline", n, "--out", f"{r}/{n}", *data, *p["ddpm"]], ()) for n in pixel]
-    for name, (ae, uses_clip) in LATENT.items():
-        parts = ["--autoencoder", f"{r}/{ae}/final"] + (["--conditioner", f"{r}/clip/final"] if uses_clip else [])
-        argv = ["diffusion", "--pipeline", name, *parts, "--out", f"{r}/{name}", *data, *p["ldm"]]
-        plan.append((name, argv, (ae, "clip") if uses_clip else (ae,)))
+    plan += [latent_stage(name, r, preset, data) for name in LATENT]
     plan += [(n, ["diffusion", "--pipeline", n, "--out", f"{r}/{n}", *data, *LOSS_STUDY_ARGS], ()) for n in LOSS_STUDY]
     trained = [*LATENT, *pixel, *LOSS_STUDY]
     export = ["export", "--dtype", "int8"]  # the zoo's parts int8 (components/storage.py): the 60 MB budget
