@@ -10,6 +10,7 @@ scales as in Krishnamoorthi 2018, "Quantizing deep convolutional networks for ef
 so every weight is off by at most s_o / 2. Only storage changes: loading turns q back into float (W') before
 `load_state_dict`, and the network computes in float32 as always. Small tensors (biases, norms, the first and
 last convolutions) stay float16. A file so stored says so in its safetensors metadata; anything else is read as is.
+The zoo's own parts read it in components/base.py, the text encoders in components/conditioners/base.py.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ def save(tensors: dict[str, torch.Tensor], file: str | Path, *, dtype: str) -> N
     save_file(cast, str(file), metadata={"format": "pt"})
 
 
+def is_int8(file: str | Path) -> bool:
+    """Whether `file` (a safetensors file) says it holds int8 storage (reads the header only)."""
+    with safe_open(str(file), framework="pt") as handle:
+        return (handle.metadata() or {}).get(STORAGE_KEY) is not None
+
+
 def read(file: str | Path) -> dict[str, torch.Tensor]:
     """The state dict stored in `file`, int8 tensors turned back into float32 (W' = s_o q); ValueError when a
     file that says it is int8 lacks a scale, has a stray one, or one of the wrong shape."""
@@ -64,15 +71,16 @@ def read(file: str | Path) -> dict[str, torch.Tensor]:
     if storage is None:
         return tensors
     if storage != INT8:
-        raise ValueError(f"unknown {STORAGE_KEY} {storage!r} in the metadata (this version reads {INT8!r})")
+        raise ValueError(f"{file}: unknown {STORAGE_KEY} {storage!r} in the metadata (this version reads {INT8!r})")
     scaled = [name for name in tensors if name.endswith(SCALE_SUFFIX)]
     scales = {name.removesuffix(SCALE_SUFFIX): tensors.pop(name) for name in scaled}
     for name, scale in scales.items():
         q = tensors.get(name)
         if q is None or q.dtype != torch.int8 or scale.shape != (q.shape[0],):
-            raise ValueError(f"scale {name + SCALE_SUFFIX} has no int8 tensor {name} of {tuple(scale.shape)} rows")
+            rows = tuple(scale.shape)
+            raise ValueError(f"{file}: scale {name + SCALE_SUFFIX} has no int8 tensor {name} of {rows} rows")
         tensors[name] = q.float() * scale.float().view((-1,) + (1,) * (q.dim() - 1))
     unscaled = [name for name, t in tensors.items() if t.dtype == torch.int8 and name not in scales]
     if unscaled:
-        raise ValueError(f"int8 tensors without a scale: {unscaled[:5]}")
+        raise ValueError(f"{file}: int8 tensors without a scale: {unscaled[:5]}")
     return tensors

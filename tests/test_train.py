@@ -200,12 +200,14 @@ def test_an_interrupted_export_leaves_the_previous_weights_whole(tmp_path, monke
     for folder, value in ((run, 1.0), (to, 2.0)):
         (folder / "unet").mkdir(parents=True)
         (folder / "recipe.json").write_text("{}")
-        export_module.save_file({"w": torch.full((3,), value)}, folder / "unet" / "model.safetensors")
+        export_module.storage.save(
+            {"w": torch.full((3,), value)}, folder / "unet" / "model.safetensors", dtype="float32"
+        )
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export_module, "save_file", crash)
+    monkeypatch.setattr(export_module.storage, "save", crash)
     with pytest.raises(KeyboardInterrupt):
         main(["export", "--run", str(run), "--to", str(to)])
     assert load_file(to / "unet" / "model.safetensors")["w"].tolist() == [2.0, 2.0, 2.0]

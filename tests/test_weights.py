@@ -17,6 +17,7 @@ from safetensors import safe_open
 import components.base
 import zoo
 from components.base import WeightsError
+from zoo import shared_parts
 from zoo.data.analyser import analyse
 from zoo.data.shapes import Attributes, eval_prompts, render
 from zoo.pipeline_io import WEIGHTS_ROOT
@@ -78,7 +79,7 @@ def test_shipped_pixel_schedules_equal_diffusers(name):
 # ---------------------------------------------------------------------------------------- broken folders
 def broken_copy(tmp_path: Path, name: str, file: str, how: str) -> Path:
     folder = tmp_path / name
-    shutil.copytree(WEIGHTS_ROOT / name, folder)
+    shared_parts.copy_pipeline(WEIGHTS_ROOT / name, folder)
     target = folder / file
     if how == "missing":
         target.unlink()
@@ -101,7 +102,7 @@ def broken_copy(tmp_path: Path, name: str, file: str, how: str) -> Path:
         ("ddpm-cosine", "unet/config.json", "not-json"),
         ("ddpm-cosine", "unet/config.json", "garbage"),
         ("ddpm-cosine", "recipe.json", "missing"),
-        ("ldm-seg-kl", "autoencoder/model.safetensors", "truncated"),
+        ("ldm-clip-kl", "autoencoder/model.safetensors", "truncated"),
         ("ldm-seg-kl", "spatial/config.json", "missing"),
         ("ldm-clip-kl", "conditioner/model.safetensors", "missing"),
         ("ldm-clip-kl", "conditioner/config.json", "missing"),

@@ -61,14 +61,14 @@ def truncate(path):
 def time_defects(name: str = "ldm-clip-kl") -> dict[str, tuple[float, str]]:
     """Per defect: seconds until zoo.build(weights=...) raised, and the first line of its message."""
     import zoo
-    from zoo import pipeline_io
+    from zoo import pipeline_io, shared_parts
 
     zoo.build(weights=pipeline_io.embedded_weights(name), device="cpu")  # warm: imports and the first load
     results = {}
     for defect, (apply, _) in DEFECTS.items():
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / name
-            shutil.copytree(pipeline_io.embedded_weights(name), folder)
+            shared_parts.copy_pipeline(pipeline_io.embedded_weights(name), folder)
             apply(folder)
             start = time.perf_counter()
             try:

@@ -31,6 +31,7 @@ from components.base import (
 )
 from zoo import catalog
 from zoo.recipes import REGISTRIES, Part, Recipe, as_tuples
+from zoo.shared_parts import part_folder
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +73,15 @@ def read_zoo(source: str | os.PathLike) -> tuple[Recipe, dict[str, Any]]:
     recipe = read_recipe(recipe_file)
     roles = [role for role in recipe.parts if role != "schedule"]
     classes = {role: component_class(role, recipe.parts[role].name) for role in roles}
+    places = {role: part_folder(folder, role) for role in roles}  # its own, or one it shares (shared_parts.py)
     for role in roles:  # every part's files are checked before any module is built (a defect costs milliseconds)
         strict = issubclass(classes[role], HubModule)
-        check_part_agrees(recipe_file, role, recipe.parts[role], strict, folder / role / CONFIG_NAME)
-        check_weights_file(folder / role)
-        if strict and (folder / role / CONFIG_NAME).is_file():
-            read_config(classes[role].config_class, folder / role / CONFIG_NAME)  # every field, each value bounded
+        check_part_agrees(recipe_file, role, recipe.parts[role], strict, places[role] / CONFIG_NAME)
+        check_weights_file(places[role])
+        if strict and (places[role] / CONFIG_NAME).is_file():
+            read_config(classes[role].config_class, places[role] / CONFIG_NAME)  # every field, each value bounded
     parts: dict[str, Any] = {"schedule": REGISTRIES["schedule"].build(recipe.schedule.name, **recipe.schedule.kwargs)}
-    parts.update({role: classes[role].from_pretrained(folder / role) for role in roles})
+    parts.update({role: classes[role].from_pretrained(places[role]) for role in roles})
     logger.info("read %s from %s", recipe.name, folder)
     return recipe, parts
 

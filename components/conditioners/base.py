@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from components import storage
 from components.base import WeightsError
 from components.conditioners import tokenizer as tok
 from components.validation import MAX_CHANNEL_MULT, MAX_CHANNELS, MAX_DEPTH, require_int, require_text
@@ -181,13 +182,17 @@ class TextConditioner(nn.Module):
         subfolder="text_encoder" (the tokenizer subfolder then defaults to "tokenizer"). Safetensors only.
         """
         subfolder, tokenizer_subfolder = layout(path_or_repo, subfolder, tokenizer_subfolder)
+        weights = Path(path_or_repo, subfolder, "model.safetensors")
         try:
-            text_model = cls.model_class.from_pretrained(
-                path_or_repo, subfolder=subfolder, use_safetensors=True, **cls.model_kwargs, **hub_kwargs
-            )
+            if weights.is_file() and storage.is_int8(weights):  # the embedded zoo's int8 storage
+                text_model = cls.model_class(cls.config_class.from_pretrained(weights.parent), **cls.model_kwargs)
+                text_model.load_state_dict(storage.read(weights), strict=True)
+            else:
+                text_model = cls.model_class.from_pretrained(
+                    path_or_repo, subfolder=subfolder, use_safetensors=True, **cls.model_kwargs, **hub_kwargs
+                )
             tokenizer = AutoTokenizer.from_pretrained(path_or_repo, subfolder=tokenizer_subfolder, **hub_kwargs)
         except SafetensorError as err:  # a corrupt weights file: name it
-            weights = Path(path_or_repo, subfolder or "", "model.safetensors")
             raise WeightsError(f"cannot load a {cls.__name__}: {weights} is not valid safetensors: {err}") from err
         except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: weights that do not fit the config
             raise WeightsError(f"cannot load a {cls.__name__} from {path_or_repo}: {err}") from err

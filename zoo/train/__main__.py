@@ -69,7 +69,10 @@ def parser() -> argparse.ArgumentParser:
     diffusion = sub.add_parser("diffusion", help="a pixel or latent diffusion model (any registered pipeline)")
     diffusion.add_argument("--pipeline", required=True)
     diffusion.add_argument("--autoencoder", help="trained autoencoder folder (latent pipelines)")
-    diffusion.add_argument("--conditioner", help="trained CLIP text-tower folder (CLIP pipelines, frozen) or BERT folder (BERT pipelines: a warm start, trained on)")
+    diffusion.add_argument(
+        "--conditioner",
+        help="trained CLIP text tower (frozen), or a trained BERT (a warm start, trained on)",
+    )
     diffusion.add_argument("--init", help="start from a saved pipeline folder (e.g. zoo/weights/ldm-clip-kl)")
     diffusion.add_argument("--unet-from", help="start the U-Net from this trained U-Net folder (same architecture)")
     diffusion.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (e.g. 5)")
@@ -88,6 +91,9 @@ def parser() -> argparse.ArgumentParser:
         default="float16",
         choices=["float16", "float32", "int8"],
         help="int8: the zoo's parts' large weights int8 with per-channel scales, the rest float16 (zoo/weights)",
+    )
+    exp.add_argument(
+        "--share", action="store_true", help="store a part identical to another pipeline's in --to's folder once"
     )
     pl = sub.add_parser("plan", help="every shipped model in order (each stage resumes or is skipped when done)")
     pl.add_argument("--runs", default="runs")
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
     if args.stage == "export":
-        export(Path(args.run), Path(args.to), dtype=args.dtype)
+        export(Path(args.run), Path(args.to), dtype=args.dtype, share=args.share)
     elif args.stage == "plan":
         if args.print:
             for name, argv_, _ in shipped.commands(args.runs, args.only, args.preset, args.weights):

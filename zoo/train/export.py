@@ -14,13 +14,16 @@ import shutil
 from pathlib import Path
 
 from components import storage
+from zoo import shared_parts
 
 logger = logging.getLogger(__name__)
 
 
-def export(run: Path, to: Path, *, dtype: str = "float16") -> Path:
+def export(run: Path, to: Path, *, dtype: str = "float16", share: bool = False) -> Path:
     """Copy `run` to `to` with its tensors cast to `dtype`. The copy is made whole beside `to` and swapped in
-    by renames, so an interrupted export leaves the old folder (or none), never a half-written one."""
+    by renames, so an interrupted export leaves the old folder (or none), never a half-written one. Parts that
+    `run` shares are copied in full; `share`: a part identical to one of another pipeline beside `to` is stored
+    once (zoo/shared_parts.py), as the plan does for zoo/weights."""
     if not ((run / "recipe.json").is_file() or (run / "config.json").is_file()):
         raise SystemExit(f"{run} is neither a pipeline folder (recipe.json) nor a model folder (config.json)")
     staging, old = to.with_name(f".{to.name}.export-tmp"), to.with_name(f".{to.name}.export-old")
@@ -28,10 +31,14 @@ def export(run: Path, to: Path, *, dtype: str = "float16") -> Path:
         if leftover.exists():
             shutil.rmtree(leftover)
     shutil.copytree(run, staging, ignore=shutil.ignore_patterns("README.md"))
+    shared_parts.materialise(staging, run)
     zoo_parts = zoo_part_folders(staging) if dtype == "int8" else set()
     for file in staging.rglob("*.safetensors"):
         part_dtype = "int8" if file.parent in zoo_parts else "float16" if dtype == "int8" else dtype
         storage.save(storage.read(file), file, dtype=part_dtype)
+    if share and to.parent.is_dir():
+        shared = shared_parts.share(staging, to.parent, exclude=to.name)
+        logger.info("%s shares %s with other pipelines in %s", to.name, shared or "nothing", to.parent)
     if to.exists():
         to.rename(old)
     staging.rename(to)
@@ -43,9 +50,10 @@ def export(run: Path, to: Path, *, dtype: str = "float16") -> Path:
 
 
 def zoo_part_folders(folder: Path) -> set[Path]:
-    """The part folders of the pipeline folder `folder` whose classes are the zoo's own (HubModule: loaded by
-    components/base.py, which reads int8 storage), not a transformers model (which loads its file itself)."""
+    """The part folders of the pipeline folder `folder` whose classes read int8 storage: the zoo's own modules
+    (components/base.py) and text conditioners (components/conditioners/base.py)."""
     from components.base import HubModule
+    from components.conditioners.base import TextConditioner
     from zoo import catalog
     from zoo.pipeline_io import component_class, read_recipe
 
@@ -56,5 +64,5 @@ def zoo_part_folders(folder: Path) -> set[Path]:
     return {
         folder / role
         for role, part in recipe.parts.items()
-        if role != "schedule" and issubclass(component_class(role, part.name), HubModule)
+        if role != "schedule" and issubclass(component_class(role, part.name), (HubModule, TextConditioner))
     }

@@ -137,7 +137,8 @@ def commands(
     plan += [latent_stage(name, r, preset, data) for name in LATENT]
     plan += [(n, ["diffusion", "--pipeline", n, "--out", f"{r}/{n}", *data, *LOSS_STUDY_ARGS], ()) for n in LOSS_STUDY]
     trained = [*LATENT, *pixel, *LOSS_STUDY]
-    export = ["export", "--dtype", "int8"]  # the zoo's parts int8 (components/storage.py): the 60 MB budget
+    # the 60 MB budget: parts int8 (components/storage.py), frozen parts stored once (zoo/shared_parts.py)
+    export = ["export", "--dtype", "int8", "--share"]
     plan += [(f"export {n}", [*export, "--run", f"{r}/{n}/final", "--to", f"{weights}/{n}"], (n,)) for n in trained]
     if p["parts"] == "train":
         clip_export = ["export", "--run", f"{r}/clip/final-clip", "--to", f"{weights}/clip-shapes"]

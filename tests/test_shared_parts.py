@@ -1,0 +1,79 @@
+"""zoo/shared_parts.py: a part stored once for several embedded pipelines, checked by digest when loaded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import zoo
+from components.base import WeightsError
+from zoo import shared_parts
+from zoo.train.__main__ import main
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """weights/a: a tiny ldm-clip-kl; weights/b: the same pipeline exported with --share (its parts all a's)."""
+    folder = tmp_path_factory.mktemp("shared")
+    torch.manual_seed(0)
+    zoo.build("ldm-clip-kl", tiny=True, device="cpu").save_pretrained(folder / "run")
+    main(["export", "--run", str(folder / "run"), "--to", str(folder / "weights" / "a"), "--dtype", "int8"])
+    main(["export", "--run", str(folder / "run"), "--to", str(folder / "weights" / "b"), "--dtype", "int8", "--share"])
+    return folder
+
+
+def copy(root, tmp_path):
+    shutil.copytree(root / "weights", tmp_path / "weights")
+    return tmp_path / "weights"
+
+
+def test_an_identical_part_is_stored_once_and_the_pipeline_loads_the_same_modules(root):
+    b = root / "weights" / "b"
+    assert sorted(p.name for p in b.iterdir() if p.is_dir()) == []  # every part of the tiny copy is a's
+    assert {p.name for p in b.glob("*.shared.json")} == {
+        f"{r}.shared.json" for r in ("unet", "autoencoder", "conditioner")
+    }
+    one, two = zoo.build("ldm-clip-kl", weights=root / "weights" / "a"), zoo.build("ldm-clip-kl", weights=b)
+    for role in ("unet", "autoencoder", "conditioner"):
+        mine, theirs = getattr(one, role).state_dict(), getattr(two, role).state_dict()
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine), role
+
+
+def test_a_shared_part_that_changed_is_an_error_naming_the_link_and_the_file(root, tmp_path):
+    weights = copy(root, tmp_path)
+    config = weights / "a" / "autoencoder" / "config.json"
+    config.write_text(config.read_text() + "\n")  # one byte more: the digest differs
+    with pytest.raises(WeightsError, match=r"autoencoder\.shared\.json.*config\.json"):
+        zoo.build("ldm-clip-kl", weights=weights / "b")
+
+
+@pytest.mark.parametrize("same_as", ["../a/unet", "/etc/unet", "a/unet/x", "c/unet", 5])
+def test_a_link_that_leaves_the_root_or_names_nothing_is_refused(root, tmp_path, same_as):
+    weights = copy(root, tmp_path)
+    link = weights / "b" / "unet.shared.json"
+    data = json.loads(link.read_text())
+    link.write_text(json.dumps({**data, "same_as": same_as}))
+    with pytest.raises(WeightsError, match="unet.shared.json"):
+        zoo.build("ldm-clip-kl", weights=weights / "b")
+
+
+def test_exporting_a_folder_that_shares_copies_the_parts_in_full(root, tmp_path):
+    main(["export", "--run", str(root / "weights" / "b"), "--to", str(tmp_path / "full"), "--dtype", "float32"])
+    assert sorted(p.name for p in (tmp_path / "full").iterdir() if p.is_dir()) == [
+        "autoencoder",
+        "conditioner",
+        "unet",
+    ]
+    assert not list((tmp_path / "full").glob("*.shared.json"))
+    zoo.build("ldm-clip-kl", weights=tmp_path / "full")
+
+
+def test_a_part_others_share_stays_whole_when_its_pipeline_is_exported_again(root, tmp_path):
+    weights = copy(root, tmp_path)
+    main(["export", "--run", str(weights / "a"), "--to", str(weights / "a"), "--dtype", "int8", "--share"])
+    assert (weights / "a" / "unet").is_dir() and not list((weights / "a").glob("*.shared.json"))
+    zoo.build("ldm-clip-kl", weights=weights / "b")
+    assert shared_parts.part_folder(weights / "b", "unet") == weights / "a" / "unet"

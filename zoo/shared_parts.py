@@ -1,0 +1,121 @@
+"""Parts that several embedded pipelines share, stored once.
+
+Frozen parts are byte-identical across the embedded pipelines (the KL-f4 autoencoder in six of them, the CLIP
+text tower in four). In zoo/weights such a part may be stored once: the other pipeline folders hold a small
+`<role>.shared.json` instead of the `<role>/` folder, naming the sibling folder that has it and the SHA-256 of
+each of its files' content, so a part that changed under it is an error, never a silently different model:
+
+    {"same_as": "ldm-clip-kl/autoencoder", "sha256": {"config.json": "...", "model.safetensors": "..."}}
+
+`same_as` is relative to the folder that holds the pipeline folders, and must stay inside it (no `..`, no
+absolute path). Only the embedded weights use this: `save_pretrained` and `push_to_hub` always write every part
+in full, and `zoo.train export` writes full folders unless asked to share (`--share`, what the plan does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path, PurePosixPath
+
+from safetensors import safe_open
+
+from components.base import WeightsError, read_json_object
+
+SUFFIX = ".shared.json"
+
+
+def digest(file: Path) -> str:
+    """SHA-256 of a file's content: its bytes, or for safetensors its metadata and tensors in name order (the
+    writer orders the header's metadata differently from run to run, so equal tensors can differ in bytes)."""
+    if file.suffix != ".safetensors":
+        return hashlib.sha256(file.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    try:
+        with safe_open(str(file), framework="np") as handle:
+            h.update(json.dumps(sorted((handle.metadata() or {}).items())).encode())
+            for name in sorted(handle.keys()):
+                array = handle.get_tensor(name)
+                h.update(f"{name}|{array.dtype}|{array.shape}".encode())
+                h.update(array.tobytes())
+    except Exception as err:  # safetensors raises several types for corrupt files
+        raise WeightsError(f"{file} is not valid safetensors: {err}") from err
+    return h.hexdigest()
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """digest() of every file directly in `folder` (a part folder: config.json, model.safetensors, tokenizer)."""
+    return {f.name: digest(f) for f in sorted(folder.iterdir()) if f.is_file()}
+
+
+def part_folder(pipeline: Path, role: str) -> Path:
+    """The folder of `role` in the pipeline folder `pipeline`: its own `<role>/`, or the sibling's that its
+    `<role>.shared.json` names (checked: inside the same root, present, every file's digest as recorded)."""
+    own, link = pipeline / role, pipeline / f"{role}{SUFFIX}"
+    if own.is_dir() or not link.is_file():
+        return own  # a missing part is reported by the caller, which names the folder it expected
+    data = read_json_object(link)
+    same_as, recorded = data.get("same_as"), data.get("sha256")
+    if not isinstance(same_as, str) or not isinstance(recorded, dict) or set(data) != {"same_as", "sha256"}:
+        raise WeightsError(f"{link} must hold {{'same_as': '<pipeline>/<role>', 'sha256': {{file: digest}}}}")
+    relative = PurePosixPath(same_as)
+    if relative.is_absolute() or ".." in relative.parts or len(relative.parts) != 2:
+        raise WeightsError(f"{link}: same_as {same_as!r} must be '<pipeline>/<role>' inside {pipeline.parent}")
+    target = pipeline.parent.joinpath(*relative.parts)
+    if not target.is_dir():
+        raise WeightsError(f"{link}: the shared part {target} does not exist")
+    found = digests(target)
+    if found != recorded:
+        changed = sorted(
+            set(found) ^ set(recorded) | {k for k in found.keys() & recorded.keys() if found[k] != recorded[k]}
+        )
+        raise WeightsError(f"{link}: {target} is not the part recorded (files that differ: {changed})")
+    return target
+
+
+def materialise(copy: Path, source: Path) -> None:
+    """In `copy` (a copy of the pipeline folder `source`), replace every `<role>.shared.json` by a full copy of
+    the part it names (resolved where `source` is)."""
+    for link in sorted(copy.glob(f"*{SUFFIX}")):
+        role = link.name.removesuffix(SUFFIX)
+        shutil.copytree(part_folder(source, role), copy / role)
+        link.unlink()
+
+
+def share(pipeline: Path, root: Path, *, exclude: str) -> list[str]:
+    """In the pipeline folder `pipeline` (about to become root/exclude), replace each part identical, file for
+    file, to a part folder of another pipeline in `root` by a `<role>.shared.json`; returns the roles shared."""
+    referenced = {  # parts of this pipeline that others already share: they stay where the others look
+        read_json_object(link).get("same_as")
+        for other in sorted(root.iterdir())
+        if other.is_dir() and other.name != exclude
+        for link in sorted(other.glob(f"*{SUFFIX}"))
+    }
+    candidates = [
+        part
+        for other in sorted(root.iterdir())
+        if other.is_dir() and other.name != exclude and not other.name.startswith(".")
+        for part in sorted(other.iterdir())
+        if part.is_dir()
+    ]
+    candidates.sort(key=lambda c: f"{c.parent.name}/{c.name}" not in referenced)  # one copy that all point to
+    shared = []
+    for part in sorted(p for p in pipeline.iterdir() if p.is_dir()):
+        if f"{exclude}/{part.name}" in referenced:
+            continue
+        mine = digests(part)
+        match = next((c for c in candidates if c.name == part.name and digests(c) == mine), None)
+        if match is not None:
+            same_as = f"{match.parent.name}/{match.name}"
+            (pipeline / f"{part.name}{SUFFIX}").write_text(json.dumps({"same_as": same_as, "sha256": mine}, indent=2))
+            shutil.rmtree(part)
+            shared.append(part.name)
+    return shared
+
+
+def copy_pipeline(source: Path, to: Path) -> Path:
+    """A self-contained copy of the pipeline folder `source` at `to` (shared parts copied in full)."""
+    shutil.copytree(source, to)
+    materialise(to, source)
+    return to
