@@ -79,8 +79,31 @@ def time_defects(name: str = "ldm-clip-kl") -> dict[str, tuple[float, str]]:
     return results
 
 
+def time_hub_misses(repo_id: str = "someone/not-here") -> dict[str, tuple[float, str]]:
+    """A Hub repo id with no folder of that name here and nothing in the cache: seconds until zoo.build raised,
+    with HF_HUB_OFFLINE as huggingface_hub read it (and forced on), and with this machine's network as it is
+    (the Hub probed: huggingface_hub alone retries for ~25 s when it cannot connect)."""
+    import huggingface_hub.constants
+
+    import zoo
+    from components import base
+
+    results, offline = {}, huggingface_hub.constants.HF_HUB_OFFLINE
+    for defect, forced in (("Hub id, HF_HUB_OFFLINE", True), ("Hub id, this network", offline)):
+        huggingface_hub.constants.HF_HUB_OFFLINE, base._probed = forced, {}
+        start = time.perf_counter()
+        try:
+            zoo.build(weights=repo_id, device="cpu")
+            results[defect] = (time.perf_counter() - start, "NOT REFUSED")
+        except Exception as err:  # noqa: BLE001 - measured and reported, whatever it is
+            results[defect] = (time.perf_counter() - start, f"{type(err).__name__}: {err}".splitlines()[0])
+        finally:
+            huggingface_hub.constants.HF_HUB_OFFLINE = offline
+    return results
+
+
 def main() -> None:
-    results = time_defects()
+    results = {**time_defects(), **time_hub_misses()}
     for defect, (seconds, message) in results.items():
         sys.stdout.write(f"{defect:24s} {seconds * 1000:8.1f} ms  {message[:110]}\n")
     sys.stdout.write(f"slowest: {max(s for s, _ in results.values()) * 1000:.1f} ms over {len(results)} defects\n")
