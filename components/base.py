@@ -123,12 +123,15 @@ HUB_PROBE_SECONDS = 1.5  # a TCP connection to the Hub (or the proxy) that does 
 _probed: dict[str, tuple[float, str | None]] = {}  # endpoint -> (when, why unreachable): one probe per 10 s
 
 
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as huggingface_hub read it at import, or as it is set now."""
+def hub_offline() -> str | None:
+    """Which of HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE turns the Hub off, as huggingface_hub read them at import (it
+    reads them once) or as they are set now; None when neither does."""
     from huggingface_hub import constants
 
-    now = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return bool(constants.HF_HUB_OFFLINE) or now.strip().upper() in {"1", "ON", "YES", "TRUE"}
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
+            return name
+    return "HF_HUB_OFFLINE" if constants.HF_HUB_OFFLINE else None
 
 
 def hub_unreachable(timeout: float = HUB_PROBE_SECONDS) -> str | None:
@@ -159,7 +162,8 @@ def hub_unreachable(timeout: float = HUB_PROBE_SECONDS) -> str | None:
 
 def hub_blocked() -> str | None:
     """None when the Hub may be asked now; else why not (offline by HF_HUB_OFFLINE, or unreachable)."""
-    return "HF_HUB_OFFLINE is set" if hub_offline() else hub_unreachable()
+    offline = hub_offline()
+    return f"{offline} is set" if offline else hub_unreachable()
 
 
 def hub_snapshot(repo_id: str, error: type[Exception], **hub_kwargs: Any) -> Path:
@@ -179,8 +183,8 @@ def hub_snapshot(repo_id: str, error: type[Exception], **hub_kwargs: Any) -> Pat
                 "with `hf auth login` if the repo is gated, or pass a local folder"
             ) from err
         allow = (
-            "unset HF_HUB_OFFLINE before Python starts (huggingface_hub reads it at import)"
-            if blocked.startswith("HF_HUB_OFFLINE")
+            f"unset {blocked.split()[0]} before Python starts (huggingface_hub reads it at import)"
+            if blocked.endswith(" is set")
             else "connect to the internet (or set HTTPS_PROXY)"
         )
         raise error(
