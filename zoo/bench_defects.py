@@ -35,6 +35,13 @@ DEFECTS: dict[str, tuple[Callable[[Path], Any], str]] = {  # defect -> (apply it
         lambda d: edit_json(d / "unet/config.json", lambda c: c.update(model_channels=10**9)),
         "model_channels",
     ),
+    "text config misses a key": (lambda d: edit_text(d, lambda c: c.pop("num_hidden_layers")), "misses fields"),
+    "text config 10**6 layers": (lambda d: edit_text(d, lambda c: c.update(num_hidden_layers=10**6)), "layers"),
+    "text config 10**9 vocab": (lambda d: edit_text(d, lambda c: c.update(vocab_size=10**9)), "vocab_size"),
+    "text config 3 heads": (lambda d: edit_text(d, lambda c: c.update(num_attention_heads=3)), "heads (3)"),
+    "text config activation": (lambda d: edit_text(d, lambda c: c.update(hidden_act="x")), "hidden_act 'x'"),
+    "text config eos 10**6": (lambda d: edit_text(d, lambda c: c.update(eos_token_id=10**6)), "eos_token_id"),
+    "text config model_type": (lambda d: edit_text(d, lambda c: c.update(model_type="bert")), "model_type"),
     "truncated weights": (lambda d: truncate(d / "unet/model.safetensors"), "model.safetensors"),
     "not safetensors": (
         lambda d: (d / "autoencoder/model.safetensors").write_bytes(b"PK\x03\x04" * 64),
@@ -52,6 +59,10 @@ def edit_json(path, change):
 
 def edit_recipe(folder, change):
     edit_json(folder / "recipe.json", change)
+
+
+def edit_text(folder, change):
+    edit_json(folder / "conditioner/config.json", change)
 
 
 def truncate(path):
