@@ -31,6 +31,7 @@ from zoo.app import (  # noqa: E402
     conditioning,
     display,
     forward_noise,
+    guard,
     samplers,
     steps,
     swap,
@@ -77,6 +78,7 @@ def build_app(pipes: PipelineCache | None = None) -> gr.Blocks:
         demo.load(noise.initial_plots, shown["t"], [abar, log_snr], api_visibility="private")
         demo.load(table.pipelines, None, tables["pipelines"], api_visibility="private")
         demo.load(table.components, None, tables["components"], api_visibility="private")
+    guard.bound_image_inputs(demo)  # every tab's image inputs, refused from their header before gradio decodes
     return demo
 
 
