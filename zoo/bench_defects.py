@@ -81,13 +81,20 @@ def time_defects(name: str = "ldm-clip-kl") -> dict[str, tuple[float, str]]:
             folder = Path(tmp) / name
             shutil.copytree(pipeline_io.embedded_weights(name), folder)
             apply(folder)
-            start = time.perf_counter()
-            try:
-                zoo.build(weights=folder, device="cpu")
-                results[defect] = (time.perf_counter() - start, "NOT REFUSED")
-            except Exception as err:  # noqa: BLE001 - measured and reported, whatever it is
-                results[defect] = (time.perf_counter() - start, f"{type(err).__name__}: {err}".splitlines()[0])
+            results[defect] = timed_build(folder)
     return results
+
+
+def timed_build(weights: str | Path) -> tuple[float, str]:
+    """Seconds until zoo.build(weights=...) raised, and the first line of its message ("NOT REFUSED" if not)."""
+    import zoo
+
+    start = time.perf_counter()
+    try:
+        zoo.build(weights=weights, device="cpu")
+        return time.perf_counter() - start, "NOT REFUSED"
+    except Exception as err:  # noqa: BLE001 - measured and reported, whatever it is
+        return time.perf_counter() - start, f"{type(err).__name__}: {err}".splitlines()[0]
 
 
 def time_hub_misses(repo_id: str = "someone/not-here") -> dict[str, tuple[float, str]]:
@@ -96,18 +103,13 @@ def time_hub_misses(repo_id: str = "someone/not-here") -> dict[str, tuple[float,
     (the Hub probed: huggingface_hub alone retries for ~25 s when it cannot connect)."""
     import huggingface_hub.constants
 
-    import zoo
     from components import base
 
     results, offline = {}, huggingface_hub.constants.HF_HUB_OFFLINE
     for defect, forced in (("Hub id, HF_HUB_OFFLINE", True), ("Hub id, this network", offline)):
         huggingface_hub.constants.HF_HUB_OFFLINE, base._probed = forced, {}
-        start = time.perf_counter()
         try:
-            zoo.build(weights=repo_id, device="cpu")
-            results[defect] = (time.perf_counter() - start, "NOT REFUSED")
-        except Exception as err:  # noqa: BLE001 - measured and reported, whatever it is
-            results[defect] = (time.perf_counter() - start, f"{type(err).__name__}: {err}".splitlines()[0])
+            results[defect] = timed_build(repo_id)
         finally:
             huggingface_hub.constants.HF_HUB_OFFLINE = offline
     return results

@@ -22,7 +22,6 @@ import io
 import json
 import logging
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,8 +29,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from zoo.app.server import start, stop
-from zoo.app.soak import folder_size
+from zoo.app.soak import folder_size, served
 
 logger = logging.getLogger(__name__)
 
@@ -184,17 +182,8 @@ def run(*, tiny: bool = False, images: int = 50, all_pipelines: bool = False) ->
     """Serve the app from this checkout, replay the hostile cases, stop it; the measured cases."""
     import zoo
 
-    root = Path(__file__).resolve().parents[2]
-    with tempfile.TemporaryDirectory() as tmp:
-        cache = Path(tmp) / "gradio"
-        env = {"GRADIO_TEMP_DIR": str(cache), **({"ZOO_APP_PIPELINES": "all"} if all_pipelines else {})}
-        process, url = start(root, Path(tmp) / "app.log", tiny=tiny, env=env)
-        try:
-            server = Server(url, process.pid, cache)
-            found = cases(server, pipelines=sorted(zoo.available()), images=images)
-        finally:
-            stop(process)
-    return found
+    with served(tiny=tiny, env={"ZOO_APP_PIPELINES": "all"} if all_pipelines else {}) as (pid, url, cache):
+        return cases(Server(url, pid, cache), pipelines=sorted(zoo.available()), images=images)
 
 
 def report_line(case: Case) -> str:
