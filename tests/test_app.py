@@ -125,11 +125,14 @@ def test_only_offered_pipelines_are_served_unless_the_owner_opts_in(monkeypatch)
     assert set(cache.PipelineCache.from_env(tiny=True).names()) == set(zoo.available())
 
 
-def test_the_cache_is_bounded_by_memory_least_recently_used_first():
+def test_the_cache_is_bounded_by_memory_least_recently_used_first(monkeypatch):
+    trims = []
+    monkeypatch.setattr(cache, "trim_heap", lambda: trims.append(1))  # evicted memory goes back to the system
     pipes = cache.PipelineCache(tiny=True, loader=seeded_tiny, max_bytes=1)  # room for the newest only
     first = pipes.get("ddpm-linear")
+    assert trims == []
     pipes.get("ddpm-cosine")
-    assert pipes.cached() == ["ddpm-cosine"] and pipes.get("ddpm-linear") is not first
+    assert pipes.cached() == ["ddpm-cosine"] and trims == [1] and pipes.get("ddpm-linear") is not first
     size = cache.pipeline_bytes(first)
     pipes = cache.PipelineCache(tiny=True, loader=seeded_tiny, max_bytes=2 * size)
     pipes.get("ddpm-linear"), pipes.get("ddpm-cosine"), pipes.get("ddpm-linear"), pipes.get("ldm-clip-kl")

@@ -38,7 +38,7 @@ from zoo.app import (  # noqa: E402
     text_to_image,
     zoo_tab,
 )
-from zoo.app.cache import PipelineCache, flag  # noqa: E402
+from zoo.app.cache import PipelineCache, flag, limit_heaps  # noqa: E402
 from zoo.app.limits import MAX_FILE_SIZE, BodyLimit  # noqa: E402
 
 __all__ = ["PipelineCache", "build_app", "launch", "launch_options", "main"]
@@ -119,6 +119,7 @@ def launch_options() -> dict[str, Any]:
 def launch(pipes: PipelineCache | None = None, *, block: bool = False, **overrides: Any) -> gr.Blocks:
     """Build, queue and serve the app; returns the Blocks at once (call .close() on it), or with `block` only
     when the server stops (`python app.py`). In a notebook the app shows inline."""
+    limit_heaps()  # before the server's threads start (zoo/app/cache.py)
     pipes = pipes or PipelineCache.from_env()
     pipes.preload()  # the default pipeline loads while the server starts; no example is computed
     demo = build_app(pipes)
