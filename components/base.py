@@ -11,6 +11,11 @@ import dataclasses
 import json
 import os
 import re
+import socket
+import threading
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any, Self
 
@@ -110,13 +115,83 @@ def resolve_folder(path_or_repo: str | os.PathLike, subfolder: str | None = None
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
     if subfolder:
         patterns = [f"{subfolder}/{p}" for p in patterns]
-    try:
-        root = Path(snapshot_download(path_or_repo, allow_patterns=patterns, **hub_kwargs))
-    except (HfHubHTTPError, OSError, ValueError) as err:  # LocalEntryNotFoundError (offline) is an OSError
-        raise WeightsError(
-            f"{path_or_repo!r} is no local folder, and the Hub repo of that name cannot be fetched: {err}"
-        ) from err
+    root = hub_snapshot(str(path_or_repo), WeightsError, allow_patterns=patterns, **hub_kwargs)
     return root / subfolder if subfolder else root
+
+
+HUB_PROBE_SECONDS = 1.5  # a TCP connection to the Hub (or the proxy) that does not open by then counts as none
+_probed: dict[str, tuple[float, str | None]] = {}  # endpoint -> (when, why unreachable): one probe per 10 s
+
+
+def hub_offline() -> str | None:
+    """Which of HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE turns the Hub off, as huggingface_hub read them at import (it
+    reads them once) or as they are set now; None when neither does."""
+    from huggingface_hub import constants
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
+            return name
+    return "HF_HUB_OFFLINE" if constants.HF_HUB_OFFLINE else None
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_SECONDS) -> str | None:
+    """None when a TCP connection to the Hub's endpoint (or the HTTPS proxy) opens within `timeout` seconds, else
+    why not. In a thread, so a name lookup that hangs is bounded too."""
+    from huggingface_hub import constants
+
+    target = urllib.parse.urlsplit(urllib.request.getproxies().get("https") or constants.ENDPOINT)
+    host, port = target.hostname or "", target.port or (443 if target.scheme == "https" else 80)
+    when, why = _probed.get(f"{host}:{port}", (-1e9, None))
+    if time.monotonic() - when < 10:
+        return why
+    found: list[str | None] = [f"no connection to {host}:{port} within {timeout} s"]
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            found[0] = None
+        except OSError as err:
+            found[0] = f"cannot connect to {host}:{port} ({err})"
+
+    probe = threading.Thread(target=connect, name="hub probe", daemon=True)
+    probe.start()
+    probe.join(timeout)
+    _probed[f"{host}:{port}"] = (time.monotonic(), found[0])
+    return found[0]
+
+
+def hub_blocked() -> str | None:
+    """None when the Hub may be asked now; else why not (offline by HF_HUB_OFFLINE, or unreachable)."""
+    offline = hub_offline()
+    return f"{offline} is set" if offline else hub_unreachable()
+
+
+def hub_snapshot(repo_id: str, error: type[Exception], **hub_kwargs: Any) -> Path:
+    """huggingface_hub's snapshot_download of `repo_id`, quick to fail: offline or with the Hub unreachable only
+    the local cache is read (huggingface_hub itself would retry for ~25 s), and a repo not there is `error` at
+    once, saying what was looked for and how to allow the download."""
+    from huggingface_hub import constants
+
+    blocked = hub_blocked()
+    try:
+        return Path(snapshot_download(repo_id, **hub_kwargs, **({"local_files_only": True} if blocked else {})))
+    except (HfHubHTTPError, OSError, ValueError) as err:  # LocalEntryNotFoundError (not cached) is an OSError
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if not blocked:
+            raise error(
+                f"{repo_id!r} is no local folder, and the Hub repo of that name cannot be fetched ({first}); log in "
+                "with `hf auth login` if the repo is gated, or pass a local folder"
+            ) from err
+        allow = (
+            f"unset {blocked.split()[0]} before Python starts (huggingface_hub reads it at import)"
+            if blocked.endswith(" is set")
+            else "connect to the internet (or set HTTPS_PROXY)"
+        )
+        raise error(
+            f"{repo_id!r} is no folder here ({Path(repo_id).resolve()} does not exist) and not in the huggingface_hub "
+            f"cache ({constants.HF_HUB_CACHE}); the Hub was not asked: {blocked}. To download it, {allow}; or pass "
+            "a local folder"
+        ) from err
 
 
 def read_json_object(path: Path) -> dict[str, Any]:

@@ -125,11 +125,14 @@ def test_only_offered_pipelines_are_served_unless_the_owner_opts_in(monkeypatch)
     assert set(cache.PipelineCache.from_env(tiny=True).names()) == set(zoo.available())
 
 
-def test_the_cache_is_bounded_by_memory_least_recently_used_first():
+def test_the_cache_is_bounded_by_memory_least_recently_used_first(monkeypatch):
+    trims = []
+    monkeypatch.setattr(cache, "trim_heap", lambda: trims.append(1))  # evicted memory goes back to the system
     pipes = cache.PipelineCache(tiny=True, loader=seeded_tiny, max_bytes=1)  # room for the newest only
     first = pipes.get("ddpm-linear")
+    assert trims == []
     pipes.get("ddpm-cosine")
-    assert pipes.cached() == ["ddpm-cosine"] and pipes.get("ddpm-linear") is not first
+    assert pipes.cached() == ["ddpm-cosine"] and trims == [1] and pipes.get("ddpm-linear") is not first
     size = cache.pipeline_bytes(first)
     pipes = cache.PipelineCache(tiny=True, loader=seeded_tiny, max_bytes=2 * size)
     pipes.get("ddpm-linear"), pipes.get("ddpm-cosine"), pipes.get("ddpm-linear"), pipes.get("ldm-clip-kl")
@@ -186,6 +189,37 @@ def test_huge_images_are_refused_from_their_header_before_decoding(tmp_path):
     (tmp_path / "not.png").write_text("not an image")
     with pytest.raises(gr.Error, match="expected an image file"):
         guard.open_image(str(tmp_path / "not.png"))
+
+
+def test_every_image_input_of_the_app_refuses_a_pixel_bomb_from_its_header(pipes, tmp_path, monkeypatch):
+    """gradio's own preprocessing converts every upload and drawing at full size (even one the handler ignores):
+    the app checks each file's header first, whether it comes as a path, a data URL or an editor's blob."""
+    import base64
+    import io
+
+    from gradio.components.image_editor import EditorData, EditorDataBlobs
+    from gradio.data_classes import FileData, ImageData
+    from PIL import ImageFile
+
+    bomb, buffer = tmp_path / "bomb.png", io.BytesIO()
+    Image.new("L", (10000, 10000)).save(buffer, format="PNG")  # ~100 KB on disk, 100 M pixels
+    bomb.write_bytes(buffer.getvalue())
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    demo = build_app(pipes)
+    inputs = [b for b in demo.blocks.values() if isinstance(b, gr.Image | gr.ImageEditor)]  # outputs too: harmless
+    editors = [b for b in inputs if isinstance(b, gr.ImageEditor)]
+    assert len(inputs) >= 3 and editors  # two uploads and the sketchpad, at least
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("a pixel was decoded"))
+    for block in inputs:
+        if isinstance(block, gr.ImageEditor):
+            block.blob_storage["blob"] = EditorDataBlobs(background=None, layers=[], composite=buffer.getvalue())
+            payloads = [EditorData(composite=FileData(path=str(bomb))), EditorData(id="blob")]
+        else:
+            payloads = [ImageData(path=str(bomb), orig_name="bomb.png"), ImageData(url=url)]
+        for payload in payloads:
+            with pytest.raises(gr.Error, match="10000x10000; images up to 4096x4096"):
+                block.preprocess(payload)
+    assert editors[0].preprocess(None) is None  # nothing drawn is still nothing
 
 
 # -------------------------------------------------------------------------------------- text to image

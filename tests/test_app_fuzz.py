@@ -118,3 +118,24 @@ def test_pixel_bombs_and_huge_bodies_are_refused_with_a_message(http):
     huge = http.post("gradio_api/call/generate", content=b"[" + b"1," * 2**20 + b"1]")
     assert huge.status_code == 413 and "larger than this server accepts" in huge.json()["error"]
     assert call(http, "generate", VALID["generate"])[0] == "complete"
+
+
+def test_twenty_concurrent_clients_get_what_one_client_alone_gets(http):
+    """20 clients at once (the queue holds 32), each its own connection and seed: every answer is the image the
+    same request gets alone (gradio names result files by their content's hash, so equal paths are equal PNGs)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def image_path(seed: int, client: httpx.Client) -> str:
+        kind, data = call(client, "generate", [*VALID["generate"][:6], seed, False, 1])
+        assert kind == "complete", data
+        return data[0][0]["image"]["path"]
+
+    alone = [image_path(seed, http) for seed in range(20)]
+
+    def concurrent(seed: int) -> str:
+        with httpx.Client(base_url=http.base_url, timeout=120) as client:
+            return image_path(seed, client)
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        together = list(pool.map(concurrent, range(20)))
+    assert together == alone and len(set(alone)) == 20

@@ -5,6 +5,7 @@ still be answered afterwards. Tiny pipelines, CPU, seconds in all."""
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import warnings
@@ -15,6 +16,7 @@ import torch
 
 import zoo
 from components.base import WeightsError
+from components.conditioners.base import TEXT_CONFIG_BOUNDS
 from zoo import catalog, pipeline_io
 from zoo.bench_defects import DEFECTS as RECIPE_DEFECTS
 from zoo.recipes import Recipe
@@ -130,6 +132,26 @@ def test_every_weights_defect_is_a_weights_error_naming_the_file(defect, tmp_pat
     with pytest.raises(WeightsError) as caught:
         zoo.build(weights=folder, device="cpu")
     assert words in str(caught.value) and str(folder) in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["ldm-clip-kl", "ldm-bert-vq"])
+def test_a_text_config_without_a_shaping_field_is_refused_before_transformers_reads_it(name, tmp_path, monkeypatch):
+    folder = tmp_path / "w"
+    shutil.copytree(pipeline_io.embedded_weights(name), folder)
+    config, original = folder / "conditioner" / "config.json", (folder / "conditioner" / "config.json").read_text()
+    cls = pipeline_io.component_class("conditioner", zoo.recipe(name).conditioner.name)
+    never = classmethod(lambda *args, **kwargs: pytest.fail("transformers was asked to build the text model"))
+    monkeypatch.setattr(cls.model_class, "from_pretrained", never)
+    fields = [*TEXT_CONFIG_BOUNDS, *cls.extra_fields, *cls.token_fields, "hidden_act", "layer_norm_eps", "model_type"]
+    for field in fields:
+        data = json.loads(original)
+        del data[field]
+        config.write_text(json.dumps(data))
+        for load in (lambda: zoo.build(weights=folder, device="cpu"), lambda: cls.from_pretrained(config.parent)):
+            with pytest.raises(WeightsError) as caught:
+                load()
+            assert f"{config} misses fields ['{field}'] of {cls.config_class.__name__}" in str(caught.value)
+    assert len(fields) == (12 if name == "ldm-clip-kl" else 11)
 
 
 @pytest.mark.parametrize("missing", ["no-such-folder", "./no/such", "/no/such/folder", "tests/no-such"])

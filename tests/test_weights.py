@@ -59,8 +59,14 @@ def test_shipped_pipeline_loads_offline_and_draws_a_seeded_reproducible_image(na
     assert np.abs(other - first).mean() > 1
 
 
-def test_no_network_fixture_really_blocks_the_hub(no_network):
-    with pytest.raises(WeightsError, match="network disabled"):  # the Hub error, wrapped with the repo id
+def test_no_network_fixture_really_blocks_the_hub(no_network, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # as if online: the Hub is probed
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(components.base, "_probed", {})
+    with pytest.raises(WeightsError, match="someone/some-pipeline.*network disabled"):  # the probe, refused
         zoo.load_pipeline("someone/some-pipeline")
 
 

@@ -4,6 +4,7 @@
     python -m zoo.bench train [--processes 1 2] [--pipeline ldm-seg-kl] [--batch 32] [--steps 12]
     python -m zoo.bench generate [--pipeline ldm-clip-kl] [--versus ddpm-cosine] [--steps 50] [--threads 2]
     python -m zoo.bench soak [--requests 500] [--every 50] [--tiny] [--delete-cache 60,600]
+    python -m zoo.bench hostile [--tiny] [--images 50] [--all-pipelines]
 
 `unet`: one forward of our U-Net and of diffusers' UNet2DConditionModel built to the same architecture and
 loaded with the same weights through components/unets/diffusers_compat.py (the report gives the largest output
@@ -26,6 +27,10 @@ With `--versus`, the same for a second pipeline at the same steps and the ratio 
 
 `soak`: the app served from this checkout, N requests, its RSS and file-cache size printed as it goes
 (`python -m zoo.app.soak`, run as its own process: the app is a floor above the benchmarks).
+
+`hostile`: the app served from this checkout under issue 14's hostile cases (pixel bombs in every image input,
+every pipeline, the Zoo tables, a 55 MB body, many images in a row), the server's peak RSS per case
+(`python -m zoo.app.hostile`, its own process likewise).
 """
 
 from __future__ import annotations
@@ -367,6 +372,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     soak.add_argument("--every", type=int, default=50, help="measure after every this many requests")
     soak.add_argument("--tiny", action="store_true", help="tiny random pipelines instead of the embedded weights")
     soak.add_argument("--delete-cache", help="FREQUENCY,AGE seconds of gradio's cache sweep (default 60,600)")
+    hostile = commands.add_parser("hostile", help="the app under issue 14's hostile cases: peak RSS per case")
+    hostile.add_argument("--tiny", action="store_true", help="tiny random pipelines instead of the embedded weights")
+    hostile.add_argument("--images", type=int, default=50, help="requests of four images each, in each of two cases")
+    hostile.add_argument("--all-pipelines", action="store_true", help="the server offers every pipeline")
     return parser.parse_args(argv)
 
 
@@ -379,6 +388,10 @@ def main(argv: Sequence[str] | None = None) -> UNetBenchResult | list[TrainBench
     if args.command == "soak":  # the app is a floor above the benchmarks: run it as its own process
         command = [sys.executable, "-m", "zoo.app.soak", "--requests", str(args.requests), "--every", str(args.every)]
         command += ["--tiny"] * args.tiny + (["--delete-cache", args.delete_cache] if args.delete_cache else [])
+        return subprocess.run(command, check=True).returncode
+    if args.command == "hostile":
+        command = [sys.executable, "-m", "zoo.app.hostile", "--images", str(args.images)]
+        command += ["--tiny"] * args.tiny + ["--all-pipelines"] * args.all_pipelines
         return subprocess.run(command, check=True).returncode
     if args.command == "generate":
         torch.set_num_threads(args.threads)

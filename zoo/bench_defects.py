@@ -35,6 +35,13 @@ DEFECTS: dict[str, tuple[Callable[[Path], Any], str]] = {  # defect -> (apply it
         lambda d: edit_json(d / "unet/config.json", lambda c: c.update(model_channels=10**9)),
         "model_channels",
     ),
+    "text config misses a key": (lambda d: edit_text(d, lambda c: c.pop("num_hidden_layers")), "misses fields"),
+    "text config 10**6 layers": (lambda d: edit_text(d, lambda c: c.update(num_hidden_layers=10**6)), "layers"),
+    "text config 10**9 vocab": (lambda d: edit_text(d, lambda c: c.update(vocab_size=10**9)), "vocab_size"),
+    "text config 3 heads": (lambda d: edit_text(d, lambda c: c.update(num_attention_heads=3)), "heads (3)"),
+    "text config activation": (lambda d: edit_text(d, lambda c: c.update(hidden_act="x")), "hidden_act 'x'"),
+    "text config eos 10**6": (lambda d: edit_text(d, lambda c: c.update(eos_token_id=10**6)), "eos_token_id"),
+    "text config model_type": (lambda d: edit_text(d, lambda c: c.update(model_type="bert")), "model_type"),
     "truncated weights": (lambda d: truncate(d / "unet/model.safetensors"), "model.safetensors"),
     "not safetensors": (
         lambda d: (d / "autoencoder/model.safetensors").write_bytes(b"PK\x03\x04" * 64),
@@ -54,6 +61,10 @@ def edit_recipe(folder, change):
     edit_json(folder / "recipe.json", change)
 
 
+def edit_text(folder, change):
+    edit_json(folder / "conditioner/config.json", change)
+
+
 def truncate(path):
     path.write_bytes(path.read_bytes()[:1000])
 
@@ -70,17 +81,42 @@ def time_defects(name: str = "ldm-clip-kl") -> dict[str, tuple[float, str]]:
             folder = Path(tmp) / name
             shared_parts.copy_pipeline(pipeline_io.embedded_weights(name), folder)
             apply(folder)
-            start = time.perf_counter()
-            try:
-                zoo.build(weights=folder, device="cpu")
-                results[defect] = (time.perf_counter() - start, "NOT REFUSED")
-            except Exception as err:  # noqa: BLE001 - measured and reported, whatever it is
-                results[defect] = (time.perf_counter() - start, f"{type(err).__name__}: {err}".splitlines()[0])
+            results[defect] = timed_build(folder)
+    return results
+
+
+def timed_build(weights: str | Path) -> tuple[float, str]:
+    """Seconds until zoo.build(weights=...) raised, and the first line of its message ("NOT REFUSED" if not)."""
+    import zoo
+
+    start = time.perf_counter()
+    try:
+        zoo.build(weights=weights, device="cpu")
+        return time.perf_counter() - start, "NOT REFUSED"
+    except Exception as err:  # noqa: BLE001 - measured and reported, whatever it is
+        return time.perf_counter() - start, f"{type(err).__name__}: {err}".splitlines()[0]
+
+
+def time_hub_misses(repo_id: str = "someone/not-here") -> dict[str, tuple[float, str]]:
+    """A Hub repo id with no folder of that name here and nothing in the cache: seconds until zoo.build raised,
+    with HF_HUB_OFFLINE as huggingface_hub read it (and forced on), and with this machine's network as it is
+    (the Hub probed: huggingface_hub alone retries for ~25 s when it cannot connect)."""
+    import huggingface_hub.constants
+
+    from components import base
+
+    results, offline = {}, huggingface_hub.constants.HF_HUB_OFFLINE
+    for defect, forced in (("Hub id, HF_HUB_OFFLINE", True), ("Hub id, this network", offline)):
+        huggingface_hub.constants.HF_HUB_OFFLINE, base._probed = forced, {}
+        try:
+            results[defect] = timed_build(repo_id)
+        finally:
+            huggingface_hub.constants.HF_HUB_OFFLINE = offline
     return results
 
 
 def main() -> None:
-    results = time_defects()
+    results = {**time_defects(), **time_hub_misses()}
     for defect, (seconds, message) in results.items():
         sys.stdout.write(f"{defect:24s} {seconds * 1000:8.1f} ms  {message[:110]}\n")
     sys.stdout.write(f"slowest: {max(s for s, _ in results.values()) * 1000:.1f} ms over {len(results)} defects\n")

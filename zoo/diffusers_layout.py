@@ -31,7 +31,7 @@ from transformers import AutoTokenizer, CLIPTextModel
 
 from components.autoencoders import diffusers_compat as vae_compat
 from components.autoencoders.kl import AutoencoderKL, AutoencoderKLConfig
-from components.base import WeightsError, is_local
+from components.base import WeightsError, hub_blocked, hub_snapshot, is_local
 from components.conditioners.clip import CLIPTextConditioner
 from components.unets import diffusers_compat as unet_compat
 from components.unets.unet import UNet
@@ -75,13 +75,16 @@ class UnmaskedCLIPTextConditioner(CLIPTextConditioner):
 
 # ------------------------------------------------------------------------------------------- finding files
 def holds_model_index(source: str | Path) -> bool:
-    """True for a local folder with model_index.json, or a Hub repo that has one (a small download)."""
+    """True for a local folder with model_index.json, or a Hub repo that has one (a small download; offline or
+    with the Hub unreachable, the local cache is asked only)."""
     local = Path(source)
     if local.is_dir() or is_local(source):  # a missing local folder is never looked up on the Hub
         return (local / MODEL_INDEX).is_file()
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
+    if hub_blocked():
+        return isinstance(try_to_load_from_cache(str(source), MODEL_INDEX), str)
     try:
         hf_hub_download(str(source), MODEL_INDEX)
     except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError):
@@ -108,17 +111,9 @@ def is_cached(repo_id: str, variant: str | None = None) -> bool:
 
 
 def download(repo_id: str, *, variant: str | None = None, **hub_kwargs: Any) -> Path:
-    """The repo's diffusers layout through huggingface_hub (cached); a clear error when offline or unreachable."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=hub_patterns(variant), **hub_kwargs))
-    except Exception as err:  # offline, not cached, no such repo, gated, network down: all end here
-        raise DiffusersLayoutError(
-            f"cannot get {repo_id} from the Hugging Face Hub ({type(err).__name__}: {str(err).splitlines()[0]}). "
-            "It is downloaded once into the huggingface_hub cache: go online (unset HF_HUB_OFFLINE, log in with "
-            "`hf auth login` if the repo is gated), or pass weights=<a local folder in diffusers' layout>"
-        ) from err
+    """The repo's diffusers layout through huggingface_hub (cached); a clear error at once when offline or
+    unreachable and not in the cache (components.base.hub_snapshot)."""
+    return hub_snapshot(repo_id, DiffusersLayoutError, allow_patterns=hub_patterns(variant), **hub_kwargs)
 
 
 def resolve(source: str | Path, *, variant: str | None = None, **hub_kwargs: Any) -> Path:

@@ -80,6 +80,8 @@ def read_zoo(source: str | os.PathLike) -> tuple[Recipe, dict[str, Any]]:
         check_weights_file(places[role])
         if strict and (places[role] / CONFIG_NAME).is_file():
             read_config(classes[role].config_class, places[role] / CONFIG_NAME)  # every field, each value bounded
+        elif (check := getattr(classes[role], "check_config", None)) and (places[role] / CONFIG_NAME).is_file():
+            check(places[role] / CONFIG_NAME)  # a transformers text config: every shaping field, bounded
     parts: dict[str, Any] = {"schedule": REGISTRIES["schedule"].build(recipe.schedule.name, **recipe.schedule.kwargs)}
     parts.update({role: classes[role].from_pretrained(places[role]) for role in roles})
     logger.info("read %s from %s", recipe.name, folder)

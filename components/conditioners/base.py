@@ -29,9 +29,20 @@ from torch import nn
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from components import storage
-from components.base import WeightsError
+from components.base import WeightsError, read_json_object
 from components.conditioners import tokenizer as tok
-from components.validation import MAX_CHANNEL_MULT, MAX_CHANNELS, MAX_DEPTH, require_int, require_text
+from components.validation import (
+    MAX_CHANNEL_MULT,
+    MAX_CHANNELS,
+    MAX_DEPTH,
+    MAX_PARAMETERS,
+    MAX_TOKENS,
+    MAX_VOCAB,
+    require_choice,
+    require_int,
+    require_number,
+    require_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +72,18 @@ def check_texts(texts: Any) -> list[str]:
     return [require_text(f"texts[{i}]", t) for i, t in enumerate(texts)]
 
 
+# A transformers text config's fields that shape the network or its numerics, each with its bounds (min, max).
+# transformers fills a missing one with its default, so a config.json without one would load a different model.
+TEXT_CONFIG_BOUNDS: dict[str, tuple[int, int]] = {
+    "vocab_size": (1, MAX_VOCAB),
+    "hidden_size": (1, MAX_CHANNELS),
+    "intermediate_size": (1, MAX_CHANNELS * MAX_CHANNEL_MULT),
+    "num_hidden_layers": (1, MAX_DEPTH),
+    "num_attention_heads": (1, MAX_CHANNELS),
+    "max_position_embeddings": (1, MAX_TOKENS),
+}
+
+
 class TextConditioner(nn.Module):
     """A transformers text encoder + its tokenizer; subclasses set `model_class` (and may override `encode`)."""
 
@@ -70,6 +93,8 @@ class TextConditioner(nn.Module):
     config_class: ClassVar[type[PretrainedConfig]]  # the transformers config of `model_class`
     model_kwargs: ClassVar[dict[str, Any]] = {}  # extra arguments for `model_class` and its from_pretrained
     tokenizer_kind: ClassVar[str]  # "bpe" or "wordpiece" (components/conditioners/tokenizer.py)
+    token_fields: ClassVar[tuple[str, ...]] = ("pad_token_id",)  # config fields holding a token id (or null)
+    extra_fields: ClassVar[dict[str, tuple[int, int]]] = {}  # a model's own sized fields beyond TEXT_CONFIG_BOUNDS
 
     @classmethod
     def from_config(
@@ -102,6 +127,11 @@ class TextConditioner(nn.Module):
             **cls.special_tokens(tokenizer),
         )
         return cls(cls.model_class(config, **cls.model_kwargs), tokenizer).eval()
+
+    @classmethod
+    def check_config(cls, path: Path) -> None:
+        """The text model's config.json, checked before transformers reads it (check_text_config)."""
+        check_text_config(cls, path)
 
     @classmethod
     def special_tokens(cls, tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
@@ -182,6 +212,8 @@ class TextConditioner(nn.Module):
         subfolder="text_encoder" (the tokenizer subfolder then defaults to "tokenizer"). Safetensors only.
         """
         subfolder, tokenizer_subfolder = layout(path_or_repo, subfolder, tokenizer_subfolder)
+        if Path(path_or_repo).is_dir():
+            cls.check_config(Path(path_or_repo, subfolder, "config.json"))
         weights = Path(path_or_repo, subfolder, "model.safetensors")
         try:
             if weights.is_file() and storage.is_int8(weights):  # the embedded zoo's int8 storage
@@ -197,6 +229,46 @@ class TextConditioner(nn.Module):
         except (OSError, ValueError, RuntimeError) as err:  # RuntimeError: weights that do not fit the config
             raise WeightsError(f"cannot load a {cls.__name__} from {path_or_repo}: {err}") from err
         return cls(text_model, tokenizer).eval()
+
+
+def check_text_config(cls: type[TextConditioner], path: Path) -> None:
+    """A text encoder's config.json checked before transformers reads it: its model_type, every field that shapes
+    the network present (transformers would take its default) and within bounds, the parameters it implies
+    bounded; each defect a WeightsError naming the file and the field."""
+    data = read_json_object(path)
+    bounds = {**TEXT_CONFIG_BOUNDS, **cls.extra_fields}
+    required = [*bounds, *cls.token_fields, "hidden_act", "layer_norm_eps", "model_type"]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise WeightsError(
+            f"{path} misses fields {missing} of {cls.config_class.__name__} (transformers would silently take "
+            "their defaults, a model other than the one saved)"
+        )
+    try:
+        require_choice(f"{path}: model_type", data["model_type"], [cls.config_class.model_type])
+        sizes = {k: require_int(f"{path}: {k}", data[k], minimum=lo, maximum=hi) for k, (lo, hi) in bounds.items()}
+        if sizes["hidden_size"] % sizes["num_attention_heads"]:
+            heads = sizes["num_attention_heads"]
+            raise ValueError(
+                f"{path}: hidden_size ({sizes['hidden_size']}) must be a multiple of num_attention_heads ({heads})"
+            )
+        for name in cls.token_fields:
+            if data[name] is not None:
+                require_int(f"{path}: {name}", data[name], minimum=0, maximum=sizes["vocab_size"] - 1, why="a token")
+        require_choice(f"{path}: hidden_act", data["hidden_act"], sorted(activations()))
+        require_number(f"{path}: layer_norm_eps", data["layer_norm_eps"], minimum=1e-30, maximum=1.0)
+        h, layers = sizes["hidden_size"], sizes["num_hidden_layers"]
+        estimate = (sizes["vocab_size"] + sizes["max_position_embeddings"]) * h
+        estimate += layers * (4 * h * h + 2 * h * sizes["intermediate_size"])  # attention q, k, v, out; the MLP
+        require_int(f"{path}: the parameters its sizes imply", estimate, maximum=MAX_PARAMETERS)
+    except (TypeError, ValueError) as err:
+        raise WeightsError(str(err)) from err
+
+
+def activations() -> list[str]:
+    from transformers.activations import ACT2FN
+
+    return list(ACT2FN)
 
 
 def layout(path_or_repo: str | os.PathLike, subfolder: str | None, tokenizer_subfolder: str | None) -> tuple[str, str]:

@@ -13,6 +13,7 @@ from transformers import BertConfig, BertModel
 
 from components.conditioners.base import TextConditioner
 from components.registry import CONDITIONERS
+from components.validation import MAX_CLASSES
 
 
 class BERTConditioner(TextConditioner):
@@ -22,6 +23,7 @@ class BERTConditioner(TextConditioner):
     config_class = BertConfig
     model_kwargs = {"add_pooling_layer": False}
     tokenizer_kind = "wordpiece"
+    extra_fields = {"type_vocab_size": (1, MAX_CLASSES)}
 
 
 @CONDITIONERS.register(

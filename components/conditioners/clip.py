@@ -22,6 +22,7 @@ class CLIPTextConditioner(TextConditioner):
     model_class = CLIPTextModel
     config_class = CLIPTextConfig
     tokenizer_kind = "bpe"
+    token_fields = ("pad_token_id", "bos_token_id", "eos_token_id")
 
     @classmethod
     def special_tokens(cls, tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:

@@ -31,13 +31,14 @@ from zoo.app import (  # noqa: E402
     conditioning,
     display,
     forward_noise,
+    guard,
     samplers,
     steps,
     swap,
     text_to_image,
     zoo_tab,
 )
-from zoo.app.cache import PipelineCache, flag  # noqa: E402
+from zoo.app.cache import PipelineCache, flag, limit_heaps  # noqa: E402
 from zoo.app.limits import MAX_FILE_SIZE, BodyLimit  # noqa: E402
 
 __all__ = ["PipelineCache", "build_app", "launch", "launch_options", "main"]
@@ -77,6 +78,7 @@ def build_app(pipes: PipelineCache | None = None) -> gr.Blocks:
         demo.load(noise.initial_plots, shown["t"], [abar, log_snr], api_visibility="private")
         demo.load(table.pipelines, None, tables["pipelines"], api_visibility="private")
         demo.load(table.components, None, tables["components"], api_visibility="private")
+    guard.bound_image_inputs(demo)  # every tab's image inputs, refused from their header before gradio decodes
     return demo
 
 
@@ -117,6 +119,7 @@ def launch_options() -> dict[str, Any]:
 def launch(pipes: PipelineCache | None = None, *, block: bool = False, **overrides: Any) -> gr.Blocks:
     """Build, queue and serve the app; returns the Blocks at once (call .close() on it), or with `block` only
     when the server stops (`python app.py`). In a notebook the app shows inline."""
+    limit_heaps()  # before the server's threads start (zoo/app/cache.py)
     pipes = pipes or PipelineCache.from_env()
     pipes.preload()  # the default pipeline loads while the server starts; no example is computed
     demo = build_app(pipes)

@@ -8,7 +8,9 @@ ValueError / TypeError / LookupError messages say what is allowed; `handler` sho
 
 from __future__ import annotations
 
+import base64
 import functools
+import io
 import logging
 import math
 import warnings
@@ -77,18 +79,25 @@ def check_pixels(width: int, height: int) -> None:
         raise fail(f"the image is {width}x{height}; images up to 4096x4096 pixels are accepted")
 
 
+def opened(source: str | Path | io.BytesIO) -> Image.Image:
+    """Image.open, which reads the header only, with the size checked before any pixel is decoded."""
+    try:
+        with warnings.catch_warnings():  # the size is checked below, with a message of ours
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(source)
+    except Image.DecompressionBombError as err:
+        raise fail(f"the image is too large ({err}); images up to 4096x4096 pixels are accepted") from err
+    except (OSError, ValueError) as err:
+        raise fail(f"expected an image file (PNG, JPEG, WebP, ...); could not read it ({err})") from err
+    check_pixels(*image.size)
+    return image
+
+
 def open_image(value: Any) -> Image.Image:
     """An image input (a file path, as gradio hands uploads over, or an array / PIL image from a script) as
     RGB, its size checked from the header before any pixel is decoded; transparency composited on white."""
     if isinstance(value, str | Path):
-        try:
-            with warnings.catch_warnings():  # the size is checked below, with a message of ours
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                image = Image.open(value)  # reads the header only
-        except Image.DecompressionBombError as err:
-            raise fail(f"the image is too large ({err}); images up to 4096x4096 pixels are accepted") from err
-        except (OSError, ValueError) as err:
-            raise fail(f"expected an image file (PNG, JPEG, WebP, ...); could not read it ({err})") from err
+        image = opened(value)
     elif isinstance(value, np.ndarray):
         if value.ndim not in (2, 3):
             raise fail(f"expected an HxW or HxWxC image array, got shape {value.shape}")
@@ -103,6 +112,48 @@ def open_image(value: Any) -> Image.Image:
         image = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", image.size, "white"), image).convert("RGB")
     return image.convert("RGB")
+
+
+def payload_files(component: gr.components.Component, payload: Any) -> list[Any]:
+    """The files of an image input's payload as gradio receives it: an ImageData, or an editor's background,
+    layers and composite (FileData, or bytes its blob storage holds for the payload's id)."""
+    if payload is None or not hasattr(payload, "composite"):
+        return [payload]
+    files = [payload.background, *payload.layers, payload.composite]
+    blobs = getattr(component, "blob_storage", {}).get(payload.id) if payload.id is not None else None
+    return files + ([blobs.background, *blobs.layers, blobs.composite] if blobs else [])
+
+
+def check_file_header(file: Any) -> None:
+    """A file of an image payload refused when its header says it is too large (or it is no image)."""
+    if isinstance(file, bytes | bytearray | memoryview):
+        source: str | io.BytesIO | None = io.BytesIO(bytes(file))
+    elif getattr(file, "path", None):
+        source = file.path
+    elif (url := getattr(file, "url", None) or "").startswith("data:") and "," in url:
+        source = io.BytesIO(base64.b64decode(url.split(",", 1)[1]))  # bounded by the request body limit
+    else:
+        return  # nothing to read: gradio's own preprocessing says what is missing
+    with opened(source):
+        pass
+
+
+def bound_image_inputs(demo: gr.Blocks) -> None:
+    """Every image input of `demo` checks its files' headers before gradio's preprocessing decodes them (it
+    converts every upload and drawing to the component's image mode, at full size, even when the handler never
+    uses it). Wrapped on the instances, as `named_refusals` does."""
+    for block in demo.blocks.values():
+        if isinstance(block, gr.Image | gr.ImageEditor):
+            block.preprocess = checked_preprocess(block, block.preprocess)
+
+
+def checked_preprocess(component: gr.components.Component, original: Callable) -> Callable:
+    def preprocess(payload: Any) -> Any:
+        for file in payload_files(component, payload):
+            check_file_header(file)
+        return original(payload)
+
+    return preprocess
 
 
 def on_gpu(fn: Callable) -> Callable:

@@ -12,11 +12,13 @@ measured from the end of the warm-up (the first `every` requests, which load the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -61,25 +63,32 @@ def soak(
     """Serve the app from this checkout, send `requests` requests, measure every `every`; the server is stopped."""
     from gradio_client import Client
 
+    with served(tiny=tiny, env={"ZOO_APP_DELETE_CACHE": delete_cache} if delete_cache else {}) as (pid, url, cache):
+        client = Client(url, verbose=False)
+        server = psutil.Process(pid)
+        points, begin = [], time.perf_counter()
+        for index in range(1, requests + 1):
+            request(client, index)
+            if index % every == 0 or index == requests:
+                size, count = folder_size(cache)
+                rss = server.memory_info().rss / 1024**2
+                points.append(SoakPoint(index, time.perf_counter() - begin, rss, size, count))
+                logger.info(report_line(points[-1]))
+    return points
+
+
+@contextlib.contextmanager
+def served(*, tiny: bool, env: dict[str, str]) -> Iterator[tuple[int, str, Path]]:
+    """The app from this checkout in its own process, its file cache in a temporary folder: (pid, URL, that
+    folder); always stopped afterwards."""
     root = Path(__file__).resolve().parents[2]
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "gradio"
-        env = {"GRADIO_TEMP_DIR": str(cache), **({"ZOO_APP_DELETE_CACHE": delete_cache} if delete_cache else {})}
-        process, url = start(root, Path(tmp) / "app.log", tiny=tiny, env=env)
+        process, url = start(root, Path(tmp) / "app.log", tiny=tiny, env={"GRADIO_TEMP_DIR": str(cache), **env})
         try:
-            client = Client(url, verbose=False)
-            server = psutil.Process(process.pid)
-            points, begin = [], time.perf_counter()
-            for index in range(1, requests + 1):
-                request(client, index)
-                if index % every == 0 or index == requests:
-                    size, count = folder_size(cache)
-                    rss = server.memory_info().rss / 1024**2
-                    points.append(SoakPoint(index, time.perf_counter() - begin, rss, size, count))
-                    logger.info(report_line(points[-1]))
+            yield process.pid, url, cache
         finally:
             stop(process)
-    return points
 
 
 def report_line(point: SoakPoint) -> str:
