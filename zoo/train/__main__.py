@@ -69,7 +69,10 @@ def parser() -> argparse.ArgumentParser:
     diffusion = sub.add_parser("diffusion", help="a pixel or latent diffusion model (any registered pipeline)")
     diffusion.add_argument("--pipeline", required=True)
     diffusion.add_argument("--autoencoder", help="trained autoencoder folder (latent pipelines)")
-    diffusion.add_argument("--conditioner", help="trained CLIP text-tower folder (CLIP pipelines, frozen) or BERT folder (BERT pipelines: a warm start, trained on)")
+    diffusion.add_argument(
+        "--conditioner",
+        help="trained CLIP text-tower folder (CLIP pipelines, frozen) or BERT folder (BERT pipelines: a warm start, trained on)",
+    )
     diffusion.add_argument("--init", help="start from a saved pipeline folder (e.g. zoo/weights/ldm-clip-kl)")
     diffusion.add_argument("--unet-from", help="start the U-Net from this trained U-Net folder (same architecture)")
     diffusion.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (e.g. 5)")
