@@ -308,7 +308,7 @@ class LatentPipeline(Pipeline):
             "width": "it draws at its image_size",
         }
         for key, why in reasons.items():
-            if given.get(key) not in (None, ""):
+            if not (given.get(key) is None or (isinstance(given[key], str) and given[key] == "")):
                 raise ValueError(f"{name} takes no {key}: {why}; leave it unset")
         if given.get("strength", 1.0) != 1.0:
             raise ValueError(f"{name} takes no strength: it draws from pure noise (image= is the low-res input)")

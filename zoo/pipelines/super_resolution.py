@@ -54,9 +54,9 @@ def check_noise_level(noise_level: Any, largest: int, name: str) -> int:
     if noise_level is None:
         return 0
     if not largest:
-        why = f"{name} was trained without noise augmentation (recipe noise_augmentation 0): leave it unset or 0"
+        why = f"{name} was trained without noise augmentation, its recipe noise_augmentation is 0: leave it unset"
         return require_int("noise_level", noise_level, minimum=0, maximum=0, why=why)
-    why = f"the largest level {name} was trained on (recipe noise_augmentation)"
+    why = f"{name}'s recipe noise_augmentation, the largest level it was trained on"
     return require_int("noise_level", noise_level, minimum=0, maximum=largest, why=why)
 
 
