@@ -287,13 +287,19 @@ class Upsampler:
     def generate(self, *, image, seed, **settings):
         return to_pil(self.truth[seed : seed + 1] if self.oracle else bicubic_upsampled(image, 64))
 
+    def encode(self, x):  # a perfect autoencoder
+        return x
+
+    def decode(self, z):
+        return to_pil(z)
+
 
 def test_the_super_resolution_measure_scores_bicubic_as_bicubic_and_the_truth_as_perfect():
     bicubic = evaluate.super_resolution(Upsampler(oracle=False), 4)
     assert bicubic["psnr_db"] == bicubic["psnr_bicubic_db"] and 15 < bicubic["psnr_db"] < 40
     assert bicubic["model"] == bicubic["bicubic"] and bicubic["model"]["count"] == 4
     perfect = evaluate.super_resolution(Upsampler(oracle=True), 4)
-    assert perfect["psnr_db"] > 100 and perfect["model"]["all"] == 1.0
+    assert perfect["psnr_db"] > 100 and perfect["model"]["all"] == 1.0 and perfect["psnr_autoencoder_db"] > 100
     assert evaluate.super_resolution(zoo.build("ldm-clip-kl", tiny=True, device="cpu"), 2) is None
 
 
@@ -304,6 +310,7 @@ def test_the_super_resolution_measure_runs_on_the_pipeline_and_its_table_shows_i
     assert settings == {"sampler": "ddim", "steps": 2}  # no guidance
     sr = evaluate.super_resolution(pipe, 2, **settings)
     assert sr["model"]["count"] == 2 and np.isfinite(sr["psnr_db"]) and 0 <= sr["model"]["shape"] <= 1
+    assert np.isfinite(sr["psnr_autoencoder_db"])
     seconds = evaluate.seconds_per_image(pipe, repeats=1, **settings)
     timing = {"reference": "ldm-clip-kl", "reference_seconds": 2 * seconds, "ratio": 0.5}
     entry = {**settings, "super_resolution": sr, "time_vs_plain": timing, "seconds_per_image": seconds}
@@ -312,3 +319,10 @@ def test_the_super_resolution_measure_runs_on_the_pipeline_and_its_table_shows_i
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the measure feeds the model its own size: nothing resized
         evaluate.super_resolution(pipe, 1, **settings)
+
+
+def test_the_recipe_and_the_pipeline_agree_on_the_low_res_channels():
+    from zoo import catalog
+    from zoo.pipelines import super_resolution
+
+    assert catalog.LOW_RES_CHANNELS == super_resolution.LOW_RES_CHANNELS == 3  # the catalog sits below pipelines

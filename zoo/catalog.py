@@ -11,13 +11,13 @@ import itertools
 import threading
 
 from zoo.data.shapes import SEG_PALETTE
-from zoo.pipelines.super_resolution import LOW_RES_CHANNELS
 from zoo.recipes import Part, Recipe
 from zoo.registry import PIPELINES
 
 LATENT_CHANNELS = 4
 CONTEXT_DIM = 128  # width of the text/class tokens = the U-Net's cross-attention context width
 NUM_CLASSES = 24  # the dataset's class label: shape kind x shape colour (zoo/data/shapes.py)
+LOW_RES_CHANNELS = 3  # super-resolution's low-res RGB image (zoo/pipelines/super_resolution.py says the same)
 NUM_SEG_LABELS = len(SEG_PALETTE)  # the dataset's semantic map: background + one label per shape kind
 SEG = Part("seg", {"num_labels": NUM_SEG_LABELS, "palette": tuple(SEG_PALETTE[k] for k in range(NUM_SEG_LABELS))})
 

@@ -150,7 +150,8 @@ def super_resolution(pipe: Any, n: int, *, seed: int = 0, **settings: Any) -> di
     """Super-resolution on `n` held-out images (colour-shape pairs never trained on): each 64x64 ground truth
     downsampled to the model's low-res input (bicubic with antialiasing, zoo/pipelines/super_resolution.py) and
     upsampled by the model and by bicubic interpolation; PSNR (dB) of each to the ground truth (both 8-bit), and
-    the strict analyser's reading of shape (template IoU >= SHAPE_IOU), colour and background of each."""
+    the strict analyser's reading of shape (template IoU >= SHAPE_IOU), colour and background of each; and the
+    PSNR of the autoencoder's round trip D(E(x)) of the same images, the ceiling of a model that draws through D."""
     if condition_kind(pipe) != "low_res":
         return None
     from zoo.pipelines.base import to_pil, to_tensor
@@ -158,7 +159,7 @@ def super_resolution(pipe: Any, n: int, *, seed: int = 0, **settings: Any) -> di
 
     data = pregenerate(n, seed=SR_SEED, split="heldout", image_size=pipe.recipe.image_size)
     side, size = pipe.latent_shape[1], pipe.recipe.image_size
-    todo, drawn, bicubic, psnr_model, psnr_bicubic = [], [], [], [], []
+    todo, drawn, bicubic, psnr_model, psnr_bicubic, psnr_ceiling = [], [], [], [], [], []
     for k in tqdm(range(n), desc=f"{pipe.recipe.name} super-resolution", leave=False, disable=None):
         truth, wanted = data["images"][k : k + 1], data["attributes"][k]
         low = low_res_of(truth, side)
@@ -166,10 +167,12 @@ def super_resolution(pipe: Any, n: int, *, seed: int = 0, **settings: Any) -> di
         bicubic += to_pil(bicubic_upsampled(low, size))  # 8-bit, as the model's image
         psnr_model.append(psnr(to_tensor(drawn[-1]), truth))
         psnr_bicubic.append(psnr(to_tensor(bicubic[-1]), truth))
+        psnr_ceiling.append(psnr(to_tensor(pipe.decode(pipe.encode(truth))[0]), truth))
         todo.append(({}, {"shape": wanted.shape, "colour": wanted.colour, "background": wanted.background}))
     return {
         "psnr_db": statistics.fmean(psnr_model),
         "psnr_bicubic_db": statistics.fmean(psnr_bicubic),
+        "psnr_autoencoder_db": statistics.fmean(psnr_ceiling),
         "model": adherence_of(drawn, todo),
         "bicubic": adherence_of(bicubic, todo),
     }
@@ -384,6 +387,7 @@ def super_resolution_rows(label: str, sr: dict, timing: dict) -> list[tuple[str,
     n = int(sr["model"]["count"])
     gain = sr["psnr_db"] - sr["psnr_bicubic_db"]
     psnr_cells = f"model {sr['psnr_db']:.2f} dB, bicubic {sr['psnr_bicubic_db']:.2f} dB ({gain:+.2f} dB)"
+    psnr_cells += f"; the autoencoder's round trip D(E(x)) {sr['psnr_autoencoder_db']:.2f} dB"
     time_cells = f"{timing['ratio']:.2f}x {timing['reference']}'s ({timing['reference_seconds']:.2f} s)"
     return [
         (f"{label}: super-resolution PSNR, held-out images (n={n})", psnr_cells),
