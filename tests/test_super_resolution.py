@@ -300,6 +300,7 @@ def test_the_super_resolution_measure_scores_bicubic_as_bicubic_and_the_truth_as
     assert bicubic["model"] == bicubic["bicubic"] and bicubic["model"]["count"] == 4
     perfect = evaluate.super_resolution(Upsampler(oracle=True), 4)
     assert perfect["psnr_db"] > 100 and perfect["model"]["all"] == 1.0 and perfect["psnr_autoencoder_db"] > 100
+    assert perfect["autoencoder"]["all"] == 1.0
     assert evaluate.super_resolution(zoo.build("ldm-clip-kl", tiny=True, device="cpu"), 2) is None
 
 
