@@ -123,6 +123,7 @@ def test_the_noise_level_goes_to_the_unet_as_a_class_label():
     assert noisy["class_labels"].tolist() == [20, 20] and clean["class_labels"].tolist() == [0]
     torch.testing.assert_close(clean["concat"], low, atol=0, rtol=0)
     assert (noisy["concat"][0] - low[0]).abs().mean() > 0.05
+    assert (noisy["concat"][0] - noisy["concat"][1]).abs().mean() > 0.05  # each image noised on its own
 
 
 @pytest.mark.parametrize(
@@ -327,3 +328,12 @@ def test_the_recipe_and_the_pipeline_agree_on_the_low_res_channels():
     from zoo.pipelines import super_resolution
 
     assert catalog.LOW_RES_CHANNELS == super_resolution.LOW_RES_CHANNELS == 3  # the catalog sits below pipelines
+
+
+def test_the_benchmarks_feed_a_super_resolution_model_its_low_res_image():
+    from zoo import bench
+
+    pipe = tiny_sr()
+    kwargs = bench.generate_kwargs(pipe)
+    assert set(kwargs) == {"image"} and kwargs["image"].shape == (1, 3, 16, 16)
+    assert pipe.generate(**kwargs, steps=1)[0].size == (64, 64)

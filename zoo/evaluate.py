@@ -181,6 +181,15 @@ def super_resolution(pipe: Any, n: int, *, seed: int = 0, **settings: Any) -> di
     }
 
 
+def example_low_res(pipe: Any) -> torch.Tensor:
+    """A super-resolution model's input for timing: a large red circle on blue, downsampled (1, 3, h, w)."""
+    from zoo.pipelines.super_resolution import low_res_of
+
+    picture = render(Attributes("circle", "red", "blue", "large", "center"))[0]
+    truth = torch.from_numpy(picture.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1  # (1, 3, H, W)
+    return low_res_of(truth, pipe.latent_shape[1])
+
+
 def relative_time(pipe: Any, settings: dict[str, Any], reference: str = "ldm-clip-kl") -> dict[str, float]:
     """Seconds of one image of `pipe` against one plain text-to-image generation of `reference` (its embedded
     weights, its own guidance) at the same sampler and steps, measured in the same run."""
@@ -272,11 +281,7 @@ def seconds_per_image(pipe: Any, repeats: int = 3, **settings: Any) -> float:
     elif kind == "seg":
         kwargs["semantic_map"] = torch.from_numpy(render(Attributes("circle", "red", "blue", "large", "center"))[1])
     elif kind == "low_res":
-        from zoo.pipelines.super_resolution import low_res_of
-
-        picture = render(Attributes("circle", "red", "blue", "large", "center"))[0]
-        truth = torch.from_numpy(picture.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1  # (1, 3, H, W)
-        kwargs["image"] = low_res_of(truth, pipe.latent_shape[1])
+        kwargs["image"] = example_low_res(pipe)
     pipe.generate(**kwargs)
     times = []
     for _ in range(repeats):

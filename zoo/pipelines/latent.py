@@ -321,12 +321,13 @@ class LatentPipeline(Pipeline):
     def with_low_res_input(
         self, cond: dict, low_res: torch.Tensor, level: int, generator: torch.Generator, batch: int
     ) -> dict:
-        """The condition with the super-resolution input: the low-res image (1, 3, h, w), noised to `level`
-        (y_s ~ q(x_s|x_0), from `generator`) and concatenated after z_t; the level as the U-Net's class label when
-        the model was trained with noise augmentation."""
-        levels = torch.full((1,), level, dtype=torch.long)
-        y = super_resolution.noised_low_res(self.schedule, low_res, levels, generator).to(self.device, self.dtype)
-        kwargs = concatenated(cond, y.expand(batch, -1, -1, -1))
+        """The condition with the super-resolution input: the low-res image (1, 3, h, w), tiled over the batch and
+        noised to `level` with noise of its own per image (y_s ~ q(x_s|x_0), from `generator`), concatenated after
+        z_t; the level as the U-Net's class label when the model was trained with noise augmentation."""
+        levels = torch.full((batch,), level, dtype=torch.long)
+        tiled = low_res.expand(batch, -1, -1, -1)
+        y = super_resolution.noised_low_res(self.schedule, tiled, levels, generator).to(self.device, self.dtype)
+        kwargs = concatenated(cond, y)
         if self.recipe.noise_augmentation:
             kwargs["class_labels"] = levels.expand(batch).to(self.device)
         return kwargs
