@@ -329,7 +329,7 @@ class LatentPipeline(Pipeline):
         y = super_resolution.noised_low_res(self.schedule, tiled, levels, generator).to(self.device, self.dtype)
         kwargs = concatenated(cond, y)
         if self.recipe.noise_augmentation:
-            kwargs["class_labels"] = levels.expand(batch).to(self.device)
+            kwargs["class_labels"] = levels.to(self.device)
         return kwargs
 
     def with_inpainting_input(
