@@ -337,3 +337,17 @@ def test_the_benchmarks_feed_a_super_resolution_model_its_low_res_image():
     kwargs = bench.generate_kwargs(pipe)
     assert set(kwargs) == {"image"} and kwargs["image"].shape == (1, 3, 16, 16)
     assert pipe.generate(**kwargs, steps=1)[0].size == (64, 64)
+
+
+def test_python_m_zoo_evaluate_reports_super_resolution_against_bicubic_and_the_time(tmp_path, capsys):
+    tiny_sr().save_pretrained(tmp_path / "sr")
+    evaluate.main(["ldm-sr-kl", "--weights", str(tmp_path / "sr"), "--prompts", "2", "--steps", "2", "--threads", "1"])
+    out = capsys.readouterr().out
+    for row in (
+        "ddpm 2: super-resolution PSNR, held-out images (n=2) | model ",
+        "ddpm 2: bicubic read by the analyser | shape ",
+        "the autoencoder's round trip D(E(x))",
+        "ddpm 2: time per image vs plain generation at the same steps | ",
+    ):
+        assert row in out, out
+    assert "seen pairs" not in out and "CLIP zero-shot" not in out  # no prompts: nothing text-to-image measured
