@@ -46,6 +46,8 @@ def a_map(shape: str = "circle") -> torch.Tensor:
 def inputs_for(pipe: Any, prompt: str = PROMPT) -> dict[str, Any]:
     """What a pipeline needs to generate: a prompt, a class index, and/or a semantic map."""
     kwargs: dict[str, Any] = {}
+    if pipe.recipe.concat_image == "low_res":  # super-resolution: a 16x16 image and nothing else
+        return {"image": two_halves(40, 200).resize((16, 16))}
     if pipe.recipe.conditioner is not None:
         kwargs["prompt"] = 5 if pipe.recipe.conditioner.name == "class" else prompt
     if pipe.recipe.spatial is not None:

@@ -295,6 +295,20 @@ def test_init_from_a_text_model_zero_initialises_the_inpainting_inputs(tmp_path)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
 
 
+# ------------------------------------------------------------------------------------------ super-resolution
+def test_super_resolution_trains_on_cached_latents_with_noise_augmentation_and_upsamples(runs, kl, clip):
+    extra = ("--autoencoder", str(kl / "final"), "--conditioner", str(clip / "final"))
+    augmented = json.dumps({"steps": 2, "noise_augmentation": 20, "unet": {"num_classes": 21}})
+    out = train_diffusion(runs, "ldm-sr-kl", *extra, "--overrides", augmented)  # the last --overrides counts
+    metrics = assert_run_folder(out, {"unet"})
+    assert np.isfinite(metrics["history"][-1]["loss"])
+    pipe = zoo.load_pipeline(out / "final", device="cpu")
+    assert pipe.recipe.concat_image == "low_res" and pipe.unet.conv_in.in_channels == 4 + 3
+    assert pipe.recipe.noise_augmentation == 20 and pipe.unet.class_embedding.num_embeddings == 21
+    low_res = torch.rand(3, 16, 16) * 2 - 1
+    assert pipe.generate(image=low_res, noise_level=10)[0].size == (64, 64)
+
+
 def test_training_masks_are_binary_boxes_and_strokes_some_full_and_seeded():
     from zoo.data.masks import random_masks
 

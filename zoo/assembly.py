@@ -24,6 +24,7 @@ from components.schedulers.variance import output_channels
 from zoo.pipelines.base import Pipeline
 from zoo.pipelines.latent import LatentPipeline
 from zoo.pipelines.pixel import PixelPipeline
+from zoo.pipelines.super_resolution import LOW_RES_CHANNELS
 from zoo.recipes import REGISTRIES, Part, Recipe
 
 PIPELINE_CLASSES: dict[str, type[Pipeline]] = {"pixel": PixelPipeline, "latent": LatentPipeline}  # by recipe.kind
@@ -98,11 +99,39 @@ def check_compatible(chosen: Recipe, parts: Mapping[str, Any]) -> None:
         )
     spatial = parts.get("spatial")
     channels = spatial.channels if spatial is not None else 0
-    image = 1 + ae.latent_channels if chosen.concat_image == "inpaint" and ae is not None else 0  # mask + latent
+    image = concat_image_channels(chosen.concat_image, ae.latent_channels if ae is not None else 0)
     if channels + image != unet.concat_channels:
-        what = f" + {image} inpainting channels (mask, masked image's latent)" if image else ""
+        what = f" + {image} {CONCAT_IMAGE_WORDS[chosen.concat_image]} channels" if image else ""
         raise IncompatiblePartsError(
             f"{chosen.name}: the spatial conditioner gives {channels} map channels{what} but the U-Net's "
             f"concat_channels is {unet.concat_channels}: its input is latent channels + map channels, so they must "
             "be equal"
+        )
+    check_noise_augmentation(chosen, unet, parts["schedule"].num_timesteps)
+
+
+CONCAT_IMAGE_WORDS = {"inpaint": "inpainting (mask, masked image's latent)", "low_res": "low-res image (RGB)"}
+
+
+def concat_image_channels(concat_image: str | None, latent_channels: int) -> int:
+    """The U-Net inputs a recipe's concat_image adds: the mask + the masked image's latent, or the low-res RGB."""
+    if concat_image == "inpaint":
+        return 1 + latent_channels if latent_channels else 0
+    return LOW_RES_CHANNELS if concat_image == "low_res" else 0
+
+
+def check_noise_augmentation(chosen: Recipe, unet: Any, num_timesteps: int) -> None:
+    """A super-resolution model with noise augmentation takes the level s in [0, max] as a class label; s is a
+    time of the pipeline's schedule, so max <= T."""
+    if chosen.noise_augmentation > num_timesteps:
+        raise IncompatiblePartsError(
+            f"{chosen.name}: noise_augmentation={chosen.noise_augmentation} is a noise level of the schedule "
+            f"{chosen.schedule.name!r}, whose T is {num_timesteps}: it must be at most T"
+        )
+    wanted = chosen.noise_augmentation + 1 if chosen.noise_augmentation else None
+    if chosen.concat_image == "low_res" and unet.num_classes != wanted:
+        raise IncompatiblePartsError(
+            f"{chosen.name}: noise_augmentation={chosen.noise_augmentation} needs a U-Net with num_classes={wanted} "
+            f"(one class embedding per noise level 0..{chosen.noise_augmentation}; None when 0), got "
+            f"num_classes={unet.num_classes}"
         )

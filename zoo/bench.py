@@ -275,9 +275,11 @@ class _Stopwatch:
 
 
 def generate_kwargs(pipe: Any) -> dict[str, Any]:
-    from zoo.evaluate import condition_kind
+    from zoo.evaluate import condition_kind, example_low_res
 
     kind = condition_kind(pipe)
+    if kind == "low_res":  # super-resolution: the low-res image, no prompt
+        return {"image": example_low_res(pipe)}
     prompt = {"text": "a red circle in the top left on a blue background", "class": 0}.get(kind)
     if kind == "seg":
         from zoo.data.shapes import Attributes, render

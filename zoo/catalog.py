@@ -17,6 +17,7 @@ from zoo.registry import PIPELINES
 LATENT_CHANNELS = 4
 CONTEXT_DIM = 128  # width of the text/class tokens = the U-Net's cross-attention context width
 NUM_CLASSES = 24  # the dataset's class label: shape kind x shape colour (zoo/data/shapes.py)
+LOW_RES_CHANNELS = 3  # super-resolution's low-res RGB image (zoo/pipelines/super_resolution.py says the same)
 NUM_SEG_LABELS = len(SEG_PALETTE)  # the dataset's semantic map: background + one label per shape kind
 SEG = Part("seg", {"num_labels": NUM_SEG_LABELS, "palette": tuple(SEG_PALETTE[k] for k in range(NUM_SEG_LABELS))})
 
@@ -99,6 +100,7 @@ def _register() -> None:
     for name, spec in HUB_MODELS.items():
         PIPELINES.add(name, functools.partial(hub_recipe, name), description=spec["about"])
     PIPELINES.add("ldm-inpaint-kl", inpaint_recipe, description=INPAINT_ABOUT)
+    PIPELINES.add("ldm-sr-kl", sr_recipe, description=SR_ABOUT)
     for cond, ae, factor, schedule in itertools.product(CONDITIONINGS, AUTOENCODER_KINDS, FACTORS, LATENT_SCHEDULES):
         name = latent_name(cond, ae, factor, schedule)
         about = f"latent diffusion: {CONDITIONINGS[cond]['about']}; {AUTOENCODER_KINDS[ae]} f{factor}; "
@@ -210,6 +212,35 @@ def inpaint_recipe() -> Recipe:
     base = latent_recipe("clip", "kl", 4, "linear")
     unet = base.unet.with_kwargs(concat_channels=1 + LATENT_CHANNELS)
     return base.replace(name="ldm-inpaint-kl", description=INPAINT_ABOUT, unet=unet, concat_image="inpaint")
+
+
+SR_ABOUT = (
+    "latent diffusion super-resolution (LDM Sec. 4.4): the 16x16 low-res image concatenated to z_t, tau = identity; "
+    "64x64 out; KL f4"
+)
+SR_MAX_NOISE_LEVEL = 350  # the SD x4 upscaler's max_noise_level, for sr_recipe(noise_augmentation=...)
+
+
+def sr_recipe(noise_augmentation: int = 0) -> Recipe:
+    """ldm-clip-kl's parts with 3 more U-Net inputs, the low-res RGB image at latent resolution (16x16 for f4),
+    so a trained text model's U-Net warm-starts it (zoo/train/stages.py `widened`). Its cross-attention always
+    sees the CLIP tower's tokens of the empty prompt, a constant: the null condition the text model learned under
+    condition dropout, so the warm start begins as the text model's unconditional branch. No guidance (the
+    low-res image is never dropped in training). noise_augmentation > 0: the SD x4 upscaler's noise level as
+    a class label (zoo/pipelines/super_resolution.py), num_classes = noise_augmentation + 1."""
+    base = latent_recipe("clip", "kl", 4, "linear")
+    unet = {"concat_channels": LOW_RES_CHANNELS}
+    if noise_augmentation:  # one class embedding per noise level 0..noise_augmentation
+        unet["num_classes"] = noise_augmentation + 1
+    return base.replace(
+        name="ldm-sr-kl",
+        description=SR_ABOUT,
+        unet=unet,
+        concat_image="low_res",
+        noise_augmentation=noise_augmentation,
+        guidance_scale=1.0,
+        cfg_dropout=0.0,
+    )
 
 
 def hub_recipe(name: str) -> Recipe:

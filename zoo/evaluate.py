@@ -142,8 +142,71 @@ def inpainting(pipe: Any, split: str, n: int, *, seed: int = 0, **settings: Any)
     return {**table, "psnr_outside_db": statistics.fmean(kept)}
 
 
+SR_SEED = 2024  # the held-out images super-resolution is measured on (split "heldout": pairs never trained on)
+
+
+@torch.no_grad()
+def super_resolution(pipe: Any, n: int, *, seed: int = 0, **settings: Any) -> dict[str, float] | None:
+    """Super-resolution on `n` held-out images (colour-shape pairs never trained on): each 64x64 ground truth
+    downsampled to the model's low-res input (bicubic with antialiasing, zoo/pipelines/super_resolution.py) and
+    upsampled by the model and by bicubic interpolation; PSNR (dB) of each to the ground truth (both 8-bit), and
+    the strict analyser's reading of shape (template IoU >= SHAPE_IOU), colour and background of each; and the
+    PSNR and reading of the autoencoder's round trip D(E(x)) of the same images: what a model that draws through
+    D reaches at best, about (its latents could beat E(x) a little)."""
+    if condition_kind(pipe) != "low_res":
+        return None
+    from zoo.pipelines.base import to_pil, to_tensor
+    from zoo.pipelines.super_resolution import bicubic_upsampled, low_res_of
+
+    data = pregenerate(n, seed=SR_SEED, split="heldout", image_size=pipe.recipe.image_size)
+    side, size = pipe.latent_shape[1], pipe.recipe.image_size
+    todo, drawn, bicubic, round_trips, psnr_model, psnr_bicubic, psnr_ceiling = [], [], [], [], [], [], []
+    for k in tqdm(range(n), desc=f"{pipe.recipe.name} super-resolution", leave=False, disable=None):
+        truth, wanted = data["images"][k : k + 1], data["attributes"][k]
+        low = low_res_of(truth, side)
+        drawn += pipe.generate(image=low, seed=seed + k, **settings)
+        bicubic += to_pil(bicubic_upsampled(low, size))  # 8-bit, as the model's image
+        psnr_model.append(psnr(to_tensor(drawn[-1]), truth))
+        psnr_bicubic.append(psnr(to_tensor(bicubic[-1]), truth))
+        round_trips += pipe.decode(pipe.encode(truth))
+        psnr_ceiling.append(psnr(to_tensor(round_trips[-1]), truth))
+        todo.append(({}, {"shape": wanted.shape, "colour": wanted.colour, "background": wanted.background}))
+    return {
+        "psnr_db": statistics.fmean(psnr_model),
+        "psnr_bicubic_db": statistics.fmean(psnr_bicubic),
+        "psnr_autoencoder_db": statistics.fmean(psnr_ceiling),
+        "model": adherence_of(drawn, todo),
+        "bicubic": adherence_of(bicubic, todo),
+        "autoencoder": adherence_of(round_trips, todo),
+    }
+
+
+def example_low_res(pipe: Any) -> torch.Tensor:
+    """A super-resolution model's input for timing: a large red circle on blue, downsampled (1, 3, h, w)."""
+    from zoo.pipelines.super_resolution import low_res_of
+
+    picture = render(Attributes("circle", "red", "blue", "large", "center"))[0]
+    truth = torch.from_numpy(picture.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1  # (1, 3, H, W)
+    return low_res_of(truth, pipe.latent_shape[1])
+
+
+def relative_time(pipe: Any, settings: dict[str, Any], reference: str = "ldm-clip-kl") -> dict[str, float]:
+    """Seconds of one image of `pipe` against one plain text-to-image generation of `reference` (its embedded
+    weights, its own guidance) at the same sampler and steps, measured in the same run."""
+    plain = zoo.build(reference)
+    steps = {"sampler": settings["sampler"], "steps": settings["steps"]}
+    seconds = seconds_per_image(plain, **steps, guidance_scale=plain.recipe.guidance_scale)
+    return {
+        "reference": reference,
+        "reference_seconds": seconds,
+        "ratio": seconds_per_image(pipe, **settings) / seconds,
+    }
+
+
 def condition_kind(pipe: Any) -> str | None:
-    """What the pipeline is conditioned on: "text", "class", "seg", or None (unconditional)."""
+    """What the pipeline is conditioned on: "low_res" (super-resolution), "text", "class", "seg", or None."""
+    if getattr(getattr(pipe, "recipe", None), "concat_image", None) == "low_res":  # a constant text context
+        return "low_res"
     if getattr(pipe, "conditioner", None) is not None:
         return pipe.conditioner.kind
     return "seg" if getattr(pipe, "spatial", None) is not None else None
@@ -217,6 +280,8 @@ def seconds_per_image(pipe: Any, repeats: int = 3, **settings: Any) -> float:
         kwargs["prompt"] = 0
     elif kind == "seg":
         kwargs["semantic_map"] = torch.from_numpy(render(Attributes("circle", "red", "blue", "large", "center"))[1])
+    elif kind == "low_res":
+        kwargs["image"] = example_low_res(pipe)
     pipe.generate(**kwargs)
     times = []
     for _ in range(repeats):
@@ -228,7 +293,7 @@ def seconds_per_image(pipe: Any, repeats: int = 3, **settings: Any) -> float:
 
 def sampler_settings(pipe: Any, sampler: str | None, steps: int | None, guidance_scale: float | None) -> dict:
     settings = {"sampler": sampler or pipe.recipe.sampler, "steps": steps or pipe.recipe.steps}
-    if pipe.recipe.kind == "latent":
+    if pipe.recipe.kind == "latent" and condition_kind(pipe) != "low_res":  # super-resolution: no guidance
         settings["guidance_scale"] = pipe.recipe.guidance_scale if guidance_scale is None else guidance_scale
     return settings
 
@@ -260,7 +325,10 @@ def evaluate(
     for sampler in samplers:
         settings = sampler_settings(pipe, sampler, steps, guidance_scale)
         entry: dict[str, Any] = {**settings}
-        if condition_kind(pipe) is not None:
+        if condition_kind(pipe) == "low_res":
+            entry["super_resolution"] = super_resolution(pipe, prompts, **settings)
+            entry["time_vs_plain"] = relative_time(pipe, settings)
+        elif condition_kind(pipe) is not None:
             for split in splits(pipe):
                 todo = jobs(pipe, split, prompts)
                 drawn = draw(pipe, todo, f"{name} {settings['sampler']} {split}", **settings)
@@ -269,7 +337,8 @@ def evaluate(
         entry["seconds_per_image"] = seconds_per_image(pipe, **settings)
         result["by_sampler"].append(entry)
     first = result["by_sampler"][0]
-    result.update({k: first[k] for k in ("sampler", "steps", "guidance_scale", "seconds_per_image") if k in first})
+    shown = ("sampler", "steps", "guidance_scale", "seconds_per_image", "super_resolution")
+    result.update({k: first[k] for k in shown if k in first})
     for split in ("seen", "heldout"):
         result[f"adherence_{split}"] = first.get(f"adherence_{split}")
         if f"ddim-{split}" in images and f"dpmpp-{split}" in images:
@@ -302,6 +371,8 @@ def table(result: dict) -> str:
         for split in ("seen", "heldout"):
             if acc := entry.get(f"adherence_{split}"):
                 rows.append((f"{label}: {split} pairs (n={int(acc['count'])})", percent(acc)))
+        if sr := entry.get("super_resolution"):
+            rows += super_resolution_rows(label, sr, entry["time_vs_plain"])
         rows.append((f"{label}: seconds per image ({result['threads']} threads)", f"{entry['seconds_per_image']:.2f}"))
     if agree := result.get("ddim_dpmpp_agreement"):
         rows.append(("DDIM / DPM-Solver++ same-seed agreement", ", ".join(f"{k} {v:.0%}" for k, v in agree.items())))
@@ -320,10 +391,25 @@ def table(result: dict) -> str:
     return "\n".join(["| measure | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
 
 
+def super_resolution_rows(label: str, sr: dict, timing: dict) -> list[tuple[str, str]]:
+    n = int(sr["model"]["count"])
+    gain = sr["psnr_db"] - sr["psnr_bicubic_db"]
+    psnr_cells = f"model {sr['psnr_db']:.2f} dB, bicubic {sr['psnr_bicubic_db']:.2f} dB ({gain:+.2f} dB)"
+    psnr_cells += f"; the autoencoder's round trip D(E(x)) {sr['psnr_autoencoder_db']:.2f} dB"
+    time_cells = f"{timing['ratio']:.2f}x {timing['reference']}'s ({timing['reference_seconds']:.2f} s)"
+    return [
+        (f"{label}: super-resolution PSNR, held-out images (n={n})", psnr_cells),
+        (f"{label}: super-resolution read by the analyser", percent(sr["model"])),
+        (f"{label}: bicubic read by the analyser", percent(sr["bicubic"])),
+        (f"{label}: the autoencoder's round trip of the truth read by the analyser", percent(sr["autoencoder"])),
+        (f"{label}: time per image vs plain generation at the same steps", time_cells),
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m zoo.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("name", nargs="+", help="pipeline name(s)")
-    parser.add_argument("--prompts", type=int, default=48, help="prompts per split")
+    parser.add_argument("--prompts", type=int, default=48, help="prompts per split (super-resolution: images)")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the recipe's)")
     parser.add_argument("--sampler", default=None, choices=SAMPLERS, help="default: the recipe's")
     parser.add_argument("--all-samplers", action="store_true", help="the recipe's sampler, then the other two")

@@ -18,7 +18,9 @@ from components.schedulers.schedule import PREDICTION_TYPES
 from components.validation import MAX_IMAGE_SIZE, MAX_TIMESTEPS, ArgumentTypeError, require_int, require_number
 
 PIPELINE_KINDS = ("pixel", "latent")
-CONCAT_IMAGES = (None, "inpaint")  # what of a given image a U-Net takes by concatenation (SD inpainting's order)
+# What of a given image a U-Net takes by concatenation: "inpaint", the mask and the masked image's latent (SD
+# inpainting's order); "low_res", the low-resolution image itself at latent resolution (LDM Sec. 4.4).
+CONCAT_IMAGES = (None, "inpaint", "low_res")
 LAYOUTS = ("zoo", "diffusers")  # how save_pretrained writes the weights (zoo/pipeline_io.py)
 # The registry that builds each role of a recipe (a semantic map is a conditioner too, on the concat path).
 REGISTRIES: dict[str, Registry] = {
@@ -89,6 +91,9 @@ class Recipe:
     )
     objective: str = "simple"  # training loss: L_simple (DDPM Eq. 14), "vlb" (the bound), "hybrid" (iDDPM Sec. 3.1)
     concat_image: str | None = None  # "inpaint": the mask and the masked image's latent concatenated to z_t
+    # "low_res" only: the largest noise level s of the low-res image's augmentation q(x_s|x_0) in training, given to
+    # the U-Net as a class label (SD x4 upscaler's max_noise_level, 350 there); 0: none (LDM Sec. 4.4 as it is)
+    noise_augmentation: int = 0
 
     def __post_init__(self) -> None:
         for field, value, allowed in (
@@ -107,6 +112,10 @@ class Recipe:
         require_int(f"{name} steps", self.steps, minimum=1, maximum=MAX_TIMESTEPS, why="the default sampling steps")
         require_number(f"{name} guidance_scale", self.guidance_scale, minimum=0.0)
         require_number(f"{name} cfg_dropout", self.cfg_dropout, minimum=0.0, maximum=1.0)
+        why = "a noise level of the low-res image, at most the schedule's T"
+        require_int(f"{name} noise_augmentation", self.noise_augmentation, minimum=0, maximum=MAX_TIMESTEPS, why=why)
+        if self.noise_augmentation and self.concat_image != "low_res":
+            raise ValueError(f'{name} noise_augmentation is for super-resolution (concat_image "low_res") only')
         for role in ROLES:
             part = getattr(self, role)
             if part is not None and not (isinstance(part, Part) and isinstance(part.name, str)):

@@ -18,6 +18,7 @@ from torch import nn
 from components.samplers.common import Callback
 from components.samplers.denoiser import MAX_GUIDANCE, Denoiser
 from components.validation import ArgumentTypeError, require_int, require_number, require_text
+from zoo.pipelines import super_resolution
 from zoo.pipelines.base import MAX_SIDE_FACTOR, Pipeline, check_num_images, check_seed, to_pil, to_tensor
 from zoo.recipes import Recipe
 
@@ -82,6 +83,9 @@ class LatentPipeline(Pipeline):
         paths = []
         if self.conditioner is not None:
             paths.append(f"{self.recipe.conditioner.name} tokens through cross-attention")
+        if self.recipe.concat_image == "low_res":  # tau = identity: the cross-attention sees a constant
+            side = self.latent_shape[1]
+            return f"a {side}x{side} low-res image concatenated to z_t (cross-attention: the empty prompt's tokens)"
         if self.spatial is not None:
             paths.append("a semantic map concatenated to z_t")
         return " and ".join(paths) or "none (unconditional)"
@@ -180,6 +184,7 @@ class LatentPipeline(Pipeline):
         strength: float = 1.0,
         mask_image: Any = None,
         latents: torch.Tensor | None = None,
+        noise_level: int | None = None,
     ) -> list[Image.Image]:
         """Sample images for a prompt (and/or a semantic map); the same seed gives the same images.
 
@@ -189,7 +194,29 @@ class LatentPipeline(Pipeline):
         `strength` of the grid and denoised from there (zoo/pipelines/editing.py). mask_image (white = repaint):
         the blended latent step keeps the rest; its latents equal the image's exactly, its pixels up to the
         autoencoder's round trip. latents: x_T (or the eps that noises the image), (num_images, C, h, w).
+        A super-resolution model (recipe concat_image "low_res") takes the low-res `image` instead, no prompt,
+        and `noise_level` s for its noise augmentation (zoo/pipelines/super_resolution.py).
         """
+        if self.recipe.concat_image == "low_res":
+            return self.upsample(
+                image,
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                noise_level=noise_level,
+                strength=strength,
+                mask_image=mask_image,
+                guidance_scale=guidance_scale,
+                height=height,
+                width=width,
+                steps=steps,
+                sampler=sampler,
+                seed=seed,
+                num_images=num_images,
+                callback=callback,
+                latents=latents,
+            )
+        if noise_level is not None:
+            raise ValueError(f"noise_level is for super-resolution models (e.g. ldm-sr-kl), not {self.recipe.name}")
         seed, num_images = check_seed(seed), check_num_images(num_images)
         if self.spatial is not None and (height, width) != (None, None):
             raise ValueError(
@@ -231,6 +258,79 @@ class LatentPipeline(Pipeline):
             **edit,
         )
         return self.decode(z0)
+
+    def upsample(
+        self,
+        image: Any,
+        *,
+        noise_level: int | None,
+        seed: int | None,
+        num_images: int,
+        steps: int | None,
+        sampler: str | None,
+        callback: Callback | None,
+        latents: torch.Tensor | None,
+        **unused: Any,
+    ) -> list[Image.Image]:
+        """Super-resolution by concatenation (LDM Sec. 4.4): `image`, the low-res RGB image at latent resolution
+        (resized there, said), concatenated to z_t at every step, noised first to `noise_level` when the model was
+        trained with noise augmentation. What it cannot use is refused: a prompt (tau = identity), a mask,
+        strength, guidance (the low-res image is never dropped in training), another size."""
+        name = self.recipe.name
+        self.refuse_for_upsampling(**unused)
+        seed, num_images = check_seed(seed), check_num_images(num_images)
+        level = super_resolution.check_noise_level(noise_level, self.recipe.noise_augmentation, name)
+        side = self.latent_shape[1]
+        low_res = super_resolution.load_low_res(image, side, name).to(self.device)
+        cond = self.condition(None, None, num_images)  # the conditioner's empty prompt: a constant context
+        denoiser = lambda generator: self.denoiser(  # noqa: E731  (drawn after the starting noise)
+            self.with_low_res_input(cond, low_res, level, generator, num_images), None, 1.0
+        )
+        z0 = self.draw(
+            denoiser,
+            (num_images, *self.latent_shape),
+            seed=seed,
+            sampler=sampler or self.recipe.sampler,
+            steps=self.recipe.steps if steps is None else steps,
+            callback=callback,
+            latents=latents,
+        )
+        return self.decode(z0)
+
+    def refuse_for_upsampling(self, **given: Any) -> None:
+        """The generate arguments a super-resolution model has no use for: each given one is an error."""
+        name = self.recipe.name
+        reasons = {
+            "prompt": "tau = identity, its only condition is the low-res image (LDM Sec. 4.4)",
+            "negative_prompt": "there is no guidance (the low-res image is never dropped in training)",
+            "mask_image": "it upsamples the whole image",
+            "height": "it draws at its image_size",
+            "width": "it draws at its image_size",
+        }
+        for key, why in reasons.items():
+            if not (given.get(key) is None or (isinstance(given[key], str) and given[key] == "")):
+                raise ValueError(f"{name} takes no {key}: {why}; leave it unset")
+        if given.get("strength", 1.0) != 1.0:
+            raise ValueError(f"{name} takes no strength: it draws from pure noise (image= is the low-res input)")
+        if given.get("guidance_scale") not in (None, 1.0):
+            raise ValueError(
+                f"{name} takes no guidance_scale (only 1): it was never trained without its low-res image, so there "
+                "is no unconditional branch to guide against"
+            )
+
+    def with_low_res_input(
+        self, cond: dict, low_res: torch.Tensor, level: int, generator: torch.Generator, batch: int
+    ) -> dict:
+        """The condition with the super-resolution input: the low-res image (1, 3, h, w), tiled over the batch and
+        noised to `level` with noise of its own per image (y_s ~ q(x_s|x_0), from `generator`), concatenated after
+        z_t; the level as the U-Net's class label when the model was trained with noise augmentation."""
+        levels = torch.full((batch,), level, dtype=torch.long)
+        tiled = low_res.expand(batch, -1, -1, -1)
+        y = super_resolution.noised_low_res(self.schedule, tiled, levels, generator).to(self.device, self.dtype)
+        kwargs = concatenated(cond, y)
+        if self.recipe.noise_augmentation:
+            kwargs["class_labels"] = levels.to(self.device)
+        return kwargs
 
     def with_inpainting_input(
         self,

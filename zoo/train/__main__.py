@@ -74,7 +74,11 @@ def parser() -> argparse.ArgumentParser:
         help="trained CLIP text tower (frozen), or a trained BERT (a warm start, trained on)",
     )
     diffusion.add_argument("--init", help="start from a saved pipeline folder (e.g. zoo/weights/ldm-clip-kl)")
-    diffusion.add_argument("--unet-from", help="start the U-Net from this trained U-Net folder (same architecture)")
+    diffusion.add_argument(
+        "--unet-from",
+        help="start the U-Net from this trained U-Net folder (same architecture; for an inpainting or "
+        "super-resolution recipe also a text model's, its extra inputs zero-initialised)",
+    )
     diffusion.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (e.g. 5)")
     diffusion.add_argument(
         "--objective",

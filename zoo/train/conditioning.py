@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from zoo.data.masks import random_masks
+from zoo.pipelines import super_resolution
 from zoo.pipelines.latent import concatenated
 from zoo.train.data import to_float
 
@@ -35,13 +36,15 @@ class TrainingCondition:
         self.conditioner = getattr(pipe, "conditioner", None)
         self.spatial = getattr(pipe, "spatial", None)
         self.is_text = self.conditioner is not None and self.conditioner.kind == "text"
+        self.low_res = pipe.recipe.concat_image == "low_res"
         self.cache: tuple[torch.Tensor, torch.Tensor, dict[str, int]] | None = None
         if (
             self.conditioner is not None
             and self.is_text
             and not any(p.requires_grad for p in self.conditioner.parameters())
         ):
-            self.cache = self.encode_unique(data["captions"])
+            captions = [] if self.low_res else data["captions"]  # super-resolution: the empty prompt only
+            self.cache = self.encode_unique(captions)
 
     @torch.no_grad()
     def encode_unique(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
@@ -52,6 +55,7 @@ class TrainingCondition:
 
     def batch(self, idx: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         drop = torch.rand(len(idx), generator=generator) < self.dropout
+        drop = drop | self.low_res  # super-resolution: tau = identity, the text is always the empty prompt
         kwargs: dict[str, torch.Tensor] = {}
         if self.conditioner is not None:
             kwargs.update(self.tokens(idx, drop))
@@ -59,7 +63,24 @@ class TrainingCondition:
             kwargs["concat"] = self.maps(idx, drop)
         if self.pipe.recipe.concat_image == "inpaint":  # the text is dropped for CFG; the mask and image never
             kwargs = concatenated(kwargs, self.inpainting_input(idx, generator))
+        if self.low_res:
+            kwargs = self.super_resolution_input(kwargs, idx, generator)
         return kwargs
+
+    @torch.no_grad()
+    def super_resolution_input(self, kwargs: dict, idx: torch.Tensor, generator: torch.Generator) -> dict:
+        """The low-res images of the batch (the cached 64x64 images downsampled to latent resolution, per batch:
+        zoo/pipelines/super_resolution.py), concatenated after z_t as the pipeline does at sampling; with noise
+        augmentation each noised to a level s drawn uniformly in [0, max] (the SD x4 upscaler's training), s given
+        as the class label."""
+        images = to_float(self.data["images"][idx])
+        low_res = super_resolution.low_res_of(images, self.pipe.latent_shape[1])
+        largest = self.pipe.recipe.noise_augmentation
+        levels = torch.randint(0, largest + 1, (len(idx),), generator=generator) if largest else None
+        if levels is not None:
+            low_res = super_resolution.noised_low_res(self.pipe.schedule, low_res, levels, generator)
+            kwargs = {**kwargs, "class_labels": levels.to(self.device)}
+        return concatenated(kwargs, low_res.to(self.device))
 
     @torch.no_grad()
     def inpainting_input(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -99,6 +120,10 @@ class TrainingCondition:
             kwargs: dict[str, Any] = {"seed": seed + k}
             if self.spatial is not None:
                 kwargs["semantic_map"] = self.data["semantic_maps"][k].long()
+            if self.low_res:  # the dataset's image k, downsampled: what it should draw back
+                low_res = super_resolution.low_res_of(to_float(self.data["images"][k : k + 1]), pipe.latent_shape[1])
+                images += pipe.generate(image=low_res, **kwargs)
+                continue
             if self.conditioner is not None:
                 kwargs["prompt"] = prompt if self.is_text else int(self.data["class_labels"][k])
             if pipe.recipe.concat_image == "inpaint":  # the dataset's image k, its right half repainted

@@ -248,9 +248,9 @@ def build_for_training(args: Any) -> Any:
     if args.init:  # continue from a saved pipeline (e.g. the embedded weights); frozen parts stay frozen
         pipe = load_pipeline(args.init, device="cpu")
         target = registered_recipe(args.pipeline)
-        if target.concat_image and not pipe.recipe.concat_image:  # e.g. a trained text model -> ldm-inpaint-kl
-            pipe = widened(pipe, target)
         changes = {**json.loads(args.overrides or "{}"), **({"objective": args.objective} if args.objective else {})}
+        if target.concat_image and not pipe.recipe.concat_image:  # e.g. a trained text model -> ldm-inpaint-kl
+            pipe = widened(pipe, target.replace(**changes))  # the U-Net's overrides (noise levels) built in
         if changes:  # e.g. {"prediction_type": "v"}: fine-tune the same network to a new target or objective
             pipe.recipe = pipe.recipe.replace(**changes)
         for role, module in pipe.modules().items():
@@ -278,9 +278,11 @@ def build_for_training(args: Any) -> Any:
         trained["conditioner"] = load_part("conditioner", "bert", args.conditioner)
     pipe = assemble(recipe, trained, tiny=args.tiny, device="cpu")
     if getattr(args, "unet_from", None):  # warm start: another pipeline's trained U-Net of the same architecture
-        source = load_part("unet", recipe.unet.name, args.unet_from)
+        source = load_part("unet", recipe.unet.name, args.unet_from).state_dict()
+        if recipe.concat_image:  # e.g. a text model's U-Net for ldm-sr-kl: the extra inputs start at zero
+            source = widened_state(source, pipe.unet)
         try:
-            pipe.unet.load_state_dict(source.state_dict(), strict=True)
+            pipe.unet.load_state_dict(source, strict=True)
         except RuntimeError as error:
             raise SystemExit(
                 f"--unet-from {args.unet_from}: not the architecture of {recipe.name}'s U-Net: {error}"
@@ -290,20 +292,42 @@ def build_for_training(args: Any) -> Any:
 
 def widened(pipe: Any, target: Any) -> Any:
     """`pipe`'s trained parts in a pipeline named as `target` whose U-Net also takes target's concatenated image
-    input (the inpainting model's mask and masked latent): the new input channels of conv_in start at zero, so
-    the network first computes exactly what the trained one did (how SD inpainting was fine-tuned from SD)."""
-    from zoo.assembly import assemble
+    input (the inpainting model's mask and masked latent, or the super-resolution model's low-res image, and its
+    noise level's class embedding): the new inputs start at zero, so the network first computes exactly what the
+    trained one did (how SD inpainting was fine-tuned from SD)."""
+    from zoo.assembly import assemble, concat_image_channels
 
-    extra = 1 + pipe.autoencoder.latent_channels  # concat_image "inpaint": the mask + the masked image's latent
+    extra = concat_image_channels(target.concat_image, pipe.autoencoder.latent_channels)
     unet = {"concat_channels": pipe.unet.config.concat_channels + extra}
-    recipe = pipe.recipe.replace(name=target.name, description=target.description, unet=unet, concat_image="inpaint")
+    if target.unet.kwargs.get("num_classes") is not None:  # the noise level of super-resolution's augmentation
+        unet["num_classes"] = target.unet.kwargs["num_classes"]
+    fields = ("guidance_scale", "cfg_dropout", "noise_augmentation")  # sampling and training defaults: target's
+    recipe = pipe.recipe.replace(
+        name=target.name,
+        description=target.description,
+        unet=unet,
+        concat_image=target.concat_image,
+        **{field: getattr(target, field) for field in fields},
+    )
     parts = {role: module for role, module in pipe.modules().items() if role != "unet"}
     new = assemble(recipe, parts, pretrained=True, device="cpu")
-    state = pipe.unet.state_dict()
-    weight = torch.zeros_like(new.unet.conv_in.weight)  # (C, in + concat, 3, 3): x_t first, then the concat
-    weight[:, : state["conv_in.weight"].shape[1]] = state["conv_in.weight"]
-    new.unet.load_state_dict({**state, "conv_in.weight": weight}, strict=True)
+    new.unet.load_state_dict(widened_state(pipe.unet.state_dict(), new.unet), strict=True)
     return new
+
+
+def widened_state(state: dict[str, torch.Tensor], unet: Any) -> dict[str, torch.Tensor]:
+    """A trained U-Net's `state` for `unet`, which takes more conv_in inputs (x_t first, then the concatenated
+    ones: their weights start at zero) and may add a class embedding (zero: it adds nothing to the time
+    embedding). Every other tensor must match; load_state_dict(strict=True) says which does not."""
+    target = unet.state_dict()
+    weight = torch.zeros_like(target["conv_in.weight"])  # (C, in + concat, 3, 3)
+    source = state["conv_in.weight"]
+    if source.shape[1] > weight.shape[1] or source.shape[0] != weight.shape[0]:
+        return state  # not a widening: strict loading names the mismatch
+    weight[:, : source.shape[1]] = source
+    key = "class_embedding.weight"
+    extra = {key: torch.zeros_like(target[key])} if key in target and key not in state else {}
+    return {**state, "conv_in.weight": weight, **extra}
 
 
 def train_diffusion(args: Any) -> Path:
