@@ -90,7 +90,7 @@ def test_each_step_back_up_is_the_forward_process_so_the_known_region_is_a_sampl
                        repaint_resample=2, steps=steps, seed=1)  # fmt: skip
     finally:
         handle.remove()
-    assert len(seen) == sum(b > a for a, b in zip(path, path[1:], strict=False))
+    assert len(seen) == repaint.denoising_steps(steps)
     grid = pixel.grid(SAMPLERS.build("ddpm"), steps)
     alpha_bar = grid.alphas_cumprod[steps - 2]
     x0 = image_input.load_image(picture(), 64, 64)
@@ -103,8 +103,7 @@ def test_repaint_costs_the_down_steps_of_its_path(pixel):
     calls = []
     pixel.generate(image=picture(), mask_image=right_half(), inpaint="repaint", repaint_jump=3, repaint_resample=4,
                    steps=9, strength=1.0, seed=0, callback=lambda i, x, x0: calls.append(i))  # fmt: skip
-    path = RePaint(3, 4).path(9)
-    assert len(calls) == sum(b > a for a, b in zip(path, path[1:], strict=False)) == 9 + 3 * 3 * 2
+    assert len(calls) == RePaint(3, 4).denoising_steps(9) == 9 + 3 * 3 * 2  # S + (r - 1) j P, P = 2 jump points
 
 
 @pytest.mark.parametrize(

@@ -348,8 +348,8 @@ def tab(
                     image_mode="RGBA",
                     format="png",
                     label="the image (upload one, or load one below); paint the region to repaint",
-                    brush=gr.Brush(colors=["#000000"], default_color="#000000", color_mode="fixed", default_size=12),
-                    eraser=gr.Eraser(default_size=12),
+                    brush=gr.Brush(colors=["#000000"], default_color="#000000", color_mode="fixed", default_size=6),
+                    eraser=gr.Eraser(default_size=6),
                     elem_id="img2img-editor",
                 )
                 with gr.Row():
@@ -371,7 +371,7 @@ def tab(
                 button = gr.Button("Edit", variant="primary", elem_id="image-to-image")
             with gr.Column(scale=2):
                 gallery = gr.Gallery(
-                    label="every mode, same seed", columns=3, elem_id="img2img-images", **display.GALLERY
+                    label="every mode, same seed", columns=2, elem_id="img2img-images", **display.GALLERY
                 )
                 used = gr.Image(label="the input, the region to repaint in red", **display.IMAGE)
                 summary = gr.Markdown()

@@ -58,6 +58,11 @@ class RePaint:
                 position -= self.jump
         return path
 
+    def denoising_steps(self, steps: int) -> int:
+        """How many steps down the walk takes (each one network evaluation, two with guidance)."""
+        path = self.path(steps)
+        return sum(there > here for here, there in zip(path, path[1:], strict=False))
+
     def check(self, sampler: Sampler, grid: Grid) -> None:
         """The sampler must be DDPM's, and with r > 1 the grid long enough for a jump (j < S)."""
         if sampler.name != "ddpm":
