@@ -303,15 +303,14 @@ class ImageToImage:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             image = pipe.generate(**kwargs, callback=display.progress_callback(edit.steps, progress))[0]
-        start = (
-            start_timestep(pipe, pipe.recipe.sampler, edit.steps, edit.strength)
-            if label.startswith("SDEdit")
-            else None
-        )
+        sdedit = not (mode.masked or mode.upsamples)
+        start = start_timestep(pipe, pipe.recipe.sampler, edit.steps, edit.strength) if sdedit else None
         untrained = "" if pipe.pretrained else " (random weights: not trained yet)"
         said = list(dict.fromkeys(str(w.message) for w in caught))
         notes = [f"**{label}** ({pipe.recipe.name}{untrained}): {path_of(pipe, mode, start)}", *said]
-        shown = {**kwargs, "image": display.Raw("image")}
+        side = pipe.latent_shape[1]
+        small = f"image.resize(({side}, {side}), Image.Resampling.BICUBIC)"  # what low_res hands the SR model
+        shown = {**kwargs, "image": display.Raw(small if mode.upsamples else "image")}
         shown.update({"mask_image": display.Raw("mask")} if "mask_image" in kwargs else {})
         code = display.call_code(mode.pipeline, self.pipes.tiny, "generate", **shown).split("\n", 1)[1]
         return {"image": image, "notes": notes, "code": code}
