@@ -78,6 +78,10 @@ def test_every_mode_is_the_librarys_own_call_from_the_same_seed(edits, pipes, ex
             "a red circle", image=image, mask_image=mask, seed=3, steps=STEPS
         ),
     }
+    if SR in modes:  # once ldm-sr-kl is registered: the image at latent resolution, no prompt
+        small = image.resize((16, 16), Image.Resampling.BICUBIC)
+        expected[SR] = pipes.get("ldm-sr-kl").generate(image=small, seed=3, steps=STEPS)
+        assert "U-Net input 4 + 3 channels, no text" in summary and "image.resize((16, 16)" in code
     for result, label in shown:
         assert (pixels(result) == pixels(expected[label][0])).all(), label
     assert "U-Net input 4 + 5 channels" in summary and "U-Net input z_t alone (4 channels)" in summary
@@ -184,5 +188,14 @@ def test_the_switch_gains_the_image_paths_where_a_model_exists(pipes, example):
     torch.manual_seed(0)
     exec(code, namespace)  # the shown call, run as is
     assert (pixels(namespace["result"][0]) == pixels(image)).all()
+    if "low-res image (super-resolution)" in conditioning.SWITCH:
+        image, used, path, code = switch.switch("low-res image (super-resolution)", "", example, None, 1, 2)
+        small = tab.example_image(example).resize((16, 16), Image.Resampling.BICUBIC)
+        direct = pipes.get("ldm-sr-kl").generate(image=small, seed=1, steps=2, guidance_scale=1.0)
+        assert (pixels(image) == pixels(direct[0])).all() and used.size == (16, 16) and "16x16 low-res" in path
+        namespace = {}
+        torch.manual_seed(0)
+        exec(code, namespace)
+        assert (pixels(namespace["result"][0]) == pixels(image)).all()
     prompt, source = conditioning.Conditioning.inputs_for("image + mask (inpainting)")
     assert prompt.interactive is True and source.interactive is True
