@@ -32,7 +32,7 @@ from zoo.data import shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 2
-NEW_VIEWS = {"compare_samplers", "swap", "inspect_autoencoders", "one_step"}
+NEW_VIEWS = {"compare_samplers", "swap", "inspect_autoencoders", "one_step", "image_to_image"}
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,9 @@ def test_preloading_builds_the_default_pipeline_once():
 def test_only_offered_pipelines_are_served_unless_the_owner_opts_in(monkeypatch):
     monkeypatch.delenv(cache.PIPELINES_ENV, raising=False)
     pipes = cache.PipelineCache.from_env(tiny=True)
-    assert pipes.names() == list(cache.OFFERED) and {*cache.SHIPPED, *cache.SWAP_PARTNERS} == set(cache.OFFERED)
+    registered = {name for name in cache.IMAGE_MODELS if name in zoo.available()}
+    assert pipes.names() == list(cache.OFFERED)
+    assert {*cache.SHIPPED, *cache.SWAP_PARTNERS, *registered} == set(cache.OFFERED)
     with pytest.raises(gr.Error, match="unknown pipeline 'ldm-clip-kl-f8'; choose one of: ldm-clip-kl"):
         pipes.get("ldm-clip-kl-f8")
     monkeypatch.setenv(cache.PIPELINES_ENV, "ldm-clip-kl-f8")

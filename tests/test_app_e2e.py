@@ -22,6 +22,7 @@ gradio_client = pytest.importorskip("gradio_client", reason="the end-to-end test
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
+from zoo.app.conditioning import SWITCH  # noqa: E402
 from zoo.app.server import serve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def generate(client: Client, seed: int, **changes) -> tuple:
 
 def test_every_named_endpoint_is_listed(client):
     named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    views = {"/compare_samplers", "/swap", "/inspect_autoencoders", "/one_step"}
+    views = {"/compare_samplers", "/swap", "/inspect_autoencoders", "/one_step", "/image_to_image"}
     assert named == {"/generate", "/forward_noise", "/switch", "/switch_all", "/zoo_table", "/components"} | views
 
 
@@ -108,9 +109,24 @@ def test_conditioning_switch_one_path_and_all_four(client, example):
     assert_image(used_map, (64, 64))  # the label map at its own size, exact palette colours
     assert "concatenated to z_t" in path
     gallery, summary = client.predict("a red circle", example, None, 3, 1, api_name="/switch_all")
-    assert len(gallery) == 4 and "Same seed 3" in summary
+    assert len(gallery) == len(SWITCH) >= 4 and "Same seed 3" in summary
     for item in gallery:
         assert_image(item["image"], (64, 64))
+
+
+def test_image_to_image_every_mode_side_by_side(client, tmp_path):
+    upload = tmp_path / "upload.png"
+    Image.fromarray(np.arange(96 * 80 * 3, dtype=np.uint8).reshape(96, 80, 3)).save(upload)  # not square
+    editor = {"background": handle_file(str(upload)), "layers": [], "composite": None}
+    modes = ["SDEdit (image to image)", "inpaint: training-free, blended step", "inpaint: training-free, RePaint"]
+    gallery, used, summary, code = client.predict(
+        editor, modes, "centre square", "a red circle", 0.6, 3, 3, 1, 2, api_name="/image_to_image"
+    )
+    assert [item["caption"] for item in gallery] == modes and "Same seed 3" in summary
+    for item in gallery:
+        assert_image(item["image"], (64, 64))
+    assert_image(used, (80, 96))  # the input as given, the region to repaint tinted
+    assert "image is 80x96: resized to 64x64" in summary and "inpaint='repaint'" in code
 
 
 def test_zoo_tables(client):
@@ -156,6 +172,11 @@ def test_one_step_opened_up(client):
         ("/generate", ("ldm-clip-kl", "", "", "ddim", 2, 3.0, 0, False, 9), "4"),
         ("/forward_noise", ("upload", None, 10, "linear", "pixel", 0), "upload an image first"),
         ("/switch", ("semantic map", "", "drawn on the sketchpad", None, 0, 2), "draw a semantic map"),
+        (
+            "/image_to_image",
+            (None, ["SDEdit (image to image)"], "centre square", "", 0.5, 0, 2, 1, 1),
+            "upload an image",
+        ),
     ],
 )
 def test_bad_inputs_get_clear_errors_and_the_server_keeps_serving(client, api_name, args, message):

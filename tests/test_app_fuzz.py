@@ -22,6 +22,7 @@ from test_app_e2e import ROOT
 from zoo.app.server import serve
 
 EXAMPLE = "1: a large purple triangle in the top right on a blue background"
+EDITOR = {"background": None, "layers": [], "composite": None}  # its background is uploaded first (`valid`)
 VALID = {
     "generate": ["ldm-clip-kl", "a red circle", "", "ddim", 1, 3.0, 0, False, 1],
     "forward_noise": [EXAMPLE, None, 10, "linear", "pixel", 0],
@@ -31,6 +32,17 @@ VALID = {
     "swap": ["latent <-> pixel space", "a red circle", 0, 1],
     "inspect_autoencoders": [EXAMPLE, None],
     "one_step": ["ldm-clip-kl", "a red circle", "ddim", 2, 3.0, 0, 1],
+    "image_to_image": [
+        EDITOR,
+        ["SDEdit (image to image)", "inpaint: training-free, RePaint"],
+        "centre square",
+        "a red circle",
+        0.5,
+        0,
+        2,
+        1,
+        2,
+    ],
     "zoo_table": [],
     "components": [],
 }
@@ -44,14 +56,14 @@ CASES = 300
 UNCLEAR = ("", "Error", "None", "null")
 
 
-def cases(seed: int = 0) -> list[tuple[str, list]]:
+def cases(valid: dict[str, list], seed: int = 0) -> list[tuple[str, list]]:
     """(endpoint, arguments): one or two arguments of a valid call replaced by hostile values."""
     rng = random.Random(seed)
-    with_args = [name for name, args in VALID.items() if args]
+    with_args = [name for name, args in valid.items() if args]
     found = []
     for _ in range(CASES):
         name = rng.choice(with_args)
-        args = list(VALID[name])
+        args = list(valid[name])
         for index in rng.sample(range(len(args)), k=min(len(args), rng.choice((1, 1, 2)))):
             args[index] = rng.choice(HOSTILE)
         found.append((name, args))
@@ -87,14 +99,20 @@ def http(tmp_path_factory) -> Iterator[httpx.Client]:
             yield client
 
 
+def valid_calls(http: httpx.Client) -> dict[str, list]:
+    """VALID, with an uploaded image in the image editor's value."""
+    editor = {**EDITOR, "background": upload(http, Image.new("RGB", (64, 64), (30, 60, 200)))}
+    return {**VALID, "image_to_image": [editor, *VALID["image_to_image"][1:]]}
+
+
 def test_every_hostile_input_gets_a_result_or_a_clear_error(http):
-    refused = 0
-    for name, args in cases():
+    refused, valid = 0, valid_calls(http)
+    for name, args in cases(valid):
         outcome = call(http, name, args)
         assert_clear(outcome, (name, args))
         refused += outcome[0] == "error"
     assert refused > CASES // 3  # the hostile values were hostile
-    for name, args in VALID.items():  # and the server still answers normal requests
+    for name, args in valid.items():  # and the server still answers normal requests
         assert call(http, name, args)[0] == "complete"
 
 
@@ -112,6 +130,9 @@ def test_pixel_bombs_and_huge_bodies_are_refused_with_a_message(http):
     assert kind == "error" and "10000x10000; images up to 4096x4096" in message
     drawing = {"background": None, "layers": [], "composite": bomb}
     kind, message = call(http, "switch", ["semantic map", "", "drawn on the sketchpad", drawing, 0, 1])
+    assert kind == "error" and "10000x10000" in message
+    editor = {"background": bomb, "layers": [], "composite": None}
+    kind, message = call(http, "image_to_image", [editor, *VALID["image_to_image"][1:]])
     assert kind == "error" and "10000x10000" in message
     kind, message = call(http, "generate", ["ldm-clip-kl", "", "", "ddim", "abc", 3.0, 0, False, 1])
     assert kind == "error" and message == "steps (1 to T) must be a number in [1, 50], got 'abc'"  # tiny T = 50

@@ -46,6 +46,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 VIEWS = [
     ("Forward noise", "add-noise", "#noise-image img", "forward-noise"),
     ("Conditioning switch", "switch", "#switch-image img", "conditioning"),
+    ("Image to image", "image-to-image", "#img2img-images img", "image-to-image"),
     ("Samplers", "compare-samplers", "#sampler-images img", "samplers"),
     ("Swap a part", "swap", "#swap-images img", "swap"),
     ("Autoencoders", "inspect-autoencoders", "#autoencoder-images img", "autoencoders"),

@@ -121,3 +121,17 @@ def test_the_inpainting_measure_runs_on_a_trained_by_concatenation_pipeline():
     pipe = zoo.build("ldm-inpaint-kl", tiny=True, device="cpu")
     result = evaluate.inpainting(pipe, "seen", 2, steps=2)
     assert result["count"] == 2 and 0 <= result["shape"] <= 1 and np.isfinite(result["psnr_outside_db"])
+
+
+def test_inpainting_compares_the_blended_step_with_repaint_and_the_trained_model_alone():
+    torch.set_num_threads(1)
+    settings = {"sampler": "ddim", "steps": 2, "guidance_scale": 1.0}
+    free = evaluate.inpainting_methods(zoo.build("ldm-clip-kl", tiny=True, device="cpu"), 2, settings, 1, 2)
+    assert free["inpainting"]["method"] == "blended step, ddim"
+    assert free["inpainting_repaint"]["method"] == "RePaint j=1 r=2, ddpm" and free["inpainting_repaint"]["count"] == 2
+    trained = evaluate.inpainting_methods(zoo.build("ldm-inpaint-kl", tiny=True, device="cpu"), 2, settings)
+    assert trained["inpainting"]["method"] == "trained, by concatenation" and "inpainting_repaint" not in trained
+    entry = {"sampler": "ddim", "steps": 2, "seconds_per_image": 0.1}
+    text = evaluate.table({"pipeline": "p", "weights": "random", "threads": 1, "by_sampler": [entry], **free})
+    assert "| inpainting (blended step, ddim), seen pairs (n=2) |" in text
+    assert "| inpainting (RePaint j=1 r=2, ddpm), seen pairs (n=2) |" in text and "PSNR outside the mask" in text

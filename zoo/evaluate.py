@@ -28,6 +28,7 @@ import zoo
 from zoo.build import embedded_weights
 from zoo.data.analyser import ATTRIBUTES, accuracy_table, analyse, clean_fraction, shape_mask, template_iou
 from zoo.data.shapes import Attributes, eval_prompts, pregenerate, render
+from zoo.pipelines.repaint import RePaint
 from zoo.train.stages import psnr, zero_shot_on
 
 logger = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def inpainting(pipe: Any, split: str, n: int, *, seed: int = 0, **settings: Any)
     """Inpainting into a plain background: the mask is the captioned shape's own region (dilated by 4 pixels),
     the input only the background colour; the analyser reads the shape drawn inside the mask (shape, colour,
     background accuracy) and PSNR (dB) outside the mask measures what was kept. Text pipelines only: trained
-    (recipe concat_image "inpaint") or training-free (the blended step)."""
+    (recipe concat_image "inpaint") or training-free (the blended step, or RePaint with settings' inpaint=)."""
     if condition_kind(pipe) != "text":
         return None
     todo, images, kept = [], [], []
@@ -201,6 +202,29 @@ def relative_time(pipe: Any, settings: dict[str, Any], reference: str = "ldm-cli
         "reference_seconds": seconds,
         "ratio": seconds_per_image(pipe, **settings) / seconds,
     }
+
+
+def inpainting_methods(
+    pipe: Any, n: int, settings: dict, jump: int | None = None, resample: int | None = None
+) -> dict[str, Any]:
+    """`inpainting` by the pipeline's own method: trained by concatenation (ldm-inpaint-kl) or the blended step
+    at `settings`; for training-free pipelines also RePaint (DDPM's sampler, the same steps and guidance; j and r
+    the API's defaults unless given).
+    Each entry names its method, so the table can set trained, blended and RePaint side by side."""
+    trained = pipe.recipe.kind == "latent" and pipe.recipe.concat_image == "inpaint"
+    own = inpainting(pipe, "seen", n, **settings)
+    if own is None:
+        return {"inpainting": None}
+    method = "trained, by concatenation" if trained else f"blended step, {settings['sampler']}"
+    found: dict[str, Any] = {"inpainting": {**own, "method": method}}
+    if not trained:
+        defaults = RePaint()
+        repaint = RePaint(defaults.jump if jump is None else jump, defaults.resample if resample is None else resample)
+        chosen = {**settings, "sampler": "ddpm", "inpaint": "repaint"}
+        chosen.update(repaint_jump=repaint.jump, repaint_resample=repaint.resample)
+        method = f"RePaint j={repaint.jump} r={repaint.resample}, ddpm"
+        found["inpainting_repaint"] = {**inpainting(pipe, "seen", n, **chosen), "method": method}
+    return found
 
 
 def condition_kind(pipe: Any) -> str | None:
@@ -308,10 +332,13 @@ def evaluate(
     all_samplers: bool = False,
     guidance_scale: float | None = None,
     inpaint: bool = False,
+    repaint_jump: int | None = None,
+    repaint_resample: int | None = None,
 ) -> dict:
     """Every measure that applies to the pipeline at `sampler` (default: the recipe's) and, with `all_samplers`,
     at the other two; the recipe's settings unless given. The first sampler's figures are also the result's
-    top-level `sampler`, `adherence_*` and `seconds_per_image` (what the app's Zoo tab shows)."""
+    top-level `sampler`, `adherence_*` and `seconds_per_image` (what the app's Zoo tab shows). `inpaint`: also
+    inpainting (`inpainting_methods`), RePaint with `repaint_jump`, `repaint_resample` (the API's defaults)."""
     pipe = zoo.build(name, weights=weights)
     first = sampler or pipe.recipe.sampler
     samplers = (first, *(s for s in SAMPLERS if s != first)) if all_samplers else (first,)
@@ -347,7 +374,7 @@ def evaluate(
             )
     if inpaint:  # the first sampler's settings, seen pairs
         settings = sampler_settings(pipe, samplers[0], steps, guidance_scale)
-        result["inpainting"] = inpainting(pipe, "seen", prompts, **settings)
+        result.update(inpainting_methods(pipe, prompts, settings, repaint_jump, repaint_resample))
     result["reconstruction"] = reconstruction(pipe)
     if condition_kind(pipe) == "text" and pipe.recipe.conditioner.name == "clip":
         result["clip_zero_shot"] = clip_zero_shot()
@@ -376,10 +403,12 @@ def table(result: dict) -> str:
         rows.append((f"{label}: seconds per image ({result['threads']} threads)", f"{entry['seconds_per_image']:.2f}"))
     if agree := result.get("ddim_dpmpp_agreement"):
         rows.append(("DDIM / DPM-Solver++ same-seed agreement", ", ".join(f"{k} {v:.0%}" for k, v in agree.items())))
-    if inpainted := result.get("inpainting"):
-        shown = {k: v for k, v in inpainted.items() if k != "psnr_outside_db"}
-        cells = f"{percent(shown)}, PSNR outside the mask {inpainted['psnr_outside_db']:.1f} dB"
-        rows.append((f"inpainting, seen pairs (n={int(inpainted['count'])})", cells))
+    for key in ("inpainting", "inpainting_repaint"):
+        if inpainted := result.get(key):
+            shown = {k: v for k, v in inpainted.items() if k not in ("psnr_outside_db", "method")}
+            cells = f"{percent(shown)}, PSNR outside the mask {inpainted['psnr_outside_db']:.1f} dB"
+            method = f" ({inpainted['method']})" if "method" in inpainted else ""
+            rows.append((f"inpainting{method}, seen pairs (n={int(inpainted['count'])})", cells))
     if rec := result.get("reconstruction"):
         rows.append(
             ("autoencoder", ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
@@ -418,6 +447,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (figures in the README: 2)")
     parser.add_argument("--save", action="store_true", help="write evaluation.json next to the embedded weights")
     parser.add_argument("--inpainting", action="store_true", dest="inpaint", help="also inpaint into backgrounds")
+    parser.add_argument("--repaint-jump", type=int, default=None, help="RePaint's jump length j (default 10)")
+    parser.add_argument("--repaint-resample", type=int, default=None, help="RePaint's resampling r (default 10)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)

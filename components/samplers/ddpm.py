@@ -13,7 +13,17 @@ import torch
 from torch import Generator, Tensor
 
 from components.registry import SAMPLERS
-from components.samplers.common import Callback, Grid, Sampler, check_x, randn_like, report, spaced_grid, steps_of
+from components.samplers.common import (
+    Callback,
+    Grid,
+    Sampler,
+    Step,
+    check_x,
+    randn_like,
+    report,
+    spaced_grid,
+    steps_of,
+)
 from components.samplers.denoiser import Denoiser
 from components.schedulers.schedule import NoiseSchedule
 from components.schedulers.variance import interpolate_log_variance
@@ -66,16 +76,19 @@ def sample_ddpm(
     variance (fixed, or the network's learned Sigma_theta); no noise at the last step."""
     check_x(x)
     for step in steps_of(grid):
-        (_, x0), v = denoiser.predict(x, step.t)
-        if step.last:
-            x = ddpm_step(x0, x, step.alpha_cumprod, step.alpha_cumprod_prev, None)
-        else:
-            log_variance = reverse_log_variance(
-                step.alpha_cumprod, step.alpha_cumprod_prev, denoiser.model_variance, v
-            )
-            x = ddpm_step(x0, x, step.alpha_cumprod, step.alpha_cumprod_prev, randn_like(x, generator), log_variance)
+        x, x0 = ancestral_step(denoiser, x, step, generator)
         x = report(callback, step.index, x, x0)
     return x
+
+
+def ancestral_step(denoiser: Denoiser, x: Tensor, step: Step, generator: Generator | None) -> tuple[Tensor, Tensor]:
+    """One step of DDPM Alg. 2 (line 4): x_{t'} ~ p_theta(x_{t'} | x_t), the mean alone at the last step; returns
+    (x_{t'}, the predicted x0). RePaint's down steps are these (zoo/pipelines/repaint.py)."""
+    (_, x0), v = denoiser.predict(x, step.t)
+    if step.last:
+        return ddpm_step(x0, x, step.alpha_cumprod, step.alpha_cumprod_prev, None), x0
+    log_variance = reverse_log_variance(step.alpha_cumprod, step.alpha_cumprod_prev, denoiser.model_variance, v)
+    return ddpm_step(x0, x, step.alpha_cumprod, step.alpha_cumprod_prev, randn_like(x, generator), log_variance), x0
 
 
 def ddpm_grid(

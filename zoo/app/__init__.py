@@ -32,6 +32,7 @@ from zoo.app import (  # noqa: E402
     display,
     forward_noise,
     guard,
+    image_to_image,
     samplers,
     steps,
     swap,
@@ -52,9 +53,9 @@ DELETE_CACHE_ENV = "ZOO_APP_DELETE_CACHE"  # "FREQUENCY,AGE" in seconds
 DELETE_CACHE = (60, 600)  # every minute, delete the result and upload files older than ten minutes
 INTRO = (
     "# Diffusion Zoo\n"
-    "DDPM, DDIM and latent diffusion as small interchangeable parts. Draw an image from text, watch the forward "
-    "process add noise, switch how the condition enters the U-Net, compare samplers from one x_T, swap one part "
-    "under a pinned seed, look inside the autoencoders, and open one sampler step."
+    "DDPM, DDIM and latent diffusion as small interchangeable parts. Draw an image from text, edit or inpaint one, "
+    "watch the forward process add noise, switch how the condition enters the U-Net, compare samplers from one "
+    "x_T, swap one part under a pinned seed, look inside the autoencoders, and open one sampler step."
 )
 
 
@@ -66,7 +67,10 @@ def build_app(pipes: PipelineCache | None = None) -> gr.Blocks:
     with gr.Blocks(title="Diffusion Zoo", analytics_enabled=False, delete_cache=delete_cache()) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs():
-            text_to_image.tab(text_to_image.TextToImage(pipes), num_timesteps=noise.num_timesteps)
+            drawn = text_to_image.tab(text_to_image.TextToImage(pipes), num_timesteps=noise.num_timesteps)
+            image_to_image.tab(
+                image_to_image.ImageToImage(pipes), num_timesteps=noise.num_timesteps, generated=drawn["gallery"]
+            )
             shown = forward_noise.tab(noise)
             conditioning.tab(conditioning.Conditioning(pipes), num_timesteps=noise.num_timesteps)
             samplers.tab(samplers.SamplerComparison(pipes), num_timesteps=noise.num_timesteps)

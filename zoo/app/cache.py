@@ -1,8 +1,8 @@
 """The pipelines the app serves, each built once and kept while they fit in a memory budget (LRU by bytes).
 
 Who may ask for what is the server owner's choice, never a request's:
-- only the offered pipelines are served (the shipped, trained ones and the two that differ from ldm-clip-kl in
-  one part, for the swap view); `ZOO_APP_PIPELINES` lists
+- only the offered pipelines are served (the shipped, trained ones, the two that differ from ldm-clip-kl in
+  one part, for the swap view, and the image-to-image tab's models once registered); `ZOO_APP_PIPELINES` lists
   others (comma-separated registered names, or `all`) for a person running the app for themselves;
 - a pipeline whose weights are a Hub download is built only from the local cache, unless
   `ZOO_APP_ALLOW_DOWNLOADS=1` (or `allow_downloads=True`) says the server may download it;
@@ -35,7 +35,10 @@ DOWNLOADS_ENV = "ZOO_APP_ALLOW_DOWNLOADS"
 MEMORY_ENV = "ZOO_APP_CACHE_MB"
 DEFAULT_PIPELINE = "ldm-clip-kl"
 SWAP_PARTNERS = ("ldm-bert-kl", "ldm-clip-vq")  # one part away from ldm-clip-kl, for the swap view
-OFFERED = tuple(dict.fromkeys((*SHIPPED, *SWAP_PARTNERS)))  # the training plan may ship them already
+IMAGE_MODELS = ("ldm-inpaint-kl", "ldm-sr-kl")  # the image-to-image tab's trained inpainting and super-resolution
+OFFERED = tuple(  # the training plan may ship some already; an image model only once the registry has it
+    dict.fromkeys((*SHIPPED, *SWAP_PARTNERS, *(name for name in IMAGE_MODELS if name in zoo.available())))
+)
 DEFAULT_CACHE_BYTES = 512 * 1024**2  # the offered pipelines take 0.17 GB; one SD checkpoint (2-4 GB) is kept alone
 MALLOC_ARENAS = 2  # glibc makes up to 8 heaps per core for the server's threads, each keeping what it freed
 M_ARENA_MAX, M_TRIM = -8, 0  # glibc's mallopt parameter number; malloc_trim's padding

@@ -1,6 +1,8 @@
 """The conditioning switch (LDM Fig. 3): the same seed (so the same x_T), one click changes the path the
 condition takes into the U-Net: text tokens through cross-attention (CLIP, BERT), a semantic map concatenated
-to z_t, or nothing (the empty prompt, the unconditional model that CFG dropout trains)."""
+to z_t, or nothing (the empty prompt, the unconditional model that CFG dropout trains); and, where the zoo has
+the model, images by concatenation (an image and its mask for inpainting, a low-res image for super-resolution;
+the picked dataset example is the image, zoo/app/image_to_image.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from zoo.app import display
+from zoo.app import display, image_to_image
 from zoo.app.cache import PipelineCache
 from zoo.app.guard import check_choice, clean_prompt, fail, handler, number, on_gpu, open_image, slider
 from zoo.app.text_to_image import prompt_notes
@@ -26,7 +28,13 @@ SWITCH: dict[str, dict[str, str]] = {
         "pipeline": "ldm-clip-kl",
         "path": "no condition: the empty prompt's CLIP tokens, the unconditional model that CFG dropout trains",
     },
+    **image_to_image.switch_paths(),
 }
+
+
+def uses_text(condition: Any) -> bool:
+    """The paths that take the prompt: the text ones, and inpainting (hybrid: the prompt by cross-attention)."""
+    return str(condition).startswith("text") or condition == "image + mask (inpainting)"
 
 
 def snap_map(drawing: Any, size: int) -> np.ndarray:
@@ -76,7 +84,7 @@ class Conditioning:
         kwargs = self.kwargs(pipe, condition, prompt, map_source, drawing, seed, steps)
         image = pipe.generate(**kwargs, callback=display.progress_callback(steps, progress))[0]
         notes = [f"the condition's path into the U-Net: {SWITCH[condition]['path']}"]
-        notes += prompt_notes(pipe, kwargs["prompt"]) if condition.startswith("text") else []
+        notes += prompt_notes(pipe, kwargs["prompt"]) if uses_text(condition) else []
         return image, pipe, kwargs, notes
 
     @handler
@@ -97,6 +105,9 @@ class Conditioning:
         if "semantic_map" in kwargs:
             shown_map, setup = map_image(kwargs["semantic_map"]), map_setup(map_source)
             kwargs = {**kwargs, "semantic_map": display.Raw("semantic_map")}
+        if "image" in kwargs:  # an image path: the image (and mask) it was given, and how to rebuild them
+            shown_map = image_to_image.overlay(kwargs["image"], kwargs.get("mask_image"))
+            kwargs, setup = image_to_image.switch_code(kwargs, map_source)
         name = SWITCH[condition]["pipeline"]
         code = display.call_code(name, self.pipes.tiny, "generate", kwargs.pop("prompt"), setup=setup, **kwargs)
         return image, shown_map, display.notes_markdown(pipe, notes), code
@@ -107,7 +118,7 @@ class Conditioning:
         """pipe.generate's arguments for one path: the recipe's sampler and guidance, the same seed."""
         prompt, _ = clean_prompt(prompt)
         kwargs = {
-            "prompt": prompt if condition.startswith("text") else "",
+            "prompt": prompt if uses_text(condition) else "",
             "steps": steps,
             "seed": seed,
             "sampler": pipe.recipe.sampler,
@@ -115,6 +126,10 @@ class Conditioning:
         }
         if condition == "semantic map":
             kwargs["semantic_map"] = self.semantic_map(map_source, drawing, pipe.recipe.image_size)
+        if condition in image_to_image.SWITCH_PATHS:
+            check_choice("map source", map_source, [DRAWN, *display.examples()])
+            image = image_to_image.example_image(map_source)
+            kwargs.update(image_to_image.switch_inputs(condition, image, prompt, pipe))
         return kwargs
 
     @handler
@@ -129,12 +144,12 @@ class Conditioning:
             shown.append((image, condition))
             untrained = "" if pipe.pretrained else " (random weights: not trained yet)"
             notes.append(f"- **{condition}** ({pipe.recipe.name}): {about['path']}{untrained}")
-        return shown, f"Same seed {seed}, same x_T, four paths into the U-Net:\n" + "\n".join(notes)
+        return shown, f"Same seed {seed}, same x_T, {len(SWITCH)} paths into the U-Net:\n" + "\n".join(notes)
 
     @staticmethod
     def inputs_for(condition: str) -> tuple[gr.Textbox, gr.Dropdown]:
         """The prompt only for the text paths, the map only for the map path: the others are greyed out."""
-        text, drawn = str(condition).startswith("text"), condition == "semantic map"
+        text, drawn = uses_text(condition), condition == "semantic map" or condition in image_to_image.SWITCH_PATHS
         return (
             gr.Textbox(interactive=text, placeholder="" if text else f"not used by the '{condition}' path"),
             gr.Dropdown(interactive=drawn),
@@ -167,7 +182,7 @@ def tab(handlers: Conditioning, *, num_timesteps: int = 1000) -> dict[str, gr.co
                     steps = slider(1, num_timesteps, value=min(25, num_timesteps), step=1, precision=0, label="steps")
                 with gr.Row():
                     button = gr.Button("Generate", variant="primary", elem_id="switch")
-                    compare = gr.Button("Compare all four")
+                    compare = gr.Button("Compare all paths")
             with gr.Column(scale=2):
                 with gr.Row():
                     image = gr.Image(label="result", type="pil", elem_id="switch-image", **display.IMAGE)

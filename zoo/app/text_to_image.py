@@ -25,9 +25,11 @@ MAX_FRAMES = 50  # trajectory frames kept (every step up to 50 steps, evenly spa
 
 
 def accepts(name: str) -> bool:
-    """A prompt or nothing: text-conditioned latent pipelines and unconditional ones (no map, no class label)."""
+    """A prompt or nothing: text-conditioned latent pipelines and unconditional ones (no map, no class label, no
+    image: the inpainting and super-resolution models are the image-to-image tab's)."""
     recipe = zoo.recipe(name)
-    return recipe.spatial is None and (recipe.conditioner is None or recipe.conditioner.name in TEXT_CONDITIONERS)
+    text = recipe.conditioner is None or recipe.conditioner.name in TEXT_CONDITIONERS
+    return recipe.spatial is None and text and recipe.concat_image is None
 
 
 def fresh_seed() -> int:

@@ -26,6 +26,7 @@ from components.validation import require_int
 from zoo import pipeline_io
 from zoo.pipelines import image_input
 from zoo.pipelines.editing import Blend, check_strength, img2img_grid, noised
+from zoo.pipelines.repaint import RePaint
 from zoo.recipes import Recipe
 
 logger = logging.getLogger(__name__)
@@ -219,22 +220,25 @@ class Pipeline:
         shape: Sequence[int],
         *,
         seed: int,
-        sampler: str | Sampler,
+        sampler: str | Sampler | None,
         steps: int,
         callback: Callback | None,
         latents: torch.Tensor | None = None,
         image: torch.Tensor | None = None,
         strength: float = 1.0,
         mask: torch.Tensor | None = None,
+        repaint: RePaint | None = None,
     ) -> torch.Tensor:
         """x_0 in the diffusion space: from x_T (text-to-image), from the image noised to SDEdit's start
         (`strength` < 1), and with `mask` (1 repaint, 0 keep) the known region blended in after every step
         (zoo/pipelines/editing.py). One CPU generator, drawn as diffusers' pipelines draw: the image's
         posterior sample first (latent pipelines), then the starting noise, then the sampler's noise.
+        sampler None: the recipe's, DDPM's with `repaint` (RePaint's resampling, zoo/pipelines/repaint.py).
 
         denoiser: a Denoiser, or a function of the generator that makes one after the starting noise is drawn
         (the inpainting model samples its masked image's latent there, as diffusers' pipeline does)."""
         strength = check_strength(strength)
+        sampler = sampler or ("ddpm" if repaint is not None else self.recipe.sampler)
         chosen = sampler if isinstance(sampler, Sampler) else SAMPLERS.build(sampler)  # a built one has its options
         grid, generator = self.grid(chosen, steps), torch.Generator("cpu").manual_seed(seed)
         x0 = None
@@ -244,11 +248,15 @@ class Pipeline:
         run = img2img_grid(grid, strength) if image is not None else grid
         if run is None:  # strength 0: no step, the image itself
             return x0
+        if repaint is not None:
+            repaint.check(chosen, run)
         x_T = eps if x0 is None or strength == 1.0 else noised(self.schedule, x0, run.timesteps[0], eps)
         if mask is not None:
             mask = F.interpolate(mask, size=tuple(shape[-2:])) if tuple(mask.shape[-2:]) != tuple(shape[-2:]) else mask
             callback = Blend(self.schedule, run, x0, eps, mask.to(self.device, self.dtype), callback)
         denoiser = denoiser if isinstance(denoiser, Denoiser) else denoiser(generator)
+        if repaint is not None:
+            return repaint.sample(denoiser, x_T, run, generator=generator, blend=callback)
         return chosen.sample(denoiser, x_T, run, generator=generator, callback=callback)
 
     def edit_inputs(self, image: Any, mask_image: Any, height: int, width: int) -> dict[str, torch.Tensor | None]:

@@ -20,6 +20,7 @@ from components.samplers.denoiser import MAX_GUIDANCE, Denoiser
 from components.validation import ArgumentTypeError, require_int, require_number, require_text
 from zoo.pipelines import super_resolution
 from zoo.pipelines.base import MAX_SIDE_FACTOR, Pipeline, check_num_images, check_seed, to_pil, to_tensor
+from zoo.pipelines.repaint import inpainting_method
 from zoo.recipes import Recipe
 
 SPACES = ("pixel", "latent")
@@ -185,6 +186,9 @@ class LatentPipeline(Pipeline):
         mask_image: Any = None,
         latents: torch.Tensor | None = None,
         noise_level: int | None = None,
+        inpaint: str | None = None,
+        repaint_jump: int | None = None,
+        repaint_resample: int | None = None,
     ) -> list[Image.Image]:
         """Sample images for a prompt (and/or a semantic map); the same seed gives the same images.
 
@@ -192,12 +196,16 @@ class LatentPipeline(Pipeline):
         allow other sizes, multiples of the autoencoder's factor times the U-Net's downsampling.
         image, strength: image-to-image (SDEdit): the image (resized to height x width) encoded, noised to
         `strength` of the grid and denoised from there (zoo/pipelines/editing.py). mask_image (white = repaint):
-        the blended latent step keeps the rest; its latents equal the image's exactly, its pixels up to the
-        autoencoder's round trip. latents: x_T (or the eps that noises the image), (num_images, C, h, w).
-        A super-resolution model (recipe concat_image "low_res") takes the low-res `image` instead, no prompt,
-        and `noise_level` s for its noise augmentation (zoo/pipelines/super_resolution.py).
+        the blended latent step keeps the rest, or with inpaint="repaint" RePaint's resampling (repaint_jump,
+        repaint_resample; DDPM's sampler; zoo/pipelines/repaint.py); its latents equal the image's exactly, its
+        pixels up to the autoencoder's round trip. latents: x_T (or the eps that noises the image),
+        (num_images, C, h, w). A super-resolution model (recipe concat_image "low_res") takes the low-res
+        `image` instead, no prompt, and `noise_level` s for its noise augmentation
+        (zoo/pipelines/super_resolution.py).
         """
         if self.recipe.concat_image == "low_res":
+            if (inpaint, repaint_jump, repaint_resample) != (None, None, None):
+                raise ValueError(f"{self.recipe.name} upsamples a low-res image: it does not inpaint (no inpaint=)")
             return self.upsample(
                 image,
                 prompt=prompt,
@@ -236,10 +244,13 @@ class LatentPipeline(Pipeline):
         uncond = (
             self.condition(negative_prompt, None, num_images, latent_shape[1:]) if has_condition and w != 1.0 else None
         )
+        trained = self.recipe.concat_image == "inpaint"
+        masked = mask_image is not None
+        repaint = inpainting_method(inpaint, repaint_jump, repaint_resample, masked=masked, trained=trained)
         factor = self.autoencoder.downsample_factor
         edit = self.edit_inputs(image, mask_image, latent_shape[1] * factor, latent_shape[2] * factor)
         denoiser: Any = self.denoiser(cond, uncond, w)
-        if self.recipe.concat_image == "inpaint":  # trained to inpaint: the mask goes in by concatenation, no blend
+        if trained:  # trained to inpaint: the mask goes in by concatenation, no blend
             if edit["mask"] is None:
                 raise ValueError(f"{self.recipe.name} is an inpainting model: pass image= and mask_image=")
             image_and_mask = (edit["image"], edit.pop("mask"))
@@ -250,11 +261,12 @@ class LatentPipeline(Pipeline):
             denoiser,
             (num_images, *latent_shape),
             seed=seed,
-            sampler=sampler or self.recipe.sampler,
+            sampler=sampler,
             steps=self.recipe.steps if steps is None else steps,
             callback=callback,
             latents=latents,
             strength=strength,
+            repaint=repaint,
             **edit,
         )
         return self.decode(z0)

@@ -14,6 +14,7 @@ from components.samplers.common import Callback
 from components.samplers.denoiser import Denoiser
 from components.schedulers.losses import Bound, bound
 from zoo.pipelines.base import Pipeline, check_num_images, check_seed, to_pil, to_tensor
+from zoo.pipelines.repaint import inpainting_method
 
 logger = logging.getLogger(__name__)
 
@@ -34,17 +35,22 @@ class PixelPipeline(Pipeline):
         strength: float = 1.0,
         mask_image: Any = None,
         latents: torch.Tensor | None = None,
+        inpaint: str | None = None,
+        repaint_jump: int | None = None,
+        repaint_resample: int | None = None,
         **unused: Any,
     ) -> list[Image.Image]:
         """Sample `num_images` images; the same seed gives the same images. A prompt is ignored (unconditional).
 
         image, strength: image-to-image (SDEdit) from the image noised to `strength` of the grid; mask_image (white
-        = repaint): the rest kept, exactly, by the blended step (zoo/pipelines/editing.py). latents: x_T (or the
-        eps that noises the image), (num_images, 3, size, size)."""
+        = repaint): the rest kept, exactly, by the blended step (zoo/pipelines/editing.py), or with
+        inpaint="repaint" by RePaint's resampling (jump length repaint_jump, repaint_resample passes; DDPM's sampler;
+        zoo/pipelines/repaint.py). latents: x_T (or the eps that noises the image), (num_images, 3, size, size)."""
         if prompt:
             logger.warning("%s is unconditional: the prompt %r is ignored", self.recipe.name, prompt)
         seed, num_images = check_seed(seed), check_num_images(num_images)
         size = self.recipe.image_size
+        repaint = inpainting_method(inpaint, repaint_jump, repaint_resample, masked=mask_image is not None)
         edit = self.edit_inputs(image, mask_image, size, size)
         # a learned variance (2C outputs) is split by the denoiser: DDPM steps with Sigma_theta, DDIM the mean part
         denoiser = Denoiser(
@@ -54,11 +60,12 @@ class PixelPipeline(Pipeline):
             denoiser,
             (num_images, self.unet.config.in_channels, size, size),
             seed=seed,
-            sampler=sampler or self.recipe.sampler,
+            sampler=sampler,
             steps=self.recipe.steps if steps is None else steps,
             callback=callback,
             latents=latents,
             strength=strength,
+            repaint=repaint,
             **edit,
         )
         return to_pil(x0)
