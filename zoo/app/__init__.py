@@ -31,6 +31,7 @@ from zoo.app import (  # noqa: E402
     conditioning,
     display,
     forward_noise,
+    loss,
     samplers,
     steps,
     swap,
@@ -72,6 +73,7 @@ def build_app(pipes: PipelineCache | None = None) -> gr.Blocks:
             swap.tab(swap.Swap(pipes), num_timesteps=noise.num_timesteps)
             autoencoders.tab(autoencoders.Inspector(pipes))
             steps.tab(steps.OneStep(pipes), num_timesteps=noise.num_timesteps)
+            loss.tab(loss.LossView(pipes))
             tables = zoo_tab.tab(table)
         abar, log_snr = shown["plots"]
         demo.load(noise.initial_plots, shown["t"], [abar, log_snr], api_visibility="private")

@@ -1,8 +1,8 @@
 """The pipelines the app serves, each built once and kept while they fit in a memory budget (LRU by bytes).
 
 Who may ask for what is the server owner's choice, never a request's:
-- only the offered pipelines are served (the shipped, trained ones and the two that differ from ldm-clip-kl in
-  one part, for the swap view); `ZOO_APP_PIPELINES` lists
+- only the offered pipelines are served (the shipped, trained ones, the two that differ from ldm-clip-kl in
+  one part, for the swap view, and the loss study's three, for the loss view); `ZOO_APP_PIPELINES` lists
   others (comma-separated registered names, or `all`) for a person running the app for themselves;
 - a pipeline whose weights are a Hub download is built only from the local cache, unless
   `ZOO_APP_ALLOW_DOWNLOADS=1` (or `allow_downloads=True`) says the server may download it;
@@ -22,7 +22,7 @@ import zoo
 from zoo.app.guard import check_choice, fail
 from zoo.build import embedded_weights
 from zoo.pipelines.base import Pipeline
-from zoo.train.plan import SHIPPED
+from zoo.train.plan import LOSS_STUDY, SHIPPED
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ DOWNLOADS_ENV = "ZOO_APP_ALLOW_DOWNLOADS"
 MEMORY_ENV = "ZOO_APP_CACHE_MB"
 DEFAULT_PIPELINE = "ldm-clip-kl"
 SWAP_PARTNERS = ("ldm-bert-kl", "ldm-clip-vq")  # one part away from ldm-clip-kl, for the swap view
-OFFERED = tuple(dict.fromkeys((*SHIPPED, *SWAP_PARTNERS)))  # the training plan may ship them already
+OFFERED = tuple(dict.fromkeys((*SHIPPED, *SWAP_PARTNERS, *LOSS_STUDY)))  # the plan may ship the partners already
 DEFAULT_CACHE_BYTES = 2 * 1024**3  # the five shipped pipelines take ~0.2 GB; one SD checkpoint ~2-4 GB
 
 Loader = Callable[[str], Pipeline]
