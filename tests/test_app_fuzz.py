@@ -31,6 +31,7 @@ VALID = {
     "swap": ["latent <-> pixel space", "a red circle", 0, 1],
     "inspect_autoencoders": [EXAMPLE, None],
     "one_step": ["ldm-clip-kl", "a red circle", "ddim", 2, 3.0, 0, 1],
+    "loss": [["ddpm-vlb-32"], EXAMPLE, None, "every 10th t above 50, and the last (146 of 1000 terms)", 0],
     "zoo_table": [],
     "components": [],
 }

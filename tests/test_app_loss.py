@@ -60,7 +60,7 @@ def test_the_plots_and_totals_are_pipe_vlbs_for_each_objective(view, pipes, exam
         shown = mse[mse.pipeline == name]["||eps - eps_theta||^2"].to_numpy()
         np.testing.assert_allclose(shown, [float(bound.decoder_mse[0]), *bound.mse[0].tolist()], rtol=1e-6)
         logs = terms[terms.pipeline == name]["log10 bits/dim"].to_numpy()
-        np.testing.assert_allclose(10**logs[1:], bound.kl[0].numpy(), rtol=1e-4)
+        np.testing.assert_allclose(10 ** logs[1:], bound.kl[0].numpy(), rtol=1e-4)
     assert "x0_hat clipped" in info and ".vlb(x, stride=10" in code and "tiny=True" in code
 
 
