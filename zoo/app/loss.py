@@ -66,9 +66,8 @@ def totals_row(name: str, pipe: Any, bound: Any, seconds: float) -> str:
     recipe = pipe.recipe
     untrained = " (random weights)" if not pipe.pretrained else ""
     cells = [f"{bound.total[0]:.3f}", f"{bound.prior[0]:.2e}", f"{kl:.3f}", f"{bound.decoder[0]:.3f}"]
-    return f"| {name}{untrained} | {recipe.objective}, {recipe.variance} | " + " | ".join(
-        [*cells, f"{l_simple:.4f}", f"{seconds:.1f}"]
-    )
+    cells += [f"{l_simple:.4f}", f"{seconds:.1f}"]
+    return f"| {name}{untrained} | {recipe.objective}, {recipe.variance} | {' | '.join(cells)} |"
 
 
 def loss_code(names: list[str], tiny: bool, stride: int, seed: int) -> str:
