@@ -158,3 +158,18 @@ def test_bits_per_dim_of_an_untrained_model_is_finite_and_large():
     pipe = zoo.build("ddpm-hybrid-32", tiny=True, device="cpu")
     total = pipe.vlb(shape_image(), stride=5).total
     assert torch.isfinite(total).all() and total.item() > 8
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"stride": 0}, "stride must be a positive integer, got 0"),
+        ({"stride": 2.5}, "stride must be a positive integer, got 2.5"),
+        ({"exact_below": True}, "exact_below must be a positive integer, got True"),
+        ({"seed": -1}, "seed must be an integer in"),
+        ({"batch": 1.5}, "batch must be an integer"),
+    ],
+)
+def test_vlb_refuses_bad_estimator_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        tiny("ddpm-simple-32").vlb(shape_image(), **options)
