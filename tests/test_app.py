@@ -32,7 +32,7 @@ from zoo.data import shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 2
-NEW_VIEWS = {"compare_samplers", "swap", "inspect_autoencoders", "one_step", "image_to_image"}
+NEW_VIEWS = {"compare_samplers", "swap", "inspect_autoencoders", "one_step", "image_to_image", "loss"}
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_only_offered_pipelines_are_served_unless_the_owner_opts_in(monkeypatch)
     pipes = cache.PipelineCache.from_env(tiny=True)
     registered = {name for name in cache.IMAGE_MODELS if name in zoo.available()}
     assert pipes.names() == list(cache.OFFERED)
-    assert {*cache.SHIPPED, *cache.SWAP_PARTNERS, *registered} == set(cache.OFFERED)
+    assert {*cache.SHIPPED, *cache.SWAP_PARTNERS, *cache.LOSS_STUDY, *registered} == set(cache.OFFERED)
     with pytest.raises(gr.Error, match="unknown pipeline 'ldm-clip-kl-f8'; choose one of: ldm-clip-kl"):
         pipes.get("ldm-clip-kl-f8")
     monkeypatch.setenv(cache.PIPELINES_ENV, "ldm-clip-kl-f8")
@@ -272,7 +272,8 @@ def test_unknown_words_long_prompts_and_ignored_prompts_are_pointed_out(text):
 
 def test_only_pipelines_that_take_a_prompt_are_offered_and_untrained_ones_are_marked(text):
     names = text.names()
-    assert set(names) == {"ldm-clip-kl", "ldm-clip-vq", "ldm-bert-kl", "ldm-bert-vq", "ddpm-cosine", "ddpm-linear"}
+    text_models = {"ldm-clip-kl", "ldm-clip-vq", "ldm-bert-kl", "ldm-bert-vq", "ldm-inpaint-kl"}
+    assert set(names) == text_models | {"ddpm-cosine", "ddpm-linear", *cache.LOSS_STUDY}  # and unconditional ones
     assert all(label.endswith("(random weights)") for label, _ in text.choices())  # tiny: nothing is trained
     with pytest.raises(gr.Error, match="unknown pipeline 'ldm-seg-kl'"):
         text.generate("ldm-seg-kl", "", "", "ddim", 1, 1.0, 0, False, 1, progress=quiet)

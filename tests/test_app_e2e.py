@@ -66,7 +66,7 @@ def generate(client: Client, seed: int, **changes) -> tuple:
 
 def test_every_named_endpoint_is_listed(client):
     named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    views = {"/compare_samplers", "/swap", "/inspect_autoencoders", "/one_step", "/image_to_image"}
+    views = {"/compare_samplers", "/swap", "/inspect_autoencoders", "/one_step", "/image_to_image", "/loss"}
     assert named == {"/generate", "/forward_noise", "/switch", "/switch_all", "/zoo_table", "/components"} | views
 
 
@@ -164,6 +164,16 @@ def test_one_step_opened_up(client):
     assert "U-Net call 2 of 3" in info
 
 
+def test_loss_view_plots_the_bound_of_each_objective(client, example):
+    estimator = "every 10th t above 50, and the last (146 of 1000 terms)"
+    names = ["ddpm-simple-32", "ddpm-hybrid-32", "ddpm-vlb-32"]
+    image, terms, running, mse, info, code = client.predict(names, example, None, estimator, 0, api_name="/loss")
+    assert_image(image, (32 * 8, 32 * 8 + 14))
+    for plot in (terms, running, mse):
+        assert len(plot["data"]) == 3 * 50  # tiny T = 50: L_0 and the 49 KL terms, per pipeline
+    assert all(f"| {name} (random weights) |" in info for name in names) and ".vlb(x, stride=10" in code
+
+
 @pytest.mark.parametrize(
     ("api_name", "args", "message"),
     [
@@ -177,6 +187,7 @@ def test_one_step_opened_up(client):
             (None, ["SDEdit (image to image)"], "centre square", "", 0.5, 0, 2, 1, 1),
             "upload an image",
         ),
+        ("/loss", ([], "upload", None, "exact: every t (all 1000 terms, about 7x the time)", 0), "pick at least one"),
     ],
 )
 def test_bad_inputs_get_clear_errors_and_the_server_keeps_serving(client, api_name, args, message):

@@ -43,6 +43,7 @@ VALID = {
         1,
         2,
     ],
+    "loss": [["ddpm-vlb-32"], EXAMPLE, None, "every 10th t above 50, and the last (146 of 1000 terms)", 0],
     "zoo_table": [],
     "components": [],
 }

@@ -51,6 +51,7 @@ VIEWS = [
     ("Swap a part", "swap", "#swap-images img", "swap"),
     ("Autoencoders", "inspect-autoencoders", "#autoencoder-images img", "autoencoders"),
     ("One step", "open-step", "#step-images img", "one-step"),
+    ("Loss", "measure-loss", "#loss-image img", "loss"),
 ]
 
 

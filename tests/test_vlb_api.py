@@ -41,9 +41,8 @@ def test_vlb_is_the_sum_of_its_terms_and_equals_bits_per_dim():
     torch.testing.assert_close(result.total, result.prior + result.kl.sum(1) + result.decoder)
     x0 = torch.cat([pipe_input(shape_image()), pipe_input(shape_image(colour="green"))])
     model = lambda x_t, t: pipe.unet(x_t, t)  # noqa: E731
-    expected = bits_per_dim(
-        model, x0, pipe.schedule, model_variance=pipe.recipe.variance, generator=torch.Generator().manual_seed(3)
-    )
+    options = {"model_variance": pipe.recipe.variance, "clip_x0": True}  # pipe.vlb measures the model that samples
+    expected = bits_per_dim(model, x0, pipe.schedule, generator=torch.Generator().manual_seed(3), **options)
     torch.testing.assert_close(result.total, expected.float())
     assert (result.kl >= 0).all() and (result.decoder > 0).all() and (result.prior >= 0).all()
     json.dumps(result.to_dict())  # plain lists for the app
@@ -64,23 +63,51 @@ def test_the_learned_variance_enters_the_bound():
         pipe.unet.conv_out.weight[3:] = 0.0
     pinned = pipe.vlb(shape_image(), seed=0)
     model = lambda x_t, t: pipe.unet(x_t, t)[:, :3]  # noqa: E731
-    small = bits_per_dim(model, pipe_input(shape_image()), pipe.schedule, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    small = bits_per_dim(model, pipe_input(shape_image()), pipe.schedule, generator=generator, clip_x0=True)
     torch.testing.assert_close(pinned.total, small.float())
     assert not torch.allclose(learned.total, pinned.total)
 
 
 def test_the_strided_estimate_stands_each_term_for_its_stride():
     timesteps, weights = strided_timesteps(100, stride=10, exact_below=20)
-    assert timesteps.tolist() == [*range(1, 20), *range(20, 100, 10)]
-    assert weights.sum() == 99 and (weights[:19] == 1).all() and (weights[19:] == 10).all()
+    assert timesteps.tolist() == [*range(1, 20), *range(20, 100, 10), 99]  # the last term always evaluated
+    assert weights.sum() == 99 and (weights[:19] == 1).all() and (weights[19:-2] == 10).all()
+    assert weights[-2:].tolist() == [9, 1]  # 90 stands for 90 .. 98, 99 for itself
     ends, last = strided_timesteps(95, stride=10, exact_below=20)
-    assert last.sum() == 94 and last[-1] == 5  # the final term stands for 90 .. 94
+    assert last.sum() == 94 and last[-2:].tolist() == [4, 1] and ends[-1] == 94
     pipe = tiny("ddpm-vlb-32")  # T = 50
     strided = pipe.vlb(shape_image(), stride=7, exact_below=10, seed=0)
-    assert strided.timesteps.tolist() == [*range(1, 10), 10, 17, 24, 31, 38, 45] and "strided" in strided.estimator
+    assert strided.timesteps.tolist() == [*range(1, 10), 10, 17, 24, 31, 38, 45, 49] and "strided" in strided.estimator
     torch.testing.assert_close(
         strided.total, strided.prior + (strided.kl * strided.weights.float()).sum(1) + strided.decoder
     )
+
+
+def test_batched_timesteps_draw_the_same_x_t_as_one_call_per_timestep():
+    pipe = tiny("ddpm-hybrid-32")
+    images = [shape_image(), shape_image(colour="green")]
+    one = pipe.vlb(images, stride=3, seed=2, batch=1)
+    for batch in (2, 7, 1000):  # 1 timestep per call, 3 per call (2 images), all at once
+        many = pipe.vlb(images, stride=3, seed=2, batch=batch)
+        torch.testing.assert_close(many.kl, one.kl, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(many.mse, one.mse, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(many.total, one.total, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="batch must be"):
+        pipe.vlb(images, batch=0)
+
+
+def test_clipping_x0_bounds_the_model_that_samples_and_tames_the_last_term():
+    """Unclipped, the cosine schedule's last step (beta clipped to 0.999: the mean's error weighted by 1 / alpha_t)
+    costs far more than clipped; no KL term costs more clipped (to float rounding: clipping moves each pixel of
+    x0_hat towards the true x0 in [-1, 1], the posterior mean is linear in it, and the variance does not move)."""
+    pipe = tiny("ddpm-simple-32")
+    clipped = pipe.vlb(shape_image(), stride=5, seed=0)
+    raw = pipe.vlb(shape_image(), stride=5, seed=0, clip_x0=False)
+    assert "clipped" in clipped.estimator and "clipped" not in raw.estimator
+    assert raw.kl[0, -1] > 10 * clipped.kl[0, -1]
+    assert (clipped.kl <= raw.kl + 1e-5).all() and clipped.total < raw.total
+    torch.testing.assert_close(clipped.prior, raw.prior)
 
 
 def test_vlb_takes_uint8_arrays_and_bin_valued_tensors():
@@ -131,3 +158,18 @@ def test_bits_per_dim_of_an_untrained_model_is_finite_and_large():
     pipe = zoo.build("ddpm-hybrid-32", tiny=True, device="cpu")
     total = pipe.vlb(shape_image(), stride=5).total
     assert torch.isfinite(total).all() and total.item() > 8
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"stride": 0}, "stride must be a positive integer, got 0"),
+        ({"stride": 2.5}, "stride must be a positive integer, got 2.5"),
+        ({"exact_below": True}, "exact_below must be a positive integer, got True"),
+        ({"seed": -1}, "seed must be an integer in"),
+        ({"batch": 1.5}, "batch must be an integer"),
+    ],
+)
+def test_vlb_refuses_bad_estimator_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        tiny("ddpm-simple-32").vlb(shape_image(), **options)

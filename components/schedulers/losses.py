@@ -120,12 +120,16 @@ def p_mean_log_variance(
     schedule: NoiseSchedule,
     prediction_type: str,
     model_variance: str,
+    clip_x0: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """p(x_{t-1} | x_t) = N(mu~(x_t, x0_hat), Sigma_theta): the posterior mean (Eq. 7) at the predicted x0
     (= Eq. 11 for eps), with Sigma_theta fixed (beta tilde_t or beta_t, DDPM Sec. 3.2) or learned from the
-    output's second half (Nichol & Dhariwal Eq. 15); see variance.py."""
+    output's second half (Nichol & Dhariwal Eq. 15); see variance.py. clip_x0: x0_hat clipped to [-1, 1] first,
+    the model the pipelines sample from (and the one DDPM's and improved-diffusion's bits/dim evaluation
+    measures: `calc_bpd_loop(..., clip_denoised=True)`); training leaves it off, as both codes do."""
     mean_part, v = split_output(output, xt, model_variance)
     _, x0_hat = schedule.split_prediction(mean_part, xt, t, prediction_type)
+    x0_hat = x0_hat.clamp(-1.0, 1.0) if clip_x0 else x0_hat
     mean, _, _ = schedule.q_posterior(x0_hat, xt, t)
     return mean, model_log_variance(schedule, t, xt, model_variance, v)
 
@@ -139,10 +143,11 @@ def vlb_term_from_output(
     *,
     prediction_type: str = "eps",
     model_variance: str = "fixed_small",
+    clip_x0: bool = False,
 ) -> torch.Tensor:
     """L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) where t >= 1, L_0 = -log p(x_0 | x_1) (the
     discretised decoder, Eq. 13) where t = 0, per sample (B,) in nats/dim, for a network output at (x_t, t)."""
-    mean, log_variance = p_mean_log_variance(output, xt, t, schedule, prediction_type, model_variance)
+    mean, log_variance = p_mean_log_variance(output, xt, t, schedule, prediction_type, model_variance, clip_x0)
     true_mean, _, true_log_variance = schedule.q_posterior(x0, xt, t)
     per_dim = normal_kl(true_mean, true_log_variance, mean, log_variance)
     if (t == 0).any():  # only then is x0 read as an image on 256 bins
@@ -176,6 +181,7 @@ def vlb_term_and_mse(
     model_kwargs: dict[str, Any] | None = None,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    clip_x0: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(bound term in nats/dim, ||eps - eps_theta||^2 per dim), per sample (B,), at one fresh x_t ~ q(x_t | x_0):
     the weighted term of Eq. 5 beside L_simple's unweighted summand (Eq. 14, in eps whatever the parameterisation)."""
@@ -186,9 +192,8 @@ def vlb_term_and_mse(
     eps = standard_normal(x0, generator) if noise is None else noise
     xt = schedule.q_sample(x0, t, eps)
     output = model(xt, t, **(model_kwargs or {}))
-    term = vlb_term_from_output(
-        output, x0, xt, t, schedule, prediction_type=prediction_type, model_variance=model_variance
-    )
+    options = {"prediction_type": prediction_type, "model_variance": model_variance, "clip_x0": clip_x0}
+    term = vlb_term_from_output(output, x0, xt, t, schedule, **options)
     eps_hat, _ = schedule.split_prediction(split_output(output, xt, model_variance)[0], xt, t, prediction_type)
     return term, (eps_hat.to(eps.dtype) - eps).pow(2).flatten(1).mean(1)
 
@@ -221,11 +226,15 @@ def vlb_terms(
     *,
     timesteps: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    batch: int = 1,
     **term_kwargs: Any,
 ) -> VLBTerms:
     """L_T, L_{t-1} for each t in `timesteps` (0-based, >= 1; default all of 1 .. T-1), and L_0, in nats/dim.
 
     `term_kwargs` go to `vlb_term_and_mse` (prediction_type, model_variance, model_kwargs). One fresh x_t per term.
+    `batch`: at most this many images per network call; with fewer images than that, several timesteps share a
+    call (x_0 repeated, t-major). The noise is drawn per timestep in the same order, so every batch size sees the
+    same x_t (the terms then agree up to float rounding).
     """
     T = schedule.num_timesteps
     timesteps = torch.arange(1, T) if timesteps is None else schedule.check_t(timesteps)
@@ -233,12 +242,36 @@ def vlb_terms(
         raise ValueError(
             "timesteps must be a 1-D tensor of KL terms t in [1, T - 1]; t = 0 is the decoder, always added"
         )
-    pairs = [vlb_term_and_mse(model, x0, t, schedule, generator=generator, **term_kwargs) for t in timesteps.tolist()]
-    empty = x0.new_zeros(x0.shape[0], 0)
-    kl = torch.stack([p[0] for p in pairs], dim=1) if pairs else empty
-    kl_mse = torch.stack([p[1] for p in pairs], dim=1) if pairs else empty
+    batch = require_int("batch", batch, minimum=1, why="images per network call")
+    B = x0.shape[0]
+    pairs = [
+        timesteps_at_once(model, x0, chunk, schedule, generator, **term_kwargs)
+        for chunk in timesteps.split(max(1, batch // B))
+    ]
+    empty = x0.new_zeros(B, 0)
+    kl = torch.cat([p[0] for p in pairs], dim=1) if pairs else empty
+    kl_mse = torch.cat([p[1] for p in pairs], dim=1) if pairs else empty
     decoder, decoder_mse = vlb_term_and_mse(model, x0, torch.tensor(0), schedule, generator=generator, **term_kwargs)
     return VLBTerms(prior_kl(x0, schedule), kl, decoder, timesteps, kl_mse, decoder_mse)
+
+
+def timesteps_at_once(
+    model: Callable[..., torch.Tensor],
+    x0: torch.Tensor,
+    timesteps: torch.Tensor,
+    schedule: NoiseSchedule,
+    generator: torch.Generator | None,
+    model_kwargs: dict[str, Any] | None = None,
+    **term_kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(terms, mse), each (B, K), for K timesteps in one network call over K copies of x0 (B images each)."""
+    K, B = len(timesteps), x0.shape[0]
+    noise = torch.cat([standard_normal(x0, generator) for _ in range(K)])  # per t, in vlb_terms' order
+    repeat = lambda v: v.repeat(K, *[1] * (v.dim() - 1)) if isinstance(v, torch.Tensor) else v  # noqa: E731
+    kwargs = {name: repeat(value) for name, value in (model_kwargs or {}).items()}
+    t = timesteps.to(x0.device).repeat_interleave(B)  # (K * B,): K blocks of B images, t-major
+    term, mse = vlb_term_and_mse(model, repeat(x0), t, schedule, noise=noise, model_kwargs=kwargs, **term_kwargs)
+    return term.view(K, B).T, mse.view(K, B).T  # (K * B,) -> (B, K)
 
 
 def bits_per_dim(
@@ -415,8 +448,10 @@ def strided_timesteps(num_timesteps: int, stride: int = 1, exact_below: int = 50
     """The KL terms to evaluate (0-based t in [1, T - 1]) and how many terms each one stands for.
 
     stride 1: every term, each weight 1 (the exact sum). stride k: every t below `exact_below` (where the terms
-    are large and change fast), then every k-th; each evaluated term also stands for the unevaluated ones after
-    it, up to the next evaluated term (a left Riemann sum over t), so the weights add up to T - 1.
+    are large and change fast), then every k-th, and always the last, t = T - 1 (where a cosine schedule's beta is
+    clipped to 0.999 and the term can jump by orders of magnitude); each evaluated term also stands for the
+    unevaluated ones after it, up to the next evaluated term (a left Riemann sum over t), so the weights add up
+    to T - 1.
     """
     T = num_timesteps
     for name, value in (("stride", stride), ("exact_below", exact_below)):
@@ -424,7 +459,9 @@ def strided_timesteps(num_timesteps: int, stride: int = 1, exact_below: int = 50
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     near = list(range(1, min(exact_below, T)))
     start = near[-1] + 1 if near else 1
-    timesteps = torch.tensor(near + list(range(start, T, stride)), dtype=torch.long)
+    strided = list(range(start, T, stride))
+    last = [T - 1] if T > 1 and (near + strided)[-1:] != [T - 1] else []
+    timesteps = torch.tensor(near + strided + last, dtype=torch.long)
     ends = torch.cat([timesteps[1:], torch.tensor([T])])
     return timesteps, (ends - timesteps).double()
 
@@ -488,8 +525,11 @@ def bound(
     else:
         estimator = (
             f"strided: the KL terms t < {exact_below} exactly, then every {stride}-th, each standing for the "
-            f"{stride - 1} skipped after it ({len(timesteps)} of {T - 1} evaluated); one draw of x_t per term"
+            f"{stride - 1} skipped after it, and the last, t = {T - 1} ({len(timesteps)} of {T - 1} evaluated); "
+            "one draw of x_t per term"
         )
+    if term_kwargs.get("clip_x0"):
+        estimator += "; x0_hat clipped to [-1, 1] (the model the samplers run)"
     bits = 1.0 / math.log(2.0)
     return Bound(
         prior=terms.prior * bits,

@@ -33,6 +33,7 @@ from zoo.app import (  # noqa: E402
     forward_noise,
     guard,
     image_to_image,
+    loss,
     samplers,
     steps,
     swap,
@@ -77,6 +78,7 @@ def build_app(pipes: PipelineCache | None = None) -> gr.Blocks:
             swap.tab(swap.Swap(pipes), num_timesteps=noise.num_timesteps)
             autoencoders.tab(autoencoders.Inspector(pipes))
             steps.tab(steps.OneStep(pipes), num_timesteps=noise.num_timesteps)
+            loss.tab(loss.LossView(pipes))
             tables = zoo_tab.tab(table)
         abar, log_snr = shown["plots"]
         demo.load(noise.initial_plots, shown["t"], [abar, log_snr], api_visibility="private")

@@ -2,8 +2,9 @@
 
 Who may ask for what is the server owner's choice, never a request's:
 - only the offered pipelines are served (the shipped, trained ones, the two that differ from ldm-clip-kl in
-  one part, for the swap view, and the image-to-image tab's models once registered); `ZOO_APP_PIPELINES` lists
-  others (comma-separated registered names, or `all`) for a person running the app for themselves;
+  one part, for the swap view, the loss study's three, for the loss view, and the image-to-image tab's models
+  once registered); `ZOO_APP_PIPELINES` lists others (comma-separated registered names, or `all`) for a
+  person running the app for themselves;
 - a pipeline whose weights are a Hub download is built only from the local cache, unless
   `ZOO_APP_ALLOW_DOWNLOADS=1` (or `allow_downloads=True`) says the server may download it;
 - `ZOO_APP_TINY=1` builds every part's tiny variant (random weights, tiny parts: the tests' fast server).
@@ -25,7 +26,7 @@ import zoo
 from zoo.app.guard import check_choice, fail
 from zoo.build import embedded_weights
 from zoo.pipelines.base import Pipeline
-from zoo.train.plan import SHIPPED
+from zoo.train.plan import LOSS_STUDY, SHIPPED
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +37,8 @@ MEMORY_ENV = "ZOO_APP_CACHE_MB"
 DEFAULT_PIPELINE = "ldm-clip-kl"
 SWAP_PARTNERS = ("ldm-bert-kl", "ldm-clip-vq")  # one part away from ldm-clip-kl, for the swap view
 IMAGE_MODELS = ("ldm-inpaint-kl", "ldm-sr-kl")  # the image-to-image tab's trained inpainting and super-resolution
-OFFERED = tuple(  # the training plan may ship some already; an image model only once the registry has it
-    dict.fromkeys((*SHIPPED, *SWAP_PARTNERS, *(name for name in IMAGE_MODELS if name in zoo.available())))
+OFFERED = tuple(  # the plan may ship some already; an image model only once the registry has it
+    dict.fromkeys((*SHIPPED, *SWAP_PARTNERS, *LOSS_STUDY, *(name for name in IMAGE_MODELS if name in zoo.available())))
 )
 DEFAULT_CACHE_BYTES = 512 * 1024**2  # the offered pipelines take 0.17 GB; one SD checkpoint (2-4 GB) is kept alone
 MALLOC_ARENAS = 2  # glibc makes up to 8 heaps per core for the server's threads, each keeping what it freed

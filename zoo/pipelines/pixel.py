@@ -80,7 +80,16 @@ class PixelPipeline(Pipeline):
         return to_pil(self.closed_form(x0, t, seed))[0]
 
     @torch.no_grad()
-    def vlb(self, images: Any, *, stride: int = 1, exact_below: int = 50, seed: int = 0) -> Bound:
+    def vlb(
+        self,
+        images: Any,
+        *,
+        stride: int = 1,
+        exact_below: int = 50,
+        seed: int = 0,
+        batch: int = 64,
+        clip_x0: bool = True,
+    ) -> Bound:
         """The variational bound of DDPM Eq. 5 on 8-bit RGB images, term by term, in bits/dim (`Bound`).
 
         images: a PIL image, a uint8 HxWx3 array, a float (3, H, W) / (B, 3, H, W) tensor in [-1, 1] on the 256
@@ -88,6 +97,10 @@ class PixelPipeline(Pipeline):
         stride 1 evaluates every KL term (exact up to one x_t draw per term, T network calls); stride k the terms
         below `exact_below` and then every k-th (components/schedulers/losses.py, `strided_timesteps`). The
         variance is the recipe's (fixed_small, fixed_large or the U-Net's learned one). Same seed, same x_t.
+        batch: at most this many images per U-Net call (fewer images: several timesteps per call; the same x_t).
+        clip_x0: the bound of the model the samplers run, x0_hat clipped to [-1, 1] (as DDPM's and improved
+        DDPM's bits/dim evaluation, clip_denoised=True). Off, the last term L_{T-1} of a cosine schedule (beta
+        clipped to 0.999, so the mean's error is weighted by 1 / alpha_t ~ 1000) can outweigh all the others.
         """
         x0 = bound_images(images, self.recipe.image_size).to(self.device)
         generator = torch.Generator("cpu").manual_seed(check_seed(seed))
@@ -99,6 +112,8 @@ class PixelPipeline(Pipeline):
             stride=stride,
             exact_below=exact_below,
             generator=generator,
+            batch=batch,
+            clip_x0=clip_x0,
             prediction_type=self.recipe.prediction_type,
             model_variance=self.recipe.variance,
         )
