@@ -272,7 +272,7 @@ def test_unknown_words_long_prompts_and_ignored_prompts_are_pointed_out(text):
 
 def test_only_pipelines_that_take_a_prompt_are_offered_and_untrained_ones_are_marked(text):
     names = text.names()
-    text_models = {"ldm-clip-kl", "ldm-clip-vq", "ldm-bert-kl", "ldm-bert-vq", "ldm-inpaint-kl"}
+    text_models = {"ldm-clip-kl", "ldm-clip-vq", "ldm-bert-kl", "ldm-bert-vq"}  # image models: their own tab
     assert set(names) == text_models | {"ddpm-cosine", "ddpm-linear", *cache.LOSS_STUDY}  # and unconditional ones
     assert all(label.endswith("(random weights)") for label, _ in text.choices())  # tiny: nothing is trained
     with pytest.raises(gr.Error, match="unknown pipeline 'ldm-seg-kl'"):

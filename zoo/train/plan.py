@@ -31,7 +31,11 @@ LATENT: dict[str, tuple[str, bool]] = {
     "ldm-seg-kl": ("kl-f4", False),
     "ldm-class-kl": ("kl-f4", False),
     "ldm-inpaint-kl": ("kl-f4", True),
+    "ldm-sr-kl": ("kl-f4", True),
 }
+# Fine-tuned from the trained text model in every preset (SD inpainting's recipe; LDM's SR model from a text one
+# here, to fit the CPU): the new concatenated inputs start at zero (stages.widened).
+FROM_TEXT_MODEL = ("ldm-inpaint-kl", "ldm-sr-kl")
 # How a stage starts in the cpu preset when not from scratch: the grid's partners (one part away from
 # ldm-clip-kl) start from its U-Net, the BERT one from ldm-bert-vq's trained BERT too, the inpainting model
 # from the whole pipeline (its new mask / masked-latent input channels zero: stages.widened). "root" and
@@ -40,9 +44,10 @@ CPU_WARM: dict[str, list[str]] = {
     "ldm-clip-vq": ["--unet-from", "{r}/root/final/unet"],
     "ldm-bert-kl": ["--unet-from", "{r}/root/final/unet", "--conditioner", "{r}/bert/final"],
     "ldm-inpaint-kl": ["--init", "{r}/root/final", "--max-minutes", "55"],
+    "ldm-sr-kl": ["--init", "{r}/root/final", "--max-minutes", "55"],
 }
 # The warm-started stages' settings: batch 32, lr 2e-4, one thread each, so two run at once on 2 cores
-# (--jobs 2); what made the shipped ldm-clip-vq, ldm-bert-kl and ldm-inpaint-kl (README "Retraining").
+# (--jobs 2); what made the shipped ldm-clip-vq, ldm-bert-kl, ldm-inpaint-kl and ldm-sr-kl (README "Retraining").
 CPU_WARM_ARGS = [
     *("--batch", "32", "--steps", "8000", "--lr", "2e-4", "--warmup", "100", "--max-minutes", "60"),
     *("--threads", "1", "--samples", "12000", "--sample-every", "100000", "--checkpoint-every", "100"),
@@ -120,7 +125,7 @@ def latent_stage(name: str, r: str, preset: str, data: list[str]) -> tuple[str, 
             parts, needs = [], ()
         settings = CPU_WARM_ARGS + [arg.format(r=r) for arg in warm]
         needs = tuple(dict.fromkeys((*needs, *(a.format(r=r).split("/")[1] for a in warm if "{r}" in a))))
-    elif name == "ldm-inpaint-kl":  # the SD-inpainting recipe: fine-tuned from the trained text model
+    elif name in FROM_TEXT_MODEL:
         parts, needs = ["--init", f"{r}/ldm-clip-kl/final"], ("ldm-clip-kl",)
     return name, ["diffusion", "--pipeline", name, *parts, "--out", f"{r}/{name}", *data, *settings], needs
 
