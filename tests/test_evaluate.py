@@ -135,3 +135,13 @@ def test_inpainting_compares_the_blended_step_with_repaint_and_the_trained_model
     text = evaluate.table({"pipeline": "p", "weights": "random", "threads": 1, "by_sampler": [entry], **free})
     assert "| inpainting (blended step, ddim), seen pairs (n=2) |" in text
     assert "| inpainting (RePaint j=1 r=2, ddpm), seen pairs (n=2) |" in text and "PSNR outside the mask" in text
+
+
+def test_an_inpainting_model_is_measured_on_inpainting_not_on_plain_prompts(monkeypatch):
+    torch.set_num_threads(1)
+    monkeypatch.setattr(evaluate, "reconstruction", lambda *args, **kwargs: None)
+    monkeypatch.setattr(evaluate, "clip_zero_shot", lambda *args, **kwargs: None)
+    result = evaluate.evaluate("ldm-inpaint-kl", prompts=1, steps=2)  # no --inpainting: it is its task
+    assert "adherence_seen" not in result["by_sampler"][0] and result["adherence_seen"] is None
+    assert result["inpainting"]["method"].startswith("trained") and "inpainting_repaint" not in result
+    assert "inpainting" in evaluate.table(result) and "seconds per image" not in evaluate.table(result)
