@@ -91,7 +91,7 @@ def test_swaps_need_both_pipelines_offered():
 # --------------------------------------------------------------------------------------- autoencoders
 def test_the_inspector_shows_each_autoencoders_round_trip_psnr_and_codes(pipes):
     view = autoencoders.Inspector(pipes)
-    assert view.autoencoders() == {"kl-f4 (ldm-clip-kl)": "ldm-clip-kl", "vq-f4 (ldm-bert-vq)": "ldm-bert-vq"}
+    assert view.autoencoders() == {"kl-f4 (ldm-clip-kl)": "ldm-clip-kl", "vq-f4 (ldm-clip-vq)": "ldm-clip-vq"}
     example = next(iter(display.examples()))
     shown, table = view.inspect(example, None)
     assert len(shown) == 1 + 2 * 2  # the input, then a reconstruction and the latents per autoencoder

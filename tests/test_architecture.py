@@ -30,6 +30,7 @@ FLOORS = {
     "zoo.catalog": 2,
     "zoo.diffusers_layout": 3,
     "zoo.pipeline_io": 3,
+    "zoo.shared_parts": 3,
     "zoo.pipelines": 4,
     "zoo.assembly": 5,
     "zoo.build": 5,
