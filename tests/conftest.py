@@ -25,3 +25,27 @@ def pipes():
     from zoo.app import cache
 
     return cache.PipelineCache(tiny=True, loader=seeded_tiny)
+
+
+@pytest.fixture(scope="module")
+def example() -> str:
+    """The first of the app's dataset examples (a module that defines its own `example` uses that one)."""
+    from zoo.app import display
+
+    return next(iter(display.examples()))
+
+
+@pytest.fixture(scope="module")
+def pixel():
+    """A tiny, randomised ddpm-linear (the image-editing tests' pixel pipeline)."""
+    from tests.test_editing import tiny
+
+    return tiny("ddpm-linear")
+
+
+@pytest.fixture(scope="module")
+def latent():
+    """A tiny, randomised ldm-clip-kl (the image-editing tests' latent pipeline)."""
+    from tests.test_editing import tiny
+
+    return tiny("ldm-clip-kl")

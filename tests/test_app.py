@@ -13,7 +13,7 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
-from app_support import seeded_tiny
+from app_support import pixels, quiet, seeded_tiny
 from PIL import Image, ImageDraw
 
 import zoo
@@ -48,19 +48,6 @@ def noise(pipes) -> forward_noise.ForwardNoise:
 @pytest.fixture(scope="module")
 def switch(pipes) -> conditioning.Conditioning:
     return conditioning.Conditioning(pipes)
-
-
-@pytest.fixture(scope="module")
-def example() -> str:
-    return next(iter(display.examples()))
-
-
-def pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
-
-
-def quiet(*args, **kwargs) -> None:
-    """A stand-in for gr.Progress."""
 
 
 # ------------------------------------------------------------------------------------------ builders

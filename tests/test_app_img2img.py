@@ -8,10 +8,11 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
+from app_support import pixels, quiet
 from PIL import Image, ImageDraw
 
 import zoo
-from zoo.app import cache, conditioning, display
+from zoo.app import cache, conditioning
 from zoo.app import image_to_image as tab
 
 STEPS = 3
@@ -26,19 +27,6 @@ TRAINED, SR = "inpaint: trained (ldm-inpaint-kl)", "super-resolution (ldm-sr-kl)
 @pytest.fixture(scope="module")
 def edits(pipes) -> tab.ImageToImage:
     return tab.ImageToImage(pipes)
-
-
-@pytest.fixture(scope="module")
-def example() -> str:
-    return next(iter(display.examples()))
-
-
-def pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
-
-
-def quiet(*args, **kwargs) -> None:
-    """A stand-in for gr.Progress."""
 
 
 def edit(edits, value, modes, mask="centre square", strength=0.5, seed=3, steps=STEPS, jump=1, resample=2):

@@ -21,11 +21,6 @@ def view(pipes) -> loss.LossView:
     return loss.LossView(pipes)
 
 
-@pytest.fixture(scope="module")
-def example() -> str:
-    return next(iter(display.examples()))
-
-
 def test_the_view_builds_alone_and_names_its_endpoint(view):
     with gr.Blocks() as demo:
         parts = loss.tab(view)

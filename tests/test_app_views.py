@@ -6,10 +6,9 @@ from __future__ import annotations
 import threading
 
 import gradio as gr
-import numpy as np
 import pytest
 import torch
-from app_support import seeded_tiny
+from app_support import pixels, seeded_tiny
 from PIL import Image
 
 from zoo.app import autoencoders, cache, display, samplers, steps, swap
@@ -18,10 +17,6 @@ from zoo.registry import SAMPLERS
 from zoo.train.stages import psnr
 
 PROMPT = "a red circle on a blue background"
-
-
-def pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
 def test_each_view_builds_alone_with_its_handlers_injected(pipes):

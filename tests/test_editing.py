@@ -29,16 +29,6 @@ def tiny(name: str):
     return pipe
 
 
-@pytest.fixture(scope="module")
-def pixel():
-    return tiny("ddpm-linear")
-
-
-@pytest.fixture(scope="module")
-def latent():
-    return tiny("ldm-clip-kl")
-
-
 def picture(size: int = 64) -> Image.Image:
     array = np.zeros((size, size, 3), dtype=np.uint8)
     array[..., 2] = 200

@@ -11,19 +11,9 @@ import torch
 
 import zoo
 from components.registry import SAMPLERS
-from tests.test_editing import PROMPT, picture, right_half, tiny, unet_inputs
+from tests.test_editing import PROMPT, picture, right_half, unet_inputs
 from zoo.pipelines import image_input
 from zoo.pipelines.repaint import RePaint
-
-
-@pytest.fixture(scope="module")
-def pixel():
-    return tiny("ddpm-linear")
-
-
-@pytest.fixture(scope="module")
-def latent():
-    return tiny("ldm-clip-kl")
 
 
 def diffusers_path(steps: int, jump: int, resample: int) -> list[int]:
