@@ -211,7 +211,7 @@ def inpainting_methods(
     at `settings`; for training-free pipelines also RePaint (DDPM's sampler, the same steps and guidance; j and r
     the API's defaults unless given).
     Each entry names its method, so the table can set trained, blended and RePaint side by side."""
-    trained = pipe.recipe.kind == "latent" and pipe.recipe.concat_image == "inpaint"
+    trained = inpaints_by_concatenation(pipe)
     own = inpainting(pipe, "seen", n, **settings)
     if own is None:
         return {"inpainting": None}
@@ -225,6 +225,11 @@ def inpainting_methods(
         method = f"RePaint j={repaint.jump} r={repaint.resample}, ddpm"
         found["inpainting_repaint"] = {**inpainting(pipe, "seen", n, **chosen), "method": method}
     return found
+
+
+def inpaints_by_concatenation(pipe: Any) -> bool:
+    """A model trained to inpaint (ldm-inpaint-kl: the mask and masked latent concatenated to z_t)."""
+    return pipe.recipe.kind == "latent" and pipe.recipe.concat_image == "inpaint"
 
 
 def condition_kind(pipe: Any) -> str | None:
@@ -350,7 +355,7 @@ def evaluate(
     }
     images: dict[str, list[Any]] = {}
     # an inpainting model's task is inpainting (it needs an image and a mask): that is what it is measured on
-    inpainting_model = pipe.recipe.kind == "latent" and pipe.recipe.concat_image == "inpaint"
+    inpainting_model = inpaints_by_concatenation(pipe)
     inpaint = inpaint or inpainting_model
     for sampler in samplers:
         settings = sampler_settings(pipe, sampler, steps, guidance_scale)
