@@ -11,6 +11,7 @@ import torch
 import zoo
 from components.base import WeightsError
 from zoo import shared_parts
+from zoo.pipeline_io import component_class
 from zoo.train.__main__ import main
 
 
@@ -77,3 +78,48 @@ def test_a_part_others_share_stays_whole_when_its_pipeline_is_exported_again(roo
     assert (weights / "a" / "unet").is_dir() and not list((weights / "a").glob("*.shared.json"))
     zoo.build("ldm-clip-kl", weights=weights / "b")
     assert shared_parts.part_folder(weights / "b", "unet") == weights / "a" / "unet"
+
+
+def new_decoder(weights, tmp_path):
+    """a's autoencoder with its decoder changed (as `zoo.train decoder` changes it), saved as a part folder."""
+    ae = component_class("autoencoder", "kl-f4").from_pretrained(weights / "a" / "autoencoder")
+    with torch.no_grad():
+        for p in ae.decoder.parameters():
+            p.add_(0.01)
+    ae.save_pretrained(tmp_path / "decoder")
+    return ae, tmp_path / "decoder"
+
+
+def test_a_replaced_part_reaches_every_pipeline_that_shares_it(root, tmp_path):
+    weights = copy(root, tmp_path)
+    ae, folder = new_decoder(weights, tmp_path)
+    for name in ("a", "b"):  # the owner first, then the pipeline that links to it
+        main(["export", "--run", str(weights / name), "--to", str(weights / name), "--dtype", "int8", "--share",
+              "--part", f"autoencoder={folder}"])  # fmt: skip
+    assert (weights / "b" / "autoencoder.shared.json").is_file() and not (weights / "b" / "autoencoder").exists()
+    expected = ae.state_dict()
+    old = zoo.build("ldm-clip-kl", weights=root / "weights" / "a").autoencoder.state_dict()["decoder.conv_out.weight"]
+    for name in ("a", "b"):
+        pipe = zoo.build("ldm-clip-kl", weights=weights / name)
+        got = pipe.autoencoder.state_dict()
+        assert all(torch.allclose(got[k], expected[k], atol=2e-3 * expected[k].abs().max() + 1e-6) for k in got)
+        assert not torch.allclose(got["decoder.conv_out.weight"], old, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("part", "message"),
+    [
+        ("unet={folder}", r"config differs .* in \[.*\]"),
+        ("vae={folder}", "no part 'vae'"),
+        ("autoencoder", "ROLE=FOLDER"),
+    ],
+)
+def test_a_part_that_does_not_fit_is_refused_and_the_export_changes_nothing(root, tmp_path, part, message):
+    weights = copy(root, tmp_path)
+    _, folder = new_decoder(weights, tmp_path)
+    before = shared_parts.digests(weights / "a" / "autoencoder")
+    with pytest.raises(SystemExit, match=message):
+        main(["export", "--run", str(weights / "a"), "--to", str(weights / "a"), "--dtype", "int8",
+              "--part", part.format(folder=folder)])  # fmt: skip
+    assert shared_parts.digests(weights / "a" / "autoencoder") == before
+    assert sorted(p.name for p in weights.iterdir()) == ["a", "b"]  # no staging folder left behind

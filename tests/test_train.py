@@ -82,6 +82,36 @@ def test_kl_autoencoder_stage_writes_checkpoint_final_and_metrics(kl):
     assert 0 < metrics["psnr_heldout_db"] < 60
 
 
+def test_decoder_stage_trains_the_decoder_and_leaves_the_latents_bit_for_bit(kl, runs):
+    out = runs / "kl-f4-decoder"
+    main(["decoder", "--autoencoder", str(kl / "final"), "--out", str(out), *common(runs / "data"), "--lr", "1e-2"])
+    metrics = assert_run_folder(out, {"autoencoder"})
+    cls = component_class("autoencoder", "kl-f4")
+    before, after = cls.from_pretrained(kl / "final"), cls.from_pretrained(out / "final")
+    assert after.config == before.config  # the scaling factor included: the latents' scale is E's
+    old, new = before.state_dict(), after.state_dict()
+    frozen = [k for k in old if not k.startswith(("decoder.", "post_quant_conv."))]
+    assert frozen and all(torch.equal(old[k], new[k]) for k in frozen)  # E and q(z|x): unchanged, bit for bit
+    changed = [k for k in old if k.startswith("decoder.") and not torch.equal(old[k], new[k])]
+    assert len(changed) > len([k for k in old if k.startswith("decoder.")]) // 2
+    assert 0 < metrics["psnr_heldout_db_before"] < 60 and 0 < metrics["psnr_heldout_db"] < 60
+
+
+def test_decoder_stage_refuses_a_folder_without_an_autoencoder(runs, tmp_path):
+    with pytest.raises(SystemExit, match="no config.json"):
+        main(
+            [
+                "decoder",
+                "--autoencoder",
+                str(tmp_path / "missing"),
+                "--out",
+                str(tmp_path / "run"),
+                *common(runs / "data"),
+            ]
+        )
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
 def test_vq_autoencoder_stage(runs):
     out = runs / "vq-f4"
     main(["autoencoder", "--name", "vq-f4", "--out", str(out), *common(runs / "data")])

@@ -49,9 +49,10 @@ def digests(folder: Path) -> dict[str, str]:
     return {f.name: digest(f) for f in sorted(folder.iterdir()) if f.is_file()}
 
 
-def part_folder(pipeline: Path, role: str) -> Path:
+def part_folder(pipeline: Path, role: str, *, verify: bool = True) -> Path:
     """The folder of `role` in the pipeline folder `pipeline`: its own `<role>/`, or the sibling's that its
-    `<role>.shared.json` names (checked: inside the same root, present, every file's digest as recorded)."""
+    `<role>.shared.json` names (checked: inside the same root, present, and unless `verify` is False, for an
+    export about to replace the part, every file's digest as recorded)."""
     own, link = pipeline / role, pipeline / f"{role}{SUFFIX}"
     if own.is_dir() or not link.is_file():
         return own  # a missing part is reported by the caller, which names the folder it expected
@@ -65,7 +66,7 @@ def part_folder(pipeline: Path, role: str) -> Path:
     target = pipeline.parent.joinpath(*relative.parts)
     if not target.is_dir():
         raise WeightsError(f"{link}: the shared part {target} does not exist")
-    found = digests(target)
+    found = digests(target) if verify else recorded
     if found != recorded:
         changed = sorted(
             set(found) ^ set(recorded) | {k for k in found.keys() & recorded.keys() if found[k] != recorded[k]}

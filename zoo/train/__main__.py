@@ -1,6 +1,7 @@
 """`python -m zoo.train <stage> ...`: train one stage, export weights, or run the whole shipped plan.
 
     python -m zoo.train autoencoder --name kl-f4 --out runs/kl-f4
+    python -m zoo.train decoder --autoencoder runs/kl-f4/final --out runs/kl-f4-decoder  # encoder frozen
     python -m zoo.train clip --out runs/clip
     python -m zoo.train diffusion --pipeline ldm-clip-kl --autoencoder runs/kl-f4/final \
         --conditioner runs/clip/final --out runs/ldm-clip-kl
@@ -62,6 +63,12 @@ def parser() -> argparse.ArgumentParser:
     ae = sub.add_parser("autoencoder", help="a KL or VQ autoencoder")
     ae.add_argument("--name", default="kl-f4", help="registered autoencoder name")
     common(ae, steps=6000, batch=32, lr=5e-4)
+    dec = sub.add_parser(
+        "decoder", help="fine-tune a trained autoencoder's decoder, its encoder frozen (latents unchanged)"
+    )
+    dec.add_argument("--autoencoder", required=True, help="the trained autoencoder folder")
+    dec.add_argument("--name", default="kl-f4", help="its registered autoencoder name")
+    common(dec, steps=4000, batch=32, lr=1e-4)
     clip = sub.add_parser("clip", help="a small CLIP model, contrastively; its text tower becomes the conditioner")
     clip.add_argument("--vision-width", type=int, default=128)
     clip.add_argument("--vision-layers", type=int, default=3)
@@ -99,6 +106,13 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--share", action="store_true", help="store a part identical to another pipeline's in --to's folder once"
     )
+    exp.add_argument(
+        "--part",
+        action="append",
+        default=[],
+        metavar="ROLE=FOLDER",
+        help="replace a part by this folder (same config, new weights), e.g. autoencoder=runs/kl-f4-decoder/final",
+    )
     pl = sub.add_parser("plan", help="every shipped model in order (each stage resumes or is skipped when done)")
     pl.add_argument("--runs", default="runs")
     pl.add_argument("--weights", default="zoo/weights", help="where the exports go")
@@ -110,6 +124,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def part_arguments(values: list[str]) -> dict[str, Path]:
+    """--part ROLE=FOLDER, repeated -> {role: folder}."""
+    parts = {}
+    for value in values:
+        role, sep, folder = value.partition("=")
+        if not sep or not role or not folder:
+            raise SystemExit(f"--part {value!r}: expected ROLE=FOLDER, e.g. autoencoder=runs/kl-f4-decoder/final")
+        parts[role] = Path(folder)
+    return parts
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
@@ -118,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
     if args.stage == "export":
-        export(Path(args.run), Path(args.to), dtype=args.dtype, share=args.share)
+        export(Path(args.run), Path(args.to), dtype=args.dtype, share=args.share, parts=part_arguments(args.part))
     elif args.stage == "plan":
         if args.print:
             for name, argv_, _ in shipped.commands(args.runs, args.only, args.preset, args.weights):
@@ -132,9 +157,12 @@ def main(argv: list[str] | None = None) -> None:
 
         process_state()  # before anything asks accelerate for a device: a distributed launch's ranks on the CPU
 
-        {"autoencoder": stages.train_autoencoder, "clip": stages.train_clip, "diffusion": stages.train_diffusion}[
-            args.stage
-        ](args)
+        {
+            "autoencoder": stages.train_autoencoder,
+            "decoder": stages.train_decoder,
+            "clip": stages.train_clip,
+            "diffusion": stages.train_diffusion,
+        }[args.stage](args)
 
 
 if __name__ == "__main__":

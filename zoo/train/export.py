@@ -19,11 +19,15 @@ from zoo import shared_parts
 logger = logging.getLogger(__name__)
 
 
-def export(run: Path, to: Path, *, dtype: str = "float16", share: bool = False) -> Path:
+def export(
+    run: Path, to: Path, *, dtype: str = "float16", share: bool = False, parts: dict[str, Path] | None = None
+) -> Path:
     """Copy `run` to `to` with its tensors cast to `dtype`. The copy is made whole beside `to` and swapped in
     by renames, so an interrupted export leaves the old folder (or none), never a half-written one. Parts that
     `run` shares are copied in full; `share`: a part identical to one of another pipeline beside `to` is stored
-    once (zoo/shared_parts.py), as the plan does for zoo/weights."""
+    once (zoo/shared_parts.py), as the plan does for zoo/weights. `parts`: role -> a part folder that replaces
+    the pipeline's own (e.g. a fine-tuned decoder's autoencoder); its config must equal the one it replaces, so
+    only weights change, never what the other parts were trained against."""
     if not ((run / "recipe.json").is_file() or (run / "config.json").is_file()):
         raise SystemExit(f"{run} is neither a pipeline folder (recipe.json) nor a model folder (config.json)")
     staging, old = to.with_name(f".{to.name}.export-tmp"), to.with_name(f".{to.name}.export-old")
@@ -31,6 +35,12 @@ def export(run: Path, to: Path, *, dtype: str = "float16", share: bool = False) 
         if leftover.exists():
             shutil.rmtree(leftover)
     shutil.copytree(run, staging, ignore=shutil.ignore_patterns("README.md"))
+    try:
+        for role, folder in (parts or {}).items():
+            replace_part(staging, run, role, Path(folder))
+    except SystemExit:
+        shutil.rmtree(staging)
+        raise
     shared_parts.materialise(staging, run)
     zoo_parts = zoo_part_folders(staging) if dtype == "int8" else set()
     for file in staging.rglob("*.safetensors"):
@@ -47,6 +57,28 @@ def export(run: Path, to: Path, *, dtype: str = "float16", share: bool = False) 
     size = sum(f.stat().st_size for f in to.rglob("*") if f.is_file())
     logger.info("exported %s -> %s (%.1f MB)", run, to, size / 1e6)
     return to
+
+
+def replace_part(staging: Path, run: Path, role: str, folder: Path) -> None:
+    """Put a copy of `folder` in place of the part `role` of `staging` (a copy of the pipeline folder `run`)."""
+    from components.base import read_json_object
+
+    if not (staging / "recipe.json").is_file():
+        raise SystemExit(f"--part {role}={folder}: {run} is not a pipeline folder (recipe.json), it has no parts")
+    mine = shared_parts.part_folder(run, role, verify=False)  # a shared part replaced first
+    if not (mine / "config.json").is_file():
+        raise SystemExit(f"--part {role}={folder}: {run} has no part {role!r}")
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"--part {role}={folder}: no config.json there (a part folder)")
+    old, new = read_json_object(mine / "config.json"), read_json_object(folder / "config.json")
+    if old != new:
+        differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        raise SystemExit(
+            f"--part {role}={folder}: its config differs from {mine}'s in {differ}; only weights may change"
+        )
+    shutil.rmtree(staging / role, ignore_errors=True)
+    (staging / f"{role}{shared_parts.SUFFIX}").unlink(missing_ok=True)
+    shutil.copytree(folder, staging / role, ignore=shutil.ignore_patterns("README.md"))
 
 
 def zoo_part_folders(folder: Path) -> set[Path]:

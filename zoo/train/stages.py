@@ -72,13 +72,7 @@ def train_autoencoder(args: Any) -> Path:
         generator.manual_seed((args.seed * 7_919 + i) * 1_009 + trainer.shard.index)  # per step and batch part
         return ae.loss(x, generator=generator)
 
-    def sample(path: Path) -> None:
-        x = to_float(images[:16]).to(device)
-        with torch.no_grad():
-            rec = ae.decode(ae.encode(x))
-        grid([*to_images(x), *to_images(rec)]).save(path)
-
-    history = trainer.run(step, sample)
+    history = trainer.run(step, lambda path: reconstruction_grid(ae, images[:16], path))
     heldout = cached_dataset(args.cache, 512, seed=args.data_seed + 1, split="all")  # every process: it waits for all
     if not trainer.is_main:  # the main process evaluates and exports
         return out / "final"
@@ -92,6 +86,64 @@ def train_autoencoder(args: Any) -> Path:
         ae.cpu().save_pretrained(out / "final")
     write_metrics(out, {"psnr_heldout_db": psnr(rec.cpu(), x.cpu()), "scaling_factor": scale, "history": history[-3:]})
     return out / "final"
+
+
+def train_decoder(args: Any) -> Path:
+    """Fine-tune a trained autoencoder's decoder with its encoder frozen, as Stability did for Stable Diffusion's
+    VAE (the ft-EMA / ft-MSE kl-f8 decoders, 2022): E, the codebook and the scaling factor stay bit for bit, so
+    the latents every diffusion model trained on, and those models, stay valid; only x_hat = D(z) improves.
+    Objective: the autoencoder's reconstruction loss on D(z), z ~ q(z|x) (LDM Sec. 3.1 without the terms E alone
+    sets: the KL, or the codebook and commitment losses)."""
+    from zoo.pipeline_io import load_part
+
+    out = Path(args.out)
+    data = cached_dataset(args.cache, args.samples, seed=args.data_seed)
+    images = data["images"]
+    torch.manual_seed(args.seed)
+    if not (Path(args.autoencoder) / "config.json").is_file():
+        raise SystemExit(f"--autoencoder {args.autoencoder}: no config.json there (a trained autoencoder folder)")
+    ae = load_part("autoencoder", args.name, args.autoencoder)
+    ae.requires_grad_(False)
+    for part in (ae.post_quant_conv, ae.decoder):  # z -> x_hat: the same two modules in the KL and VQ trees
+        part.requires_grad_(True)
+    trainer = Trainer(out, {"autoencoder": ae}, loop_config(args))
+    device = trainer.device
+    generator = torch.Generator(device=device)
+
+    def step(i: int) -> tuple[torch.Tensor, dict]:
+        x = to_float(images[trainer.shard(batch_indices(i, args.batch, len(images), args.seed))]).to(device)
+        generator.manual_seed((args.seed * 7_919 + i) * 1_009 + trainer.shard.index)
+        with torch.no_grad():
+            z = ae.encode(x, sample=True, generator=generator)  # KL: a posterior sample; VQ: z_e (quantised in decode)
+        return ae.reconstruction_loss(ae.decode(z), x), {}
+
+    heldout = to_float(cached_dataset(args.cache, 512, seed=args.data_seed + 1, split="all")["images"]).to(device)
+    before = reconstruction_psnr(ae, heldout)
+    history = trainer.run(step, lambda path: reconstruction_grid(ae, images[:16], path))
+    if not trainer.is_main:
+        return out / "final"
+    with trainer.ema_weights():
+        after = reconstruction_psnr(ae, heldout)
+        ae.cpu().save_pretrained(out / "final")
+    write_metrics(out, {"psnr_heldout_db_before": before, "psnr_heldout_db": after, "history": history[-3:]})
+    return out / "final"
+
+
+@torch.no_grad()
+def reconstruction_grid(ae: Any, images: torch.Tensor, path: Path) -> None:
+    """The training sample sheet of an autoencoder: the images, then their reconstructions D(E(x))."""
+    x = to_float(images).to(next(ae.parameters()).device)
+    grid([*to_images(x), *to_images(ae.decode(ae.encode(x)))]).save(path)
+
+
+@torch.no_grad()
+def reconstruction_psnr(ae: Any, x: torch.Tensor) -> float:
+    """PSNR of D(E(x)) (the posterior mean for KL) against x, in eval mode, batches of 128."""
+    mode = ae.training
+    ae.eval()
+    rec = torch.cat([ae.decode(ae.encode(chunk)) for chunk in x.split(128)])
+    ae.train(mode)
+    return psnr(rec.cpu(), x.cpu())
 
 
 def refuse_vq_across_processes(ae: Any, world: int) -> None:
