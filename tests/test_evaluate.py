@@ -11,7 +11,7 @@ from PIL import Image
 import zoo
 from zoo import evaluate
 from zoo.data.analyser import analyse, clean_fraction
-from zoo.data.shapes import PALETTE, Attributes, pregenerate, render
+from zoo.data.shapes import PALETTE, Attributes, parse_caption, pregenerate, render
 
 
 def canvas(box: tuple[int, int, int, int], colour: str = "red", background: str = "blue") -> np.ndarray:
@@ -145,3 +145,88 @@ def test_an_inpainting_model_is_measured_on_inpainting_not_on_plain_prompts(monk
     assert "adherence_seen" not in result["by_sampler"][0] and result["adherence_seen"] is None
     assert result["inpainting"]["method"].startswith("trained") and "inpainting_repaint" not in result
     assert "inpainting" in evaluate.table(result) and "seconds per image" not in evaluate.table(result)
+
+
+class FakeImg2Img:
+    """A text pipeline whose img2img is exact: strength 0 returns the input (a perfect round trip), any other
+    strength the prompt's own rendering; with `ignores_image`, every strength draws the prompt (a pipeline that
+    drops the image), which the "kept" measure must catch."""
+
+    def __init__(self, ignores_image: bool = False):
+        from types import SimpleNamespace
+
+        self.conditioner = SimpleNamespace(kind="text")
+        self.recipe = SimpleNamespace(name="fake", kind="fake", concat_image=None)
+        self.ignores_image, self.calls = ignores_image, []
+
+    def generate(self, prompt, *, seed, image=None, strength=1.0, **settings):
+        self.calls.append(strength if image is not None else None)
+        if image is not None and strength == 0 and not self.ignores_image:
+            return [Image.fromarray(image)]
+        wanted = parse_caption(prompt)
+        full = Attributes(wanted.shape, wanted.colour, wanted.background, wanted.size or "large",
+                          wanted.position or "center")  # fmt: skip
+        return [Image.fromarray(render(full)[0])]
+
+
+def test_img2img_prompts_name_another_shape_colour_and_background_than_their_inputs():
+    jobs = evaluate.img2img_jobs(24)
+    assert len({caption for _, _, caption, _ in jobs}) > 12  # prompts vary
+    for image, source, caption, named in jobs:
+        assert all(named[f] != source[f] for f in ("shape", "colour", "background")), (source, caption)
+        assert image.dtype == np.uint8 and image.shape == (64, 64, 3) and set(source) == set(evaluate.ATTRIBUTES)
+
+
+def test_img2img_reports_the_round_trip_kept_and_a_pipeline_that_ignores_the_image_not():
+    honest = evaluate.image_to_image(FakeImg2Img(), 6, (0.0, 0.3, 1.0))
+    at = {row["strength"]: row for row in honest["by_strength"]}
+    assert honest["inputs"]["all"] == 1.0 and at[0.0]["kept"] == honest["inputs"]  # the input itself, read as such
+    assert at[0.0]["followed"]["all"] == 0.0 and at[0.0]["followed"]["shape"] == 0.0  # the prompt names another
+    assert at[0.3]["kept"]["all"] == 0.0 and at[1.0]["followed"]["all"] == 1.0 == honest["plain"]["all"]
+    assert at[1.0]["same_as_plain"] == 1.0 and at[0.0]["same_as_plain"] == 0.0
+    lazy = evaluate.image_to_image(FakeImg2Img(ignores_image=True), 6, (0.0,))
+    assert lazy["by_strength"][0]["kept"]["all"] == 0.0 and lazy["by_strength"][0]["same_as_plain"] == 1.0
+    entry = {"sampler": "ddpm", "steps": 2}
+    text = evaluate.table(
+        {"pipeline": "fake", "weights": "random", "threads": 1, "by_sampler": [entry], "img2img": honest}
+    )
+    assert "| img2img strength 0.3 (n=6 held-out inputs, prompts naming other images) | kept: shape 0%" in text
+    assert "identical to plain generation 100%" in text and "img2img: plain generation" in text
+
+
+def test_img2img_at_strength_one_is_the_plain_generation_of_a_real_pipeline():
+    torch.set_num_threads(1)
+    pipe = zoo.build("ldm-clip-kl", tiny=True, device="cpu")
+    result = evaluate.image_to_image(pipe, 2, (0.0, 1.0), sampler="ddim", steps=2, guidance_scale=1.0)
+    at = {row["strength"]: row for row in result["by_strength"]}
+    assert at[1.0]["same_as_plain"] == 1.0 and at[1.0]["followed"] == result["plain"]  # the image ignored
+    assert at[0.0]["same_as_plain"] == 0.0 and at[0.0]["kept"]["count"] == 2  # the round trip D(E(x)) instead
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"img2img": True, "strengths": (0.0, 1.5)}, r"strength must be .*\[0, 1\].*got 1.5"),
+        ({"img2img": True, "strengths": ()}, "non-empty sequence"),
+        ({"strengths": (0.2,)}, "pass img2img=True"),
+    ],
+)
+def test_bad_img2img_arguments_are_refused_before_anything_is_built(monkeypatch, kwargs, message):
+    monkeypatch.setattr(zoo, "build", lambda *args, **kw: pytest.fail("built a pipeline for refused arguments"))
+    with pytest.raises(ValueError, match=message):
+        evaluate.evaluate("ldm-clip-kl", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"), [("ldm-class-kl", "conditioned on class"), ("ldm-inpaint-kl", "inpainting")]
+)
+def test_img2img_on_a_pipeline_it_cannot_measure_is_an_error_before_drawing_and_saves_nothing(
+    monkeypatch, tmp_path, name, kind
+):
+    build = zoo.build
+    monkeypatch.setattr(zoo, "build", lambda name, weights=None: build(name, tiny=True, device="cpu"))
+    monkeypatch.setattr(evaluate, "draw", lambda *args, **kw: pytest.fail("drew images for a refused evaluation"))
+    monkeypatch.setattr(evaluate, "embedded_weights", lambda name: tmp_path)
+    with pytest.raises(ValueError, match=f"img2img is measured on text pipelines.*{name} is .*{kind}"):
+        evaluate.main([name, "--img2img", "--save", "--threads", "1"])
+    assert list(tmp_path.iterdir()) == []  # no evaluation.json written

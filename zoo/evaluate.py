@@ -6,7 +6,8 @@
 Prompt adherence: images generated from fixed captions (seen and held-out colour-shape pairs, separately)
 are read back by the pixel analyser (zoo/data/analyser.py) and compared with what the caption names.
 Also: reconstruction PSNR and VQ codebook usage of the autoencoder on held-out images, the CLIP model's
-zero-shot accuracy, bits/dim of pixel models from the variational bound, and the time per image.
+zero-shot accuracy, bits/dim of pixel models from the variational bound, and the time per image; with
+`--inpainting`, inpainting; with `--img2img [--strengths ...]`, image-to-image (SDEdit) at each strength.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import zoo
 from zoo.build import embedded_weights
 from zoo.data.analyser import ATTRIBUTES, accuracy_table, analyse, clean_fraction, shape_mask, template_iou
 from zoo.data.shapes import Attributes, eval_prompts, pregenerate, render
+from zoo.pipelines.editing import check_strength
 from zoo.pipelines.repaint import RePaint
 from zoo.train.stages import psnr, zero_shot_on
 
@@ -180,6 +182,75 @@ def super_resolution(pipe: Any, n: int, *, seed: int = 0, **settings: Any) -> di
         "bicubic": adherence_of(bicubic, todo),
         "autoencoder": adherence_of(round_trips, todo),
     }
+
+
+IMG2IMG_SEED = 2025  # the held-out dataset images image-to-image starts from (pairs never trained on)
+IMG2IMG_STRENGTHS = (0.0, 0.1, 0.2, 0.3, 0.6, 1.0)
+
+
+def img2img_jobs(n: int, seed: int = 0) -> list[tuple[np.ndarray, dict[str, str], str, dict[str, str]]]:
+    """(input image, its attributes, prompt, the prompt's named attributes) for `n` held-out dataset images
+    (uint8 (H, W, 3), every attribute known). Each prompt is the next seen-pair evaluation caption (eval_prompts,
+    in order, each used once) whose shape, colour and background all differ from its input's, so an output that
+    reads as the input cannot have come from the prompt, nor one that reads as the prompt from the input."""
+    data = pregenerate(n, seed=IMG2IMG_SEED, split="heldout", uint8=True)
+    captions = iter(eval_prompts("seen", n=8 * n + 36, seed=seed))  # about 2 in 5 differ in all three
+    result = []
+    for image, source in zip(data["images"], data["attributes"], strict=True):
+        caption, wanted = next(
+            (c, w)
+            for c, w in captions
+            if all(getattr(w, f) != getattr(source, f) for f in ("shape", "colour", "background"))
+        )
+        named = {f: getattr(wanted, f) for f in ATTRIBUTES if getattr(wanted, f) is not None}
+        result.append((image.permute(1, 2, 0).numpy(), {f: getattr(source, f) for f in ATTRIBUTES}, caption, named))
+    return result
+
+
+def check_strengths(strengths: Any) -> tuple[float, ...]:
+    """A non-empty sequence of strengths, each in [0, 1] (check_strength's error names the bad one)."""
+    if not isinstance(strengths, list | tuple) or not strengths:
+        raise ValueError(f"strengths must be a non-empty sequence of numbers in [0, 1], got {strengths!r}")
+    return tuple(check_strength(s) for s in strengths)
+
+
+def check_edits_images(pipe: Any) -> None:
+    """Image-to-image is measured on text pipelines that take image= and strength= alone: an error otherwise."""
+    if condition_kind(pipe) != "text" or inpaints_by_concatenation(pipe):
+        kind = "the inpainting model" if inpaints_by_concatenation(pipe) else f"conditioned on {condition_kind(pipe)}"
+        raise ValueError(
+            f"img2img is measured on text pipelines (the prompt names another image than the input): "
+            f"{pipe.recipe.name} is {kind}"
+        )
+
+
+@torch.no_grad()
+def image_to_image(
+    pipe: Any, n: int, strengths: Any = IMG2IMG_STRENGTHS, *, seed: int = 0, **settings: Any
+) -> dict[str, Any]:
+    """Image-to-image (SDEdit) from `n` held-out dataset images, each with a prompt that names another shape,
+    colour and background (img2img_jobs), at every strength: the share of outputs the strict analyser reads as
+    the input (every attribute, shape with template IoU >= SHAPE_IOU: "kept") and as the prompt ("followed"),
+    and the share identical to the plain generation of the same prompt and seed (strength 1 ignores the image,
+    diffusers' semantics, so there it should be all). Also the analyser's reading of the inputs themselves (what
+    "kept" can reach) and the plain generations' adherence. A text pipeline only (check_edits_images)."""
+    check_edits_images(pipe)
+    strengths = check_strengths(strengths)
+    pairs = img2img_jobs(n, seed)
+    inputs = [image for image, *_ in pairs]
+    as_input = [({}, source) for _, source, _, _ in pairs]
+    asked = [({"prompt": caption, "seed": seed + k}, named) for k, (_, _, caption, named) in enumerate(pairs)]
+    plain = draw(pipe, asked, "plain", **settings)
+    rows, with_images = [], list(zip(asked, inputs, strict=True))
+    for strength in strengths:
+        todo = [({**kw, "image": image, "strength": strength}, named) for (kw, named), image in with_images]
+        drawn = draw(pipe, todo, f"img2img {strength}", **settings)
+        same = [np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(drawn, plain, strict=True)]
+        kept, followed = adherence_of(drawn, as_input), adherence_of(drawn, todo)
+        rows.append(
+            {"strength": strength, "kept": kept, "followed": followed, "same_as_plain": statistics.fmean(same)}
+        )
+    return {"inputs": adherence_of(inputs, as_input), "plain": adherence_of(plain, asked), "by_strength": rows}
 
 
 def example_low_res(pipe: Any) -> torch.Tensor:
@@ -339,12 +410,21 @@ def evaluate(
     inpaint: bool = False,
     repaint_jump: int | None = None,
     repaint_resample: int | None = None,
+    img2img: bool = False,
+    strengths: Any = None,
 ) -> dict:
     """Every measure that applies to the pipeline at `sampler` (default: the recipe's) and, with `all_samplers`,
     at the other two; the recipe's settings unless given. The first sampler's figures are also the result's
     top-level `sampler`, `adherence_*` and `seconds_per_image` (what the app's Zoo tab shows). `inpaint`: also
-    inpainting (`inpainting_methods`), RePaint with `repaint_jump`, `repaint_resample` (the API's defaults)."""
+    inpainting (`inpainting_methods`), RePaint with `repaint_jump`, `repaint_resample` (the API's defaults).
+    `img2img`: also image-to-image at `strengths` (default IMG2IMG_STRENGTHS), the first sampler's settings;
+    a text pipeline only (an error otherwise, before anything is drawn), as are strengths outside [0, 1]."""
+    if strengths is not None and not img2img:
+        raise ValueError("strengths are image-to-image's: pass img2img=True (--img2img) with them")
+    strengths = check_strengths(IMG2IMG_STRENGTHS if strengths is None else strengths) if img2img else None
     pipe = zoo.build(name, weights=weights)
+    if img2img:
+        check_edits_images(pipe)
     first = sampler or pipe.recipe.sampler
     samplers = (first, *(s for s in SAMPLERS if s != first)) if all_samplers else (first,)
     result: dict[str, Any] = {
@@ -384,6 +464,10 @@ def evaluate(
     if inpaint:  # the first sampler's settings, seen pairs
         settings = sampler_settings(pipe, samplers[0], steps, guidance_scale)
         result.update(inpainting_methods(pipe, prompts, settings, repaint_jump, repaint_resample))
+    if img2img:  # the first sampler's settings, held-out inputs
+        result["img2img"] = image_to_image(
+            pipe, prompts, strengths, **sampler_settings(pipe, samplers[0], steps, guidance_scale)
+        )
     result["reconstruction"] = reconstruction(pipe)
     if condition_kind(pipe) == "text" and pipe.recipe.conditioner.name == "clip":
         result["clip_zero_shot"] = clip_zero_shot()
@@ -421,6 +505,8 @@ def table(result: dict) -> str:
             cells = f"{percent(shown)}, PSNR outside the mask {inpainted['psnr_outside_db']:.1f} dB"
             method = f" ({inpainted['method']})" if "method" in inpainted else ""
             rows.append((f"inpainting{method}, seen pairs (n={int(inpainted['count'])})", cells))
+    if edited := result.get("img2img"):
+        rows += image_to_image_rows(edited)
     if rec := result.get("reconstruction"):
         rows.append(
             ("autoencoder", ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
@@ -447,6 +533,22 @@ def super_resolution_rows(label: str, sr: dict, timing: dict) -> list[tuple[str,
     ]
 
 
+def image_to_image_rows(edited: dict) -> list[tuple[str, str]]:
+    """One row per strength (kept, followed, identical to plain), then the inputs' and plain generation's rows."""
+    n = int(edited["inputs"]["count"])
+    rows = [
+        (
+            f"img2img strength {row['strength']:g} (n={n} held-out inputs, prompts naming other images)",
+            f"kept: {percent(row['kept'])}; followed: {percent(row['followed'])}; "
+            f"identical to plain generation {row['same_as_plain']:.0%}",
+        )
+        for row in edited["by_strength"]
+    ]
+    rows.append(("img2img: the inputs themselves read by the analyser", percent(edited["inputs"])))
+    rows.append(("img2img: plain generation, the same prompts and seeds", percent(edited["plain"])))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m zoo.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("name", nargs="+", help="pipeline name(s)")
@@ -461,6 +563,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--inpainting", action="store_true", dest="inpaint", help="also inpaint into backgrounds")
     parser.add_argument("--repaint-jump", type=int, default=None, help="RePaint's jump length j (default 10)")
     parser.add_argument("--repaint-resample", type=int, default=None, help="RePaint's resampling r (default 10)")
+    parser.add_argument("--img2img", action="store_true", help="also image-to-image from held-out dataset images")
+    parser.add_argument(
+        "--strengths", type=float, nargs="+", default=None, help=f"img2img strengths (default {IMG2IMG_STRENGTHS})"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
