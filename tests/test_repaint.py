@@ -3,6 +3,7 @@ equal to the blended step, the known region kept, the step back up by q (statist
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import numpy as np
@@ -136,3 +137,22 @@ def test_a_refused_repaint_changes_nothing(pixel):
         pixel.generate(repaint_jump=9, repaint_resample=2, **edit)
     after = np.asarray(pixel.generate(repaint_jump=1, repaint_resample=2, **edit)[0])
     np.testing.assert_array_equal(before, after)
+
+
+def test_the_inpainting_bench_times_every_method_and_the_trained_models_against_plain_generation(capsys):
+    from zoo import bench_inpaint
+
+    medians = bench_inpaint.main(["--tiny", "--trained", "--steps", "2", "--repeats", "1", "--repaint", "1,2"])
+    assert list(medians) == [
+        "plain",
+        "blended step",
+        "RePaint j=1 r=2",
+        "ldm-inpaint-kl (trained inpainting)",
+        "ldm-sr-kl (super-resolution)",
+    ]
+    assert all(seconds > 0 for seconds in medians.values())
+    out = capsys.readouterr().out
+    assert "ddpm 2 steps" in out and "1.5x the steps" in out and out.count("target <= 1.5x") == 2
+    assert bench_inpaint.parse_pairs("") == [] and bench_inpaint.parse_pairs("5,3 10,10") == [(5, 3), (10, 10)]
+    with pytest.raises(argparse.ArgumentTypeError, match="expected pairs 'j,r j,r'"):
+        bench_inpaint.parse_pairs("5")
