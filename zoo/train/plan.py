@@ -86,7 +86,6 @@ PRESETS: dict[str, dict] = {
         "parts": "train",
         "pixel": True,
         "autoencoder": ["--batch", "64", "--steps", "8000", "--lr", "5e-4", "--max-minutes", "1.6", "--threads", "2"],
-        "decoder": ["--batch", "64", "--steps", "8000", "--lr", "1e-4", "--max-minutes", "1.6", "--threads", "2"],
         "clip": ["--batch", "512", "--steps", "4000", "--lr", "5e-4", "--max-minutes", "1.6", "--threads", "2"],
         "ldm": [
             *("--batch", "256", "--steps", "20000", "--lr", "4e-4", "--max-minutes", "3.3", "--threads", "2"),
@@ -109,13 +108,6 @@ def part_stages(r: str, preset: dict, data: list[str], weights: str) -> list[tup
         ]
     return [
         ("kl-f4", ["autoencoder", "--name", "kl-f4", "--out", f"{r}/kl-f4", *data, *preset["autoencoder"]], ()),
-        # the KL decoder fine-tuned with its encoder frozen (stages.train_decoder): the latents the diffusion stages
-        # train on are kl-f4's either way; the KL pipelines' exports take this decoder (DECODER_PART)
-        (
-            "kl-f4-decoder",
-            ["decoder", "--autoencoder", f"{r}/kl-f4/final", "--out", f"{r}/kl-f4-decoder", *data, *preset["decoder"]],
-            ("kl-f4",),
-        ),  # fmt: skip
         ("vq-f4", ["autoencoder", "--name", "vq-f4", "--out", f"{r}/vq-f4", *data, *preset["autoencoder"]], ()),
         ("clip", ["clip", "--out", f"{r}/clip", *data, *preset["clip"]], ()),
     ]
@@ -152,7 +144,7 @@ def commands(
     trained = [*LATENT, *pixel, *LOSS_STUDY]
     # the 60 MB budget: parts int8 (components/storage.py), frozen parts stored once (zoo/shared_parts.py)
     export = ["export", "--dtype", "int8", "--share"]
-    plan += [export_entry(n, r, p, export, weights) for n in trained]
+    plan += [(f"export {n}", [*export, "--run", f"{r}/{n}/final", "--to", f"{weights}/{n}"], (n,)) for n in trained]
     if p["parts"] == "train":
         clip_export = ["export", "--run", f"{r}/clip/final-clip", "--to", f"{weights}/clip-shapes"]
         plan.append(("export clip-shapes", clip_export, ("clip",)))
@@ -160,15 +152,6 @@ def commands(
         only = [*only, *(LOSS_STUDY if "loss-study" in only else ())]
         plan = [entry for entry in plan if entry[0] in only or entry[0].removeprefix("export ") in only]
     return plan
-
-
-def export_entry(name: str, r: str, preset: dict, export: list[str], weights: str) -> tuple[str, list[str], tuple]:
-    """The export of a trained pipeline; a KL pipeline's with the fine-tuned decoder when the plan trains parts
-    (with the embedded parts the decoder they copy is already the fine-tuned one)."""
-    argv, needs = [*export, "--run", f"{r}/{name}/final", "--to", f"{weights}/{name}"], (name,)
-    if preset["parts"] == "train" and LATENT.get(name, ("",))[0] == "kl-f4":
-        argv, needs = [*argv, "--part", f"autoencoder={r}/kl-f4-decoder/final"], (name, "kl-f4-decoder")
-    return f"export {name}", argv, needs
 
 
 def done(argv: list[str]) -> bool:
