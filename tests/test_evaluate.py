@@ -230,3 +230,29 @@ def test_img2img_on_a_pipeline_it_cannot_measure_is_an_error_before_drawing_and_
     with pytest.raises(ValueError, match=f"img2img is measured on text pipelines.*{name} is .*{kind}"):
         evaluate.main([name, "--img2img", "--save", "--threads", "1"])
     assert list(tmp_path.iterdir()) == []  # no evaluation.json written
+
+
+class _RoundTrip:
+    """An autoencoder stand-in: identity, or one that keeps only every `factor`-th pixel (small shapes blur)."""
+
+    def __init__(self, factor: int):
+        self.factor = factor
+
+    def encode(self, x):
+        return torch.nn.functional.avg_pool2d(x, self.factor) if self.factor > 1 else x
+
+    def decode(self, z):
+        return torch.nn.functional.interpolate(z, scale_factor=self.factor, mode="bilinear") if self.factor > 1 else z
+
+
+@pytest.mark.parametrize("factor", [1, 8])
+def test_the_autoencoder_row_reads_its_round_trips_strictly(factor):
+    from types import SimpleNamespace
+
+    pipe = SimpleNamespace(autoencoder=_RoundTrip(factor), device="cpu", recipe=SimpleNamespace(image_size=64))
+    result = evaluate.reconstruction(pipe, n=32)
+    if factor == 1:  # the dataset's own drawings read right, and a perfect round trip keeps them
+        assert result["read_all"] == 1.0 and result["read_shape"] == 1.0 and result["psnr_db"] > 90
+    else:  # an 8x8 bottleneck loses the small shapes' corners: the strict reading says so
+        assert result["read_shape"] < 0.9 and result["read_all"] <= result["read_shape"]
+    assert "round trip read right: shape" in evaluate.autoencoder_cell("read_shape", result["read_shape"])
