@@ -33,6 +33,7 @@ from components.unets.blocks import (
     ResBlock,
     SpatialTransformer,
     TimestepMLP,
+    cross_mask,
     timestep_embedding,
     zero_,
 )
@@ -275,7 +276,8 @@ class UNet(HubModule):
         _check_image(x_t, self.config)
         _check_concat(concat, x_t, self.config)
         _check_class_labels(class_labels, x_t.shape[0], self.config)
-        return {"context": _check_context(context, x_t, self.config), "key_mask": _check_mask(context_mask, context)}
+        key_mask = cross_mask(_check_mask(context_mask, context))  # once per forward, not in every transformer
+        return {"context": _check_context(context, x_t, self.config), "key_mask": key_mask}
 
 
 def _timesteps(t: torch.Tensor | int | float, x_t: torch.Tensor) -> torch.Tensor:
@@ -335,7 +337,7 @@ def _check_context(context: torch.Tensor | None, x_t: torch.Tensor, config: UNet
 
 
 def _check_mask(context_mask: torch.Tensor | None, context: torch.Tensor | None) -> torch.Tensor | None:
-    """The key padding mask as bool (B, L); None when it masks nothing (cheaper attention)."""
+    """The key padding mask as bool (B, L), checked."""
     if context_mask is None:
         return None
     if context is None:
@@ -345,8 +347,7 @@ def _check_mask(context_mask: torch.Tensor | None, context: torch.Tensor | None)
     if tuple(context_mask.shape) != tuple(context.shape[:2]):
         expected, got = tuple(context.shape[:2]), tuple(context_mask.shape)
         raise ValueError(f"context_mask must have shape {expected} (B, L of context), got {got}")
-    mask = context_mask.to(device=context.device, dtype=torch.bool)
-    return None if bool(mask.all()) else mask
+    return context_mask.to(device=context.device, dtype=torch.bool)
 
 
 def _check_class_labels(class_labels: torch.Tensor | None, batch: int, config: UNetConfig) -> None:

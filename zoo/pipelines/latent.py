@@ -97,7 +97,7 @@ class LatentPipeline(Pipeline):
         x = self.autoencoder_input(to_tensor(image, self.recipe.image_size))
         return self.autoencoder.encode(x) * self.autoencoder.scaling_factor
 
-    @torch.no_grad()
+    @torch.inference_mode()  # returns images, so no tensor leaves it
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         self.check_latents(latents)
         return to_pil(self.autoencoder.decode(self.autoencoder_input(latents) / self.autoencoder.scaling_factor))

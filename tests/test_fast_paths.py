@@ -1,0 +1,145 @@
+"""The speed work of issue 9 changes how the U-Net and the pipelines compute, never what: each optimisation is
+checked against the computation it replaced, written out here as it was (tiny configs, fixed seeds, 1 thread).
+
+- the cross-attention mask, prepared once per U-Net forward (`cross_mask`) instead of in every transformer;
+- heads split and tokens flattened with view / transpose instead of einops' rearrange;
+- the sampling loop and the decoder under torch.inference_mode instead of torch.no_grad.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+import zoo
+from components.unets import blocks
+from components.unets.blocks import Attention, SpatialTransformer, TransformerBlock
+from components.unets.unet import TINY, UNet, UNetConfig
+from zoo.pipelines.base import Pipeline
+
+TINY_LDM = UNetConfig(**{**TINY, "in_channels": 4, "out_channels": 4, "context_dim": 12})
+
+
+# The computation before the speed work (HEAD of main at 3ed63c9), as it was written.
+def previous_attention(self, x, context=None, key_mask=None):
+    source = x if context is None else context
+    q, k, v = (
+        rearrange(proj(inp), "b n (h d) -> b h n d", h=self.heads)
+        for proj, inp in ((self.to_q, x), (self.to_k, source), (self.to_v, source))
+    )
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+
+def previous_cross_attend(self, x, context, key_mask):
+    if key_mask is None or bool(key_mask.all()):
+        return self.attn2(x, context)
+    has_token = key_mask.any(dim=-1)
+    out = self.attn2(x, context, key_mask | ~has_token[:, None])
+    return out * has_token[:, None, None].to(out.dtype)
+
+
+def previous_spatial_transformer(self, x, context=None, key_mask=None):
+    _, _, height, width = x.shape
+    h = self.norm(x)
+    if not self.linear_proj:
+        h = self.proj_in(h)
+    h = rearrange(h, "b c h w -> b (h w) c")
+    if self.linear_proj:
+        h = self.proj_in(h)
+    for block in self.blocks:
+        h = block(h, context, key_mask)
+    if self.linear_proj:
+        h = self.proj_out(h)
+    h = rearrange(h, "b (h w) c -> b c h w", h=height, w=width)
+    if not self.linear_proj:
+        h = self.proj_out(h)
+    return x + h
+
+
+def previous_check_mask(context_mask, context):
+    if context_mask is None:
+        return None
+    mask = context_mask.to(device=context.device, dtype=torch.bool)
+    return None if bool(mask.all()) else mask
+
+
+@pytest.fixture
+def previous(monkeypatch):
+    """Install the previous computation; the U-Net then runs exactly as before the speed work."""
+
+    def install() -> None:
+        monkeypatch.setattr(Attention, "forward", previous_attention)
+        monkeypatch.setattr(TransformerBlock, "cross_attend", previous_cross_attend)
+        monkeypatch.setattr(SpatialTransformer, "forward", previous_spatial_transformer)
+        monkeypatch.setattr("components.unets.unet.cross_mask", lambda mask: mask)
+        monkeypatch.setattr("components.unets.unet._check_mask", previous_check_mask)
+
+    return install
+
+
+def randomized(model: UNet) -> UNet:
+    """Random weights in the zero-initialised layers too, so every path shows in the output."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.2)
+    return model.eval()
+
+
+MASKS = {
+    "none": None,
+    "all-real": torch.ones(3, 5, dtype=torch.bool),
+    "padded": torch.tensor([[True, True, False, False, False], [True] * 5, [True, False, False, False, False]]),
+    "one-empty-row": torch.tensor([[False] * 5, [True, True, True, False, False], [True] * 5]),
+}
+
+
+@pytest.mark.parametrize("mask", MASKS.values(), ids=MASKS.keys())
+@pytest.mark.parametrize(
+    "changes", [{}, {"use_linear_projection": True, "transformer_depth": 2}], ids=["conv", "linear"]
+)
+def test_the_unet_computes_what_it_computed_before_the_speed_work(previous, mask, changes):
+    torch.set_num_threads(1)
+    model = randomized(UNet(TINY_LDM.replace(**changes)))
+    generator = torch.Generator().manual_seed(0)
+    x_t = torch.randn(3, 4, 8, 8, generator=generator)
+    t = torch.tensor([0, 500, 999])
+    context = torch.randn(3, 5, 12, generator=generator)
+    with torch.no_grad():
+        now = model(x_t, t, context, context_mask=mask)
+        previous()
+        before = model(x_t, t, context, context_mask=mask)
+    assert before.abs().max() > 1e-2  # a live network: the comparison is not vacuous
+    torch.testing.assert_close(now, before, rtol=0, atol=1e-6)
+
+
+def test_cross_mask_is_none_when_nothing_is_masked_and_zeroes_only_empty_rows():
+    assert blocks.cross_mask(None) is None and blocks.cross_mask(torch.ones(2, 3, dtype=torch.bool)) is None
+    padded = blocks.cross_mask(torch.tensor([[True, False], [True, True]]))
+    assert padded.has_token is None and padded.attend.shape == (2, 1, 1, 2)
+    assert padded.attend[:, 0, 0].tolist() == [[True, False], [True, True]]
+    empty = blocks.cross_mask(torch.tensor([[False, False], [True, False]]))
+    assert empty.attend[:, 0, 0].tolist() == [[True, True], [True, False]]  # the empty row attends (then zeroed)
+    assert empty.has_token.flatten().tolist() == [False, True]
+
+
+@pytest.fixture(scope="module")
+def tiny_latent():
+    return zoo.build("ldm-clip-kl", tiny=True, device="cpu")
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "dpmpp"])
+def test_sampling_under_inference_mode_draws_what_no_grad_drew(tiny_latent, monkeypatch, sampler):
+    torch.set_num_threads(1)
+    first = tiny_latent.generate("a red circle", sampler=sampler, steps=3, seed=7)[0]
+    no_grad_draw = torch.no_grad()(Pipeline.draw.__wrapped__)  # the decorator it had before
+    monkeypatch.setattr(Pipeline, "draw", no_grad_draw)
+    monkeypatch.setattr(type(tiny_latent), "decode", torch.no_grad()(type(tiny_latent).decode.__wrapped__))
+    second = tiny_latent.generate("a red circle", sampler=sampler, steps=3, seed=7)[0]
+    assert first.tobytes() == second.tobytes()
+    assert len(set(first.getdata())) > 1  # not a flat image: the comparison is not vacuous
