@@ -143,3 +143,13 @@ def test_sampling_under_inference_mode_draws_what_no_grad_drew(tiny_latent, monk
     second = tiny_latent.generate("a red circle", sampler=sampler, steps=3, seed=7)[0]
     assert first.tobytes() == second.tobytes()
     assert len(set(first.getdata())) > 1  # not a flat image: the comparison is not vacuous
+
+
+def test_profile_bench_times_the_unet_call_the_sampler_makes_and_its_layer_kinds():
+    from zoo import bench
+
+    torch.set_num_threads(1)
+    result = bench.main(["profile", "--repeats", "1"])
+    assert result.batch == 2  # classifier-free guidance batches both branches into one U-Net call
+    assert result.forward_s > 0 and result.kinds["conv 3x3"][1] == 28 and result.kinds["linear"][1] == 83
+    assert sum(s for s, _ in result.kinds.values()) <= result.hooked_s

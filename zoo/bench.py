@@ -3,6 +3,7 @@
     python -m zoo.bench unet [--config default] [--repeats 20] [--warmup 3]
     python -m zoo.bench train [--processes 1 2] [--pipeline ldm-seg-kl] [--batch 32] [--steps 12]
     python -m zoo.bench generate [--pipeline ldm-clip-kl] [--versus ddpm-cosine] [--steps 50] [--threads 2]
+    python -m zoo.bench profile [--pipeline ldm-clip-kl] [--guidance 1] [--threads 1]
     python -m zoo.bench soak [--requests 500] [--every 50] [--tiny] [--delete-cache 60,600]
     python -m zoo.bench hostile [--tiny] [--images 50] [--all-pipelines]
 
@@ -24,6 +25,11 @@ given sampler / steps / guidance), median of the repeats after one warm-up; the 
 U-Net and in the decoder; the U-Net's FLOPs per forward (torch.utils.flop_counter) and the GFLOP/s it reached.
 With `--versus`, the same for a second pipeline at the same steps and the ratio of the two times per image
 (LDM's argument: the latent U-Net step is cheaper than the pixel one).
+
+`profile`: where a U-Net forward's time goes: the CPU time (time.process_time, so other processes' load does
+not count) of one forward with the arguments the pipeline's sampler passes it (batch 2 under classifier-free
+guidance), and, with forward hooks on every layer, the CPU time of each layer kind (3x3 and 1x1 convolutions,
+linears, group and layer norms); the rest is attention, activations, reshapes and Python.
 
 `soak`: the app served from this checkout, N requests, its RSS and file-cache size printed as it goes
 (`python -m zoo.app.soak`, run as its own process: the app is a floor above the benchmarks).
@@ -346,6 +352,90 @@ def generate_report(results: list[GenerateBenchResult]) -> str:
     return "\n".join(lines)
 
 
+@dataclasses.dataclass(frozen=True)
+class ProfileResult:
+    pipeline: str
+    batch: int  # of the U-Net call (2 with classifier-free guidance)
+    forward_s: float  # median CPU seconds per U-Net forward, timing hooks off
+    kinds: dict[str, tuple[float, int]]  # layer kind -> (CPU seconds per forward, calls per forward), hooks on
+    hooked_s: float  # median CPU seconds per forward with the hooks on (what the kinds add up against)
+
+
+def layer_kind(module: torch.nn.Module) -> str | None:
+    """The kind a profiled layer is counted under: conv KxK, linear, group norm, layer norm (None: not timed)."""
+    if isinstance(module, torch.nn.Conv2d):
+        return f"conv {module.kernel_size[0]}x{module.kernel_size[1]}"
+    names = {torch.nn.Linear: "linear", torch.nn.GroupNorm: "group norm", torch.nn.LayerNorm: "layer norm"}
+    return names.get(type(module))
+
+
+def unet_call(pipe: Any, kwargs: dict[str, Any], settings: dict[str, Any]) -> tuple[tuple, dict]:
+    """The arguments of the U-Net's first call in a 1-step generation (its batch, condition and mask as sampled)."""
+    calls: list[tuple[tuple, dict]] = []
+    original = pipe.unet.forward
+    pipe.unet.forward = lambda *a, **k: calls.append((a, k)) or original(*a, **k)
+    try:
+        pipe.generate(**kwargs, **{**settings, "steps": 1}, seed=0)
+    finally:
+        del pipe.unet.forward  # the instance attribute goes; the class method shows through
+    return calls[0]
+
+
+def cpu_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Median CPU time of the process per call (time.process_time: robust to other processes' load)."""
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def run_profile(name: str, *, repeats: int, guidance: float | None) -> ProfileResult:
+    """CPU time per U-Net forward of `name`'s sampling call, and the share of each layer kind (forward hooks)."""
+    import zoo
+
+    pipe = zoo.build(name, device="cpu")
+    settings: dict[str, Any] = {"sampler": pipe.recipe.sampler}
+    if pipe.recipe.kind == "latent":
+        settings["guidance_scale"] = pipe.recipe.guidance_scale if guidance is None else guidance
+    args, kwargs = unet_call(pipe, generate_kwargs(pipe), settings)
+    forward = lambda: pipe.unet(*args, **kwargs)  # noqa: E731
+    cpu_seconds(forward, 3)  # warm-up
+    plain = cpu_seconds(forward, repeats)
+    totals: dict[str, list[float]] = {}
+    starts: dict[torch.nn.Module, float] = {}
+
+    def start(module: torch.nn.Module, _inputs: Any) -> None:
+        starts[module] = time.process_time()
+
+    def stop(module: torch.nn.Module, _inputs: Any, _output: Any) -> None:
+        totals.setdefault(layer_kind(module), []).append(time.process_time() - starts[module])
+
+    handles = []
+    for module in pipe.unet.modules():
+        if layer_kind(module) is not None:
+            handles += [module.register_forward_pre_hook(start), module.register_forward_hook(stop)]
+    try:
+        hooked = cpu_seconds(forward, repeats)
+    finally:
+        for handle in handles:
+            handle.remove()
+    kinds = {k: (sum(v) / repeats, len(v) // repeats) for k, v in sorted(totals.items(), key=lambda kv: -sum(kv[1]))}
+    return ProfileResult(name, len(args[0]), plain, kinds, hooked)
+
+
+def profile_report(result: ProfileResult) -> str:
+    parts = [f"{kind} {s * 1e3:.2f} ms ({calls} calls)" for kind, (s, calls) in result.kinds.items()]
+    rest = result.hooked_s - sum(s for s, _ in result.kinds.values())
+    return (
+        f"{result.pipeline} U-Net forward, batch {result.batch}, {torch.get_num_threads()} thread(s): "
+        f"{result.forward_s * 1e3:.2f} ms CPU; with timing hooks {result.hooked_s * 1e3:.2f} ms = "
+        f"{'; '.join(parts)}; everything else (attention, activations, reshapes, Python) {rest * 1e3:.2f} ms"
+    )
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m zoo.bench", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -369,6 +459,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     gen.add_argument("--guidance", type=float, default=None, help="default: the recipe's")
     gen.add_argument("--repeats", type=int, default=5)
     gen.add_argument("--threads", type=int, default=2, help="torch threads (the README's figures: 2)")
+    prof = commands.add_parser("profile", help="CPU time per U-Net forward and per layer kind (convs, linears, norms)")
+    prof.add_argument("--pipeline", default="ldm-clip-kl")
+    prof.add_argument("--guidance", type=float, default=None, help="default: the recipe's (1: batch 1, no CFG)")
+    prof.add_argument("--repeats", type=int, default=30)
+    prof.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time is then the call's own)")
     soak = commands.add_parser("soak", help="the app under N requests: RSS and file-cache size as it goes")
     soak.add_argument("--requests", type=int, default=500, help="requests in all")
     soak.add_argument("--every", type=int, default=50, help="measure after every this many requests")
@@ -408,6 +503,11 @@ def main(argv: Sequence[str] | None = None) -> UNetBenchResult | list[TrainBench
             )
         logger.info(generate_report(results))
         return results
+    if args.command == "profile":
+        torch.set_num_threads(args.threads)
+        result = run_profile(args.pipeline, repeats=args.repeats, guidance=args.guidance)
+        logger.info(profile_report(result))
+        return result
     if args.command == "train":
         results = run_train_bench(args)
         logger.info(train_report(results, args))
