@@ -3,7 +3,8 @@ checked against the computation it replaced, written out here as it was (tiny co
 
 - the cross-attention mask, prepared once per U-Net forward (`cross_mask`) instead of in every transformer;
 - heads split and tokens flattened with view / transpose instead of einops' rearrange;
-- the sampling loop and the decoder under torch.inference_mode instead of torch.no_grad.
+- the sampling loop and the decoder under torch.inference_mode instead of torch.no_grad;
+- the opt-in traced U-Net (`enable_traced_unet`): the U-Net's own outputs, whatever its weights.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from einops import rearrange
 
 import zoo
 from components.unets import blocks
+from components.unets import traced as traced_module
 from components.unets.blocks import Attention, SpatialTransformer, TransformerBlock
+from components.unets.traced import TracedUNet
 from components.unets.unet import TINY, UNet, UNetConfig
 from zoo.pipelines.base import Pipeline
 
@@ -153,3 +156,92 @@ def test_profile_bench_times_the_unet_call_the_sampler_makes_and_its_layer_kinds
     assert result.batch == 2  # classifier-free guidance batches both branches into one U-Net call
     assert result.forward_s > 0 and result.kinds["conv 3x3"][1] == 28 and result.kinds["linear"][1] == 83
     assert sum(s for s, _ in result.kinds.values()) <= result.hooked_s
+
+
+# --- the traced U-Net (components/unets/traced.py) ------------------------------------------------------------
+
+
+def traced_inputs(batch: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(batch)
+    x_t = torch.randn(batch, 4, 8, 8, generator=generator)
+    return x_t, torch.randint(0, 1000, (batch,), generator=generator), torch.randn(batch, 5, 12, generator=generator)
+
+
+@pytest.mark.parametrize("mask", MASKS.values(), ids=MASKS.keys())
+def test_the_traced_unet_computes_what_the_unet_computes_and_traces_once_per_signature(mask):
+    torch.set_num_threads(1)
+    model = randomized(UNet(TINY_LDM))
+    traced = TracedUNet(model)
+    x_t, t, context = traced_inputs()
+    with torch.inference_mode():
+        eager = model(x_t, t, context, context_mask=mask)
+        for _ in range(2):  # the second call replays the first one's graph
+            torch.testing.assert_close(traced(x_t, t, context, context_mask=mask), eager, rtol=0, atol=1e-6)
+        assert len(traced.graphs) == 1
+        other = traced_inputs(batch=2)  # another batch size: a graph of its own, the same outputs as eager
+        got = traced(*other, context_mask=None if mask is None else mask[:2])
+        torch.testing.assert_close(
+            got, model(*other, context_mask=None if mask is None else mask[:2]), rtol=0, atol=1e-6
+        )
+        assert len(traced.graphs) == 2
+
+
+def test_the_traced_unet_takes_concat_and_class_labels_and_a_scalar_t():
+    torch.set_num_threads(1)
+    model = randomized(UNet(TINY_LDM.replace(concat_channels=2, num_classes=3, context_dim=None)))
+    traced = TracedUNet(model)
+    x_t, _, _ = traced_inputs()
+    inputs = {"concat": torch.randn(3, 2, 8, 8), "class_labels": torch.tensor([0, 2, 1])}
+    with torch.inference_mode():
+        torch.testing.assert_close(traced(x_t, 250, **inputs), model(x_t, 250, **inputs), rtol=0, atol=1e-6)
+
+
+def test_the_traced_unet_uses_new_weights_and_runs_eager_with_gradients_or_in_training():
+    torch.set_num_threads(1)
+    model = randomized(UNet(TINY_LDM))
+    traced = TracedUNet(model)
+    x_t, t, context = traced_inputs()
+    with torch.inference_mode():
+        before = traced(x_t, t, context)
+    torch.manual_seed(5)
+    model.load_state_dict({k: torch.randn_like(v) * 0.1 for k, v in model.state_dict().items()})
+    with torch.inference_mode():
+        after = traced(x_t, t, context)
+        torch.testing.assert_close(after, model(x_t, t, context), rtol=0, atol=1e-6)
+    assert (after - before).abs().max() > 1e-3 and len(traced.graphs) == 1  # the same graph, the new weights
+    out = traced(x_t, t, context)  # gradients on: the eager forward, differentiable, nothing traced
+    assert out.requires_grad and len(traced.graphs) == 1
+    model.train()
+    with torch.no_grad():
+        traced(traced_inputs(batch=2)[0], 0)
+    assert len(traced.graphs) == 1
+
+
+def test_the_traced_unet_still_validates_every_call_and_refuses_what_is_not_a_unet():
+    traced = TracedUNet(randomized(UNet(TINY_LDM)))
+    with torch.inference_mode(), pytest.raises(ValueError, match=r"x_t must have shape \(B, 4, H, W\)"):
+        traced(torch.randn(1, 3, 8, 8), 0)
+    assert not traced.graphs
+    with pytest.raises(TypeError, match="TracedUNet takes a UNet, got Linear"):
+        TracedUNet(torch.nn.Linear(2, 2))
+
+
+def test_the_traced_unet_keeps_a_bounded_number_of_graphs(monkeypatch):
+    monkeypatch.setattr(traced_module, "MAX_SIGNATURES", 2)
+    traced = TracedUNet(randomized(UNet(TINY_LDM)))
+    with torch.inference_mode():
+        for batch in (1, 2, 3):
+            traced(traced_inputs(batch)[0], 0)
+    assert [key[1][0][0] for key in traced.graphs] == [2, 3]  # the least recently used (batch 1) went
+
+
+def test_a_pipeline_samples_the_same_images_through_the_traced_unet(tiny_latent):
+    torch.set_num_threads(1)
+    plain = tiny_latent.generate("a red circle", steps=3, seed=3, num_images=2)
+    traced = zoo.build("ldm-clip-kl", tiny=True, device="cpu").enable_traced_unet()
+    assert [i.tobytes() for i in traced.generate("a red circle", steps=3, seed=3, num_images=2)] == [
+        i.tobytes() for i in plain
+    ]
+    assert len(traced.traced_unet.graphs) == 1  # batch 4 (2 images x guidance), traced once for the 3 steps
+    with pytest.raises(ValueError, match="model CPU offload needs the eager U-Net"):
+        traced.enable_model_cpu_offload("cpu")

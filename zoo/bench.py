@@ -257,7 +257,7 @@ class GenerateBenchResult:
 class _Stopwatch:
     """Adds up the wall time of every call to `module.<method>` while installed."""
 
-    def __init__(self, module: torch.nn.Module | None, method: str):
+    def __init__(self, module: Any, method: str):
         self.module, self.method, self.seconds, self.calls = module, method, 0.0, 0
 
     def __enter__(self) -> _Stopwatch:
@@ -310,7 +310,9 @@ def unet_flops(pipe: Any, kwargs: dict[str, Any], settings: dict[str, Any]) -> t
     return total / max(1, watch.calls), watch.calls
 
 
-def run_generate(name: str, *, repeats: int, sampler: str | None, steps: int | None, guidance: float | None) -> Any:
+def run_generate(
+    name: str, *, repeats: int, sampler: str | None, steps: int | None, guidance: float | None, traced: bool = False
+) -> Any:
     import zoo
 
     pipe = zoo.build(name, device="cpu")
@@ -318,14 +320,18 @@ def run_generate(name: str, *, repeats: int, sampler: str | None, steps: int | N
     if pipe.recipe.kind == "latent":
         settings["guidance_scale"] = pipe.recipe.guidance_scale if guidance is None else guidance
     kwargs = generate_kwargs(pipe)
-    flop, _ = unet_flops(pipe, kwargs, settings)
-    pipe.generate(**kwargs, **settings, seed=0)  # warm-up
+    flop, _ = unet_flops(pipe, kwargs, settings)  # counted on the eager U-Net
+    if traced:
+        pipe.enable_traced_unet()
+        settings["traced"] = True
+    run = {k: v for k, v in settings.items() if k != "traced"}
+    pipe.generate(**kwargs, **run, seed=0)  # warm-up (and the trace)
     runs = []
     for repeat in range(repeats):
         ae = getattr(pipe, "autoencoder", None)
-        with _Stopwatch(pipe.unet, "forward") as unet, _Stopwatch(ae, "decode") as decoder:
+        with _Stopwatch(pipe.network, "forward") as unet, _Stopwatch(ae, "decode") as decoder:
             start = time.perf_counter()
-            pipe.generate(**kwargs, **settings, seed=repeat)
+            pipe.generate(**kwargs, **run, seed=repeat)
             runs.append((time.perf_counter() - start, unet.seconds, unet.calls, decoder.seconds))
     total, unet_s, calls, decode_s = (statistics.median(r[i] for r in runs) for i in range(4))
     return GenerateBenchResult(
@@ -459,6 +465,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     gen.add_argument("--guidance", type=float, default=None, help="default: the recipe's")
     gen.add_argument("--repeats", type=int, default=5)
     gen.add_argument("--threads", type=int, default=2, help="torch threads (the README's figures: 2)")
+    gen.add_argument("--traced", action="store_true", help="sample through the traced U-Net (enable_traced_unet)")
     prof = commands.add_parser("profile", help="CPU time per U-Net forward and per layer kind (convs, linears, norms)")
     prof.add_argument("--pipeline", default="ldm-clip-kl")
     prof.add_argument("--guidance", type=float, default=None, help="default: the recipe's (1: batch 1, no CFG)")
@@ -492,15 +499,11 @@ def main(argv: Sequence[str] | None = None) -> UNetBenchResult | list[TrainBench
         return subprocess.run(command, check=True).returncode
     if args.command == "generate":
         torch.set_num_threads(args.threads)
-        first = run_generate(
-            args.pipeline, repeats=args.repeats, sampler=args.sampler, steps=args.steps, guidance=args.guidance
-        )
+        options = {"repeats": args.repeats, "sampler": args.sampler, "traced": args.traced}
+        first = run_generate(args.pipeline, steps=args.steps, guidance=args.guidance, **options)
         results = [first]
-        if args.versus:
-            steps = first.settings["steps"]
-            results.append(
-                run_generate(args.versus, repeats=args.repeats, sampler=args.sampler, steps=steps, guidance=None)
-            )
+        if args.versus:  # the same steps, and traced or not alike
+            results.append(run_generate(args.versus, steps=first.settings["steps"], guidance=None, **options))
         logger.info(generate_report(results))
         return results
     if args.command == "profile":

@@ -19,6 +19,7 @@ residual branch starts as the identity and the untrained network predicts 0 (imp
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from components.blocks import Upsample
 from components.registry import UNETS
 from components.unets.blocks import (
     RESNET_EPS,
+    CrossMask,
     Downsample,
     ResBlock,
     SpatialTransformer,
@@ -132,6 +134,17 @@ class UNetConfig(Config):
                 f"channels of the attention levels and mid block {attended} must be divisible by "
                 f"{what}={getattr(self, what)}"
             )
+
+
+class UNetInputs(NamedTuple):
+    """The U-Net's inputs once validated (`UNet.prepare`): t as (B,), the context mask as one CrossMask."""
+
+    x_t: torch.Tensor  # (B, in_channels, H, W)
+    t: torch.Tensor  # (B,)
+    context: torch.Tensor | None  # (B, L, context_dim)
+    key_mask: CrossMask | None  # None: every context token is real
+    concat: torch.Tensor | None  # (B, concat_channels, H, W)
+    class_labels: torch.Tensor | None  # (B,)
 
 
 def _transformer(config: UNetConfig, channels: int) -> SpatialTransformer:
@@ -253,8 +266,31 @@ class UNet(HubModule):
         class_labels: (B,) ints in [0, num_classes), whose embedding is added to the time embedding; None adds
         none (the unconditional model).
         """
+        return self.denoise(
+            self.prepare(x_t, t, context, context_mask=context_mask, concat=concat, class_labels=class_labels)
+        )
+
+    def prepare(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor | int,
+        context: torch.Tensor | None = None,
+        *,
+        context_mask: torch.Tensor | None = None,
+        concat: torch.Tensor | None = None,
+        class_labels: torch.Tensor | None = None,
+    ) -> UNetInputs:
+        """`forward`'s arguments validated against the config, t as (B,), the mask as one CrossMask for every
+        cross-attention layer: everything that branches on values, so that `denoise` branches only on which
+        inputs are present (components/unets/traced.py traces it)."""
         cond = self._check_inputs(x_t, context, context_mask, concat, class_labels)
-        emb = F.silu(self.embed(_timesteps(t, x_t), class_labels, x_t.dtype))  # SiLU once, shared by every ResBlock
+        return UNetInputs(x_t, _timesteps(t, x_t), cond["context"], cond["key_mask"], concat, class_labels)
+
+    def denoise(self, inputs: UNetInputs) -> torch.Tensor:
+        """The network on prepared inputs (`prepare`): (B, in_channels, H, W) -> (B, out_channels, H, W)."""
+        x_t, t, context, key_mask, concat, class_labels = inputs
+        cond = {"context": context, "key_mask": key_mask}
+        emb = F.silu(self.embed(t, class_labels, x_t.dtype))  # SiLU once, shared by every ResBlock
         h = self.conv_in(x_t if concat is None else torch.cat([x_t, concat.to(x_t.dtype)], dim=1))
         skips = [h]
         for block in self.down_blocks:

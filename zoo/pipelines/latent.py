@@ -159,7 +159,7 @@ class LatentPipeline(Pipeline):
         """The U-Net as the samplers see it: (eps, x0) under the recipe's parameterisation, with classifier-free
         guidance (Ho & Salimans 2022 Eq. 6) when an unconditional input is given and w != 1."""
         return Denoiser(
-            self.unet,
+            self.network,
             self.schedule,
             self.recipe.prediction_type,
             cond=cond,

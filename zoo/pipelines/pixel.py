@@ -54,7 +54,7 @@ class PixelPipeline(Pipeline):
         edit = self.edit_inputs(image, mask_image, size, size)
         # a learned variance (2C outputs) is split by the denoiser: DDPM steps with Sigma_theta, DDIM the mean part
         denoiser = Denoiser(
-            self.unet, self.schedule, self.recipe.prediction_type, clip_x0=1.0, model_variance=self.recipe.variance
+            self.network, self.schedule, self.recipe.prediction_type, clip_x0=1.0, model_variance=self.recipe.variance
         )  # pixels in [-1, 1]
         x0 = self.draw(
             denoiser,
