@@ -19,7 +19,7 @@ residual branch starts as the identity and the untrained network predicts 0 (imp
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -271,20 +271,14 @@ class UNet(HubModule):
         )
 
     def prepare(
-        self,
-        x_t: torch.Tensor,
-        t: torch.Tensor | int,
-        context: torch.Tensor | None = None,
-        *,
-        context_mask: torch.Tensor | None = None,
-        concat: torch.Tensor | None = None,
-        class_labels: torch.Tensor | None = None,
+        self, x_t: torch.Tensor, t: torch.Tensor | int, context: torch.Tensor | None = None, **inputs: Any
     ) -> UNetInputs:
-        """`forward`'s arguments validated against the config, t as (B,), the mask as one CrossMask for every
-        cross-attention layer: everything that branches on values, so that `denoise` branches only on which
-        inputs are present (components/unets/traced.py traces it)."""
-        cond = self._check_inputs(x_t, context, context_mask, concat, class_labels)
-        return UNetInputs(x_t, _timesteps(t, x_t), cond["context"], cond["key_mask"], concat, class_labels)
+        """`forward`'s arguments (inputs: context_mask, concat, class_labels) validated against the config, t as
+        (B,), the mask as one CrossMask for every cross-attention layer: everything that branches on values, so
+        that `denoise` branches only on which inputs are present (components/unets/traced.py traces it)."""
+        cond = self._check_inputs(x_t, context, **inputs)
+        concat, labels = inputs.get("concat"), inputs.get("class_labels")
+        return UNetInputs(x_t, _timesteps(t, x_t), cond["context"], cond["key_mask"], concat, labels)
 
     def denoise(self, inputs: UNetInputs) -> torch.Tensor:
         """The network on prepared inputs (`prepare`): (B, in_channels, H, W) -> (B, out_channels, H, W)."""
@@ -307,7 +301,7 @@ class UNet(HubModule):
         emb = self.time_mlp(sinusoid.to(dtype))
         return emb if class_labels is None else emb + self.class_embedding(class_labels)
 
-    def _check_inputs(self, x_t, context, context_mask, concat, class_labels) -> dict:
+    def _check_inputs(self, x_t, context, context_mask=None, concat=None, class_labels=None) -> dict:
         """Validate every input against the config; return the transformers' keyword arguments."""
         _check_image(x_t, self.config)
         _check_concat(concat, x_t, self.config)
