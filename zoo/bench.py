@@ -42,6 +42,7 @@ every pipeline, the Zoo tables, a 55 MB body, many images in a row), the server'
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import logging
@@ -365,6 +366,7 @@ class ProfileResult:
     forward_s: float  # median CPU seconds per U-Net forward, timing hooks off
     kinds: dict[str, tuple[float, int]]  # layer kind -> (CPU seconds per forward, calls per forward), hooks on
     hooked_s: float  # median CPU seconds per forward with the hooks on (what the kinds add up against)
+    layers: dict[str, int]  # layer kind -> how many layers of that kind the U-Net has
 
 
 def layer_kind(module: torch.nn.Module) -> str | None:
@@ -429,7 +431,8 @@ def run_profile(name: str, *, repeats: int, guidance: float | None) -> ProfileRe
         for handle in handles:
             handle.remove()
     kinds = {k: (sum(v) / repeats, len(v) // repeats) for k, v in sorted(totals.items(), key=lambda kv: -sum(kv[1]))}
-    return ProfileResult(name, len(args[0]), plain, kinds, hooked)
+    layers = collections.Counter(kind for m in pipe.unet.modules() if (kind := layer_kind(m)) is not None)
+    return ProfileResult(name, len(args[0]), plain, kinds, hooked, dict(layers))
 
 
 def profile_report(result: ProfileResult) -> str:
