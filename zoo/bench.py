@@ -2,7 +2,7 @@
 
     python -m zoo.bench unet [--config default] [--repeats 20] [--warmup 3]
     python -m zoo.bench train [--processes 1 2] [--pipeline ldm-seg-kl] [--batch 32] [--steps 12]
-    python -m zoo.bench generate [--pipeline ldm-clip-kl] [--versus ddpm-cosine] [--steps 50] [--threads 2]
+    python -m zoo.bench generate [--pipeline ldm-clip-kl] [--versus ddpm-cosine] [--steps 50] [--threads 2] [--traced]
     python -m zoo.bench profile [--pipeline ldm-clip-kl] [--guidance 1] [--threads 1]
     python -m zoo.bench soak [--requests 500] [--every 50] [--tiny] [--delete-cache 60,600]
     python -m zoo.bench hostile [--tiny] [--images 50] [--all-pipelines]
@@ -24,7 +24,8 @@ the recipe's full-size U-Net on a random (untrained) autoencoder: the cost per s
 given sampler / steps / guidance), median of the repeats after one warm-up; the share of that time spent in the
 U-Net and in the decoder; the U-Net's FLOPs per forward (torch.utils.flop_counter) and the GFLOP/s it reached.
 With `--versus`, the same for a second pipeline at the same steps and the ratio of the two times per image
-(LDM's argument: the latent U-Net step is cheaper than the pixel one).
+(LDM's argument: the latent U-Net step is cheaper than the pixel one). `--traced` samples both through the traced U-Net
+(components/unets/traced.py, `enable_traced_unet`); the FLOPs are counted on the eager one.
 
 `profile`: where a U-Net forward's time goes: the CPU time (time.process_time, so other processes' load does
 not count) of one forward with the arguments the pipeline's sampler passes it (batch 2 under classifier-free
