@@ -9,6 +9,8 @@ checked against the computation it replaced, written out here as it was (tiny co
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -239,10 +241,34 @@ def test_the_traced_unet_keeps_a_bounded_number_of_graphs(monkeypatch):
 def test_a_pipeline_samples_the_same_images_through_the_traced_unet(tiny_latent):
     torch.set_num_threads(1)
     plain = tiny_latent.generate("a red circle", steps=3, seed=3, num_images=2)
-    traced = zoo.build("ldm-clip-kl", tiny=True, device="cpu").enable_traced_unet()
+    traced = copy.deepcopy(tiny_latent).enable_traced_unet()  # the same weights, whatever ran before
     assert [i.tobytes() for i in traced.generate("a red circle", steps=3, seed=3, num_images=2)] == [
         i.tobytes() for i in plain
     ]
     assert len(traced.traced_unet.graphs) == 1  # batch 4 (2 images x guidance), traced once for the 3 steps
     with pytest.raises(ValueError, match="model CPU offload needs the eager U-Net"):
         traced.enable_model_cpu_offload("cpu")
+
+
+def test_threads_sharing_a_traced_unet_trace_each_signature_once_and_get_the_eager_outputs(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.set_num_threads(1)
+    model = randomized(UNet(TINY_LDM))
+    traced = TracedUNet(model)
+    traces = []
+    original = traced.trace
+    monkeypatch.setattr(traced, "trace", lambda *a: traces.append(1) or original(*a))
+    x_t, t, context = traced_inputs()
+    with torch.inference_mode():
+        eager = model(x_t, t, context)
+
+    def call(_):
+        with torch.inference_mode():
+            return traced(x_t, t, context)
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(call, range(12)))
+    assert len(traces) == 1  # without the lock, threads arriving together each traced the same signature
+    for got in results:
+        torch.testing.assert_close(got, eager, rtol=0, atol=1e-6)

@@ -13,6 +13,7 @@ one-off ~0.5 s trace per signature.
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections import OrderedDict
 from typing import Any
@@ -56,6 +57,7 @@ class TracedUNet:
             raise TypeError(f"TracedUNet takes a UNet, got {type(unet).__name__}")
         self.unet = unet
         self.graphs: OrderedDict[tuple, Any] = OrderedDict()
+        self.lock = threading.Lock()  # the app's request threads share one pipeline: one trace per signature
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.forward(*args, **kwargs)
@@ -66,12 +68,13 @@ class TracedUNet:
             return self.unet.denoise(inputs)
         tensors, present = flatten(inputs)
         key = (present, *((p.shape, p.dtype, p.device) for p in tensors))
-        graph = self.graphs.get(key)
-        if graph is None:
-            graph = self.graphs[key] = self.trace(tensors, present)
-            while len(self.graphs) > MAX_SIGNATURES:
-                self.graphs.popitem(last=False)
-        self.graphs.move_to_end(key)
+        with self.lock:
+            graph = self.graphs.get(key)
+            if graph is None:
+                graph = self.graphs[key] = self.trace(tensors, present)
+                while len(self.graphs) > MAX_SIGNATURES:
+                    self.graphs.popitem(last=False)
+            self.graphs.move_to_end(key)
         return graph(*tensors)
 
     def trace(self, tensors: tuple[torch.Tensor, ...], present: tuple[bool, ...]) -> Any:
