@@ -43,6 +43,11 @@ FROM_TEXT_MODEL = ("ldm-inpaint-kl", "ldm-sr-kl")
 CPU_WARM: dict[str, list[str]] = {
     "ldm-clip-vq": ["--unet-from", "{r}/root/final/unet"],
     "ldm-bert-kl": ["--unet-from", "{r}/root/final/unet", "--conditioner", "{r}/bert/final"],
+    # ldm-clip-vq's U-Net (already on VQ latents) with ldm-bert-kl's BERT: the other two grid neighbours' parts
+    "ldm-bert-vq": [
+        *("--unet-from", "{r}/ldm-clip-vq/final/unet", "--conditioner", "{r}/ldm-bert-kl/final/conditioner"),
+        *("--max-minutes", "45"),
+    ],
     "ldm-inpaint-kl": ["--init", "{r}/root/final", "--max-minutes", "55"],
     "ldm-sr-kl": ["--init", "{r}/root/final", "--max-minutes", "55"],
 }
