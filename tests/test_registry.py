@@ -11,6 +11,7 @@ import pytest
 
 import zoo
 from zoo import catalog
+from zoo.assembly import assemble
 from zoo.pipeline_io import WEIGHTS_ROOT
 from zoo.recipes import Part, Recipe
 from zoo.registry import PIPELINES, SCHEDULES, UNETS, DuplicateNameError, Registry, UnknownNameError
@@ -138,6 +139,11 @@ def test_replace_merges_a_parts_kwargs_and_replaces_top_level_fields():
     assert recipe.unet.kwargs.get("model_channels") is None and recipe.steps == 25  # the original is untouched
     swapped = recipe.replace(autoencoder=Part("vq-f4", {"latent_channels": 4}))  # a Part replaces the whole part
     assert swapped.autoencoder == Part("vq-f4", {"latent_channels": 4})
+    renamed = recipe.replace(schedule="cosine")  # a string (JSON overrides) names another part, its defaults
+    assert renamed.schedule == Part("cosine", {}) and renamed.unet == recipe.unet
+    assert assemble(renamed, {}, tiny=True, device="cpu").schedule.name == "cosine"
+    with pytest.raises(LookupError, match="unknown schedule .cosin.. Did you mean .cosine."):
+        assemble(recipe.replace(schedule="cosin"), {}, tiny=True, device="cpu")
     with pytest.raises(ValueError, match="kind must be one of"):  # replace validates like the constructor
         recipe.replace(kind="voxel")
 

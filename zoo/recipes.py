@@ -135,10 +135,13 @@ class Recipe:
         return {role: getattr(self, role) for role in ROLES if getattr(self, role) is not None}
 
     def replace(self, **changes: Any) -> Recipe:
-        """A copy with top-level fields replaced; a dict for a part's role merges into that part's kwargs."""
+        """A copy with top-level fields replaced; a dict for a part's role merges into that part's kwargs, a
+        string names another registered part for that role with its defaults ({"schedule": "cosine"} in JSON)."""
         resolved = {}
         for key, value in changes.items():
             part = getattr(self, key, None) if key in self.parts else None
+            if isinstance(value, str) and key in ROLES:
+                value = Part(value, {})
             resolved[key] = part.with_kwargs(**value) if isinstance(value, Mapping) and part else value
         return dataclasses.replace(self, **resolved)
 
