@@ -351,3 +351,38 @@ def test_training_masks_are_binary_boxes_and_strokes_some_full_and_seeded():
     assert 8 <= full <= 35  # 10% fully masked (binomial, n = 200)
     partial = covered[covered < 1]
     assert partial.min() > 0 and 0.05 < float(partial.mean()) < 0.6  # every other mask covers part of the image
+
+
+def test_the_ablation_rows_change_one_choice_each_train_from_scratch_and_are_measured(runs, kl, clip, monkeypatch):
+    import zoo.ablation as ablation
+    from zoo.train import plan
+    from zoo.train.__main__ import parser
+
+    entries = {name: (argv, needs) for name, argv, needs in plan.commands("runs", only=["ablation"])}
+    rows = {f"ablation {row}" for row in plan.ABLATION}
+    assert rows <= set(entries) and not any(name.startswith("export") for name in entries)
+    assert "ablation base" not in {name for name, _, _ in plan.commands("runs")}  # only when asked for
+    parsed = {row: parser().parse_args(entries[f"ablation {row}"][0]) for row in plan.ABLATION}
+    assert {row for row, a in parsed.items() if a.batch != 32} == {"batch-64"} and parsed["batch-64"].batch == 64
+    assert {row for row, a in parsed.items() if a.lr != 3e-4} == {"lr-1e-3"}
+    assert {row for row, a in parsed.items() if a.ema_decay != 0.999} == {"no-ema"}
+    assert all(a.init is None and a.unet_from is None for a in parsed.values())  # from random weights
+    assert all(entries[name][1] == ("kl-f4", "clip") for name in rows)
+
+    # two rows trained tiny (the test's short settings go last and win), then the table measures them
+    parts = ["--autoencoder", str(kl / "final"), "--conditioner", str(clip / "final")]
+    for row in ("base", "cosine"):
+        argv = entries[f"ablation {row}"][0]
+        argv = [*argv[: argv.index("--autoencoder")], *parts, *argv[argv.index("--out") :]]
+        argv[argv.index("--out") + 1] = str(runs / "ablation" / row)
+        main([*argv, *common(runs / "data", steps=2)])
+    assert zoo.load_pipeline(runs / "ablation" / "cosine" / "final", device="cpu").schedule.name == "cosine"
+    assert zoo.load_pipeline(runs / "ablation" / "base" / "final", device="cpu").schedule.name == "linear"
+    text = ablation.table(runs, prompts=1)
+    lines = text.splitlines()
+    assert lines[2].startswith("| `base` |") and lines[3].startswith("| `cosine` |") and "| 2 (" in lines[2]
+    assert "Not finished" in text and "min-snr-5" in text.split("Not finished")[1]
+    kept = json.loads((runs / "ablation" / "base" / "ablation.json").read_text())
+    assert kept["prompts"] == 1 and kept["steps"] == 2 and set(kept["agreement"]) == {"seen", "heldout"}
+    monkeypatch.setattr(ablation, "measure", lambda *a: pytest.fail("measured twice"))
+    assert ablation.table(runs, prompts=1) == text  # the kept measures are read back, not re-measured

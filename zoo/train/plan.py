@@ -68,6 +68,53 @@ LOSS_STUDY_ARGS = [
     *("--batch", "16", "--steps", "1000", "--lr", "4e-4", "--warmup", "100", "--threads", "1"),
     *("--max-minutes", "14", "--sample-every", "300", "--checkpoint-every", "100"),
 ]
+# The from-scratch ablation (issue 9; README "Recipes that converge on this CPU"): ldm-clip-kl's U-Net trained from
+# random weights on the embedded KL-f4 and CLIP tower, each row changing one choice of the base (v-prediction,
+# DDPM linear schedule, batch 32, lr 3e-4, EMA 0.999, model_channels 64) and all given the same CPU minutes on one
+# thread, so two rows run at once on 2 cores (--jobs 2). `--only ablation` runs them; `python -m zoo.ablation`
+# evaluates the finished rows and prints the table.
+ABLATION_ARGS = [
+    *("--batch", "32", "--steps", "100000", "--lr", "3e-4", "--warmup", "100", "--max-minutes", "15"),
+    *("--threads", "1", "--samples", "12000", "--sample-every", "100000", "--checkpoint-every", "250"),
+]
+ABLATION: dict[str, tuple[str, list[str]]] = {
+    "base": ("v-prediction, linear schedule, batch 32, lr 3e-4, EMA 0.999, width 64", []),
+    "eps": ("eps-prediction (DDPM)", ["--overrides", '{"prediction_type": "eps"}']),
+    "min-snr-5": ("Min-SNR-gamma weighting, gamma 5 (Hang et al. 2023)", ["--snr-gamma", "5"]),
+    "cosine": ("cosine schedule (improved DDPM Eq. 17)", ["--overrides", '{"schedule": "cosine"}']),
+    "scaled-linear": ("scaled-linear schedule (LDM / SD)", ["--overrides", '{"schedule": "scaled-linear"}']),
+    "lr-1e-3": ("learning rate 1e-3", ["--lr", "1e-3"]),
+    "batch-64": ("batch 64 (half the steps in the same minutes)", ["--batch", "64"]),
+    "no-ema": ("no EMA (the raw weights)", ["--ema-decay", "0"]),
+    "width-32": ("U-Net width 32 (model_channels; faster steps)", ["--overrides", '{"unet": {"model_channels": 32}}']),
+    "width-96": ("U-Net width 96 (slower steps)", ["--overrides", '{"unet": {"model_channels": 96}}']),
+}
+
+
+def ablation_stages(r: str, data: list[str]) -> list[tuple[str, list[str], tuple[str, ...]]]:
+    """One stage per ABLATION row: ldm-clip-kl from scratch on the kl-f4 and clip stages' parts, into
+    <runs>/ablation/<row>; a row's own flags go after ABLATION_ARGS, so they win (argparse keeps the last)."""
+    parts = ["--autoencoder", f"{r}/kl-f4/final", "--conditioner", f"{r}/clip/final"]
+    return [
+        (
+            f"ablation {row}",
+            [
+                "diffusion",
+                "--pipeline",
+                "ldm-clip-kl",
+                *parts,
+                "--out",
+                f"{r}/ablation/{row}",
+                *data,
+                *ABLATION_ARGS,
+                *flags,
+            ],
+            ("kl-f4", "clip"),
+        )
+        for row, (_, flags) in ABLATION.items()
+    ]
+
+
 # With parts "embedded" the part stages copy the shipped autoencoders and CLIP text tower out of zoo/weights
 # instead of training them (2 h per autoencoder on 2 CPU cores): what the diffusion stages build on.
 EMBEDDED_PARTS = {
@@ -153,8 +200,10 @@ def commands(
     if p["parts"] == "train":
         clip_export = ["export", "--run", f"{r}/clip/final-clip", "--to", f"{weights}/clip-shapes"]
         plan.append(("export clip-shapes", clip_export, ("clip",)))
+    plan += ablation_stages(r, data) if only and "ablation" in only else []  # only on request: 2.5 CPU-hours
     if only:
         only = [*only, *(LOSS_STUDY if "loss-study" in only else ())]
+        only += [f"ablation {row}" for row in ABLATION] + ["kl-f4", "clip"] if "ablation" in only else []
         plan = [entry for entry in plan if entry[0] in only or entry[0].removeprefix("export ") in only]
     return plan
 
