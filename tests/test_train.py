@@ -368,6 +368,8 @@ def test_the_ablation_rows_change_one_choice_each_train_from_scratch_and_are_mea
     assert {row for row, a in parsed.items() if a.ema_decay != 0.999} == {"no-ema"}
     assert all(a.init is None and a.unet_from is None for a in parsed.values())  # from random weights
     assert all(entries[name][1] == ("kl-f4", "clip") for name in rows)
+    one = [name for name, _, _ in plan.commands("runs", only=["ablation cosine"])]
+    assert one == ["kl-f4", "clip", "ablation cosine"]  # one row, after the parts it needs
 
     # two rows trained tiny (the test's short settings go last and win), then the table measures them
     parts = ["--autoencoder", str(kl / "final"), "--conditioner", str(clip / "final")]

@@ -200,10 +200,12 @@ def commands(
     if p["parts"] == "train":
         clip_export = ["export", "--run", f"{r}/clip/final-clip", "--to", f"{weights}/clip-shapes"]
         plan.append(("export clip-shapes", clip_export, ("clip",)))
-    plan += ablation_stages(r, data) if only and "ablation" in only else []  # only on request: 2.5 CPU-hours
+    asked = [o for o in only or [] if o == "ablation" or o.startswith("ablation ")]  # "ablation <row>": one row
+    plan += ablation_stages(r, data) if asked else []  # only on request: 2.5 CPU-hours
     if only:
         only = [*only, *(LOSS_STUDY if "loss-study" in only else ())]
-        only += [f"ablation {row}" for row in ABLATION] + ["kl-f4", "clip"] if "ablation" in only else []
+        only += [f"ablation {row}" for row in ABLATION] if "ablation" in only else []
+        only += ["kl-f4", "clip"] if asked else []
         plan = [entry for entry in plan if entry[0] in only or entry[0].removeprefix("export ") in only]
     return plan
 
