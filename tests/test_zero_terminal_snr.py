@@ -1,0 +1,157 @@
+"""Zero terminal SNR (Lin et al. 2024, arXiv:2305.08891): the rescale of Alg. 1 against its defining identity and
+diffusers' rescale_zero_terminal_snr, the schedule's coefficients at alpha_bar_T = 0, the three samplers from the
+first step at alpha_bar = 0 (analytic denoisers, diffusers' DDPM and DDIM, the DPM-Solver++ limit), Min-SNR at
+SNR = 0, the recipe checks (eps-prediction, spacing), and the default leaving every schedule as it was."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import zoo
+from components.schedulers.schedule import NoiseSchedule
+from components.schedulers.variance import MODEL_VARIANCES, model_log_variance
+from components.schedulers.zero_terminal_snr import rescale_zero_terminal_snr
+from components.validation import ArgumentTypeError
+from zoo.registry import SCHEDULES
+
+zoo.available()  # fills the registries
+T = 50
+DIFFUSERS_NAMES = {"linear": "linear", "scaled-linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
+
+
+def schedules(name: str, num_timesteps: int = T) -> tuple[NoiseSchedule, NoiseSchedule]:
+    """(the registered schedule, the same schedule rescaled to zero terminal SNR)."""
+    return (
+        SCHEDULES.build(name, num_timesteps=num_timesteps),
+        SCHEDULES.build(name, num_timesteps=num_timesteps, zero_terminal_snr=True),
+    )
+
+
+def normal(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def tensors(schedule: NoiseSchedule) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in vars(schedule).items() if isinstance(v, torch.Tensor)}
+
+
+# The rescale, Alg. 1.
+@pytest.mark.parametrize("name", SCHEDULES.names())
+def test_the_rescaled_schedule_ends_at_alpha_bar_zero_and_keeps_alpha_bar_1(name):
+    before, after = schedules(name)
+    assert after.zero_terminal_snr and not before.zero_terminal_snr
+    assert after.alphas_cumprod[-1].item() == 0.0 and after.betas[-1].item() == 1.0  # exactly
+    assert ((after.betas[:-1] > 0) & (after.betas[:-1] < 1)).all() and (after.alphas_cumprod.diff() < 0).all()
+    torch.testing.assert_close(after.alphas_cumprod[0], before.alphas_cumprod[0], rtol=1e-14, atol=0)
+    torch.testing.assert_close(after.alphas_cumprod, torch.cumprod(1 - after.betas, 0), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", SCHEDULES.names())
+def test_sqrt_alpha_bar_after_is_the_affine_map_of_alg_1_of_sqrt_alpha_bar_before(name):
+    """a' = (a - a_T) a_1 / (a_1 - a_T) for a = sqrt(alpha_bar): the line through (a_T, 0) and (a_1, a_1)."""
+    before, after = schedules(name)
+    a, a_new = before.alphas_cumprod.sqrt(), after.alphas_cumprod.sqrt()
+    first, last = a[0].item(), a[-1].item()
+    torch.testing.assert_close(a_new, (a - last) * first / (first - last), rtol=1e-12, atol=1e-15)
+    slopes = (a_new[:-1] - a_new[-1]) / (a[:-1] - a[-1])  # an affine map has one slope between any two points
+    torch.testing.assert_close(slopes, torch.full_like(slopes, first / (first - last)), rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("name", SCHEDULES.names())
+def test_rescale_equals_diffusers_rescale_zero_terminal_snr_in_float64(name):
+    ddpm = pytest.importorskip("diffusers.schedulers.scheduling_ddpm")
+    before, after = schedules(name)
+    torch.testing.assert_close(after.betas, ddpm.rescale_zero_terminal_snr(before.betas.clone()), rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("name", ["linear", "scaled-linear", "cosine"])
+def test_schedules_equal_diffusers_ddpm_scheduler_with_rescale_betas_zero_snr(name):
+    diffusers = pytest.importorskip("diffusers")
+    knobs = {"beta_start": 0.00085, "beta_end": 0.012} if name == "scaled-linear" else {}
+    oracle = diffusers.DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule=DIFFUSERS_NAMES[name], rescale_betas_zero_snr=True, **knobs
+    )
+    _, ours = schedules(name, 1000)
+    torch.testing.assert_close(ours.betas, oracle.betas.double(), atol=1e-5, rtol=0)  # diffusers works in float32
+    torch.testing.assert_close(ours.alphas_cumprod, oracle.alphas_cumprod.double(), atol=1e-6, rtol=0)
+    assert oracle.alphas_cumprod[-1].item() == ours.alphas_cumprod[-1].item() == 0.0
+
+
+@pytest.mark.parametrize("name", SCHEDULES.names())
+def test_the_default_leaves_every_schedule_bit_for_bit_as_it_was(name):
+    """zero_terminal_snr=False is the old code path: every coefficient equals that of a schedule made from the
+    same betas by the constructor alone, and of the explicit False; the registry's tiny variant is untouched."""
+    default = SCHEDULES.build(name, num_timesteps=T)
+    explicit = SCHEDULES.build(name, num_timesteps=T, zero_terminal_snr=False)
+    plain = NoiseSchedule(default.betas, name=default.name)
+    assert not default.zero_terminal_snr and repr(default) == f"NoiseSchedule({name!r}, T={T})"
+    for other in (explicit, plain):
+        assert tensors(other).keys() == tensors(default).keys()
+        for key, value in tensors(default).items():
+            assert torch.equal(value, tensors(other)[key]), key
+    if name == "linear":  # and the betas are still the formula's: linear in beta, rescaled by 1000 / T
+        assert torch.equal(default.betas, torch.linspace(1e-4 * 20, 0.02 * 20, T, dtype=torch.float64))
+
+
+# The schedule's coefficients at alpha_bar_T = 0.
+@pytest.mark.parametrize("name", SCHEDULES.names())
+def test_every_coefficient_is_finite_and_the_closed_forms_hold_at_t(name):
+    _, sched = schedules(name)
+    for key, value in tensors(sched).items():
+        assert torch.isfinite(value).all(), key
+    last, x0, eps = T - 1, normal(4, 3, seed=0), normal(4, 3, seed=1)
+    assert sched.snr(last).item() == 0.0 and sched.log_snr(last).item() == -math.inf
+    assert torch.equal(sched.q_sample(x0, last, eps), eps)  # x_T is pure noise (Eq. 4)
+    mean, variance, log_variance = sched.q_posterior(x0, eps, last)  # Eqs. 6-7 at beta_T = 1
+    abar_prev = sched.alphas_cumprod[-2]
+    torch.testing.assert_close(mean, abar_prev.sqrt() * x0)
+    torch.testing.assert_close(variance, (1 - abar_prev).expand_as(eps))
+    torch.testing.assert_close(log_variance, (1 - abar_prev).log().expand_as(eps))
+    for kind in MODEL_VARIANCES:
+        v = torch.zeros_like(eps) if kind == "learned" else None
+        assert torch.isfinite(model_log_variance(sched, last, eps, kind, v)).all(), kind
+
+
+@pytest.mark.parametrize("name", SCHEDULES.names())
+def test_v_and_x0_predictions_invert_at_every_t_including_t(name):
+    """eps and x0 come back from a v or x0 output at every t, T - 1 too (there: eps = x_T, x0 = -v); eps's own
+    inverse, Eq. 15, is 0/0 at T - 1, which is why eps-prediction is refused."""
+    _, sched = schedules(name)
+    x0, eps = normal(T, 3, seed=0), normal(T, 3, seed=1)
+    t = torch.arange(T)
+    xt = sched.q_sample(x0, t, eps)
+    for prediction_type in ("v", "x0"):
+        output = sched.training_target(x0, eps, t, prediction_type)
+        eps_hat, x0_hat = sched.split_prediction(output, xt, t, prediction_type)
+        torch.testing.assert_close(eps_hat, eps)
+        torch.testing.assert_close(x0_hat, x0)
+    v = sched.v_target(x0[-1:], eps[-1:], T - 1)
+    assert torch.equal(v, -x0[-1:]) and torch.equal(sched.x0_from_v(xt[-1:], T - 1, v), -v)
+    assert torch.equal(sched.eps_from_v(xt[-1:], T - 1, v), xt[-1:])
+    assert not torch.isfinite(sched.predict_x0_from_eps(xt[-1:], T - 1, eps[-1:])).all()
+
+
+# Bad inputs to the schedule.
+@pytest.mark.parametrize(
+    "betas, kwargs, error, message",
+    [
+        ([0.1, 1.0], {"zero_terminal_snr": True}, ValueError, "0 < beta < 1"),  # a beta of 1 only from the rescale
+        ([0.1, 0.2], {"zero_terminal_snr": "yes"}, ArgumentTypeError, "zero_terminal_snr must be true or false"),
+        ([0.1, 0.2], {"zero_terminal_snr": 1}, ArgumentTypeError, "zero_terminal_snr must be true or false"),
+        ([0.1], {"zero_terminal_snr": True}, ValueError, "needs T >= 2"),
+        ([0.999] * 2000, {"zero_terminal_snr": True}, ValueError, "fall strictly"),  # underflow, as without it
+    ],
+)
+def test_bad_zero_terminal_snr_inputs_raise(betas, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        NoiseSchedule(torch.tensor(betas, dtype=torch.float64), **kwargs)
+
+
+@pytest.mark.parametrize("name", SCHEDULES.names())
+def test_every_registered_schedule_checks_its_flag(name):
+    with pytest.raises(ArgumentTypeError, match=r"zero_terminal_snr must be true or false \(.*\), got 'true'"):
+        SCHEDULES.build(name, tiny=True, zero_terminal_snr="true")
+    assert rescale_zero_terminal_snr(SCHEDULES.build(name, tiny=True).betas)[-1].item() == 1.0
