@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import zoo
-from components.schedulers.schedule import NoiseSchedule
+from components.schedulers.losses import diffusion_loss, min_snr_weight, prior_kl, vlb_term
+from components.schedulers.schedule import PREDICTION_TYPES, NoiseSchedule
 from components.schedulers.variance import MODEL_VARIANCES, model_log_variance
 from components.schedulers.zero_terminal_snr import rescale_zero_terminal_snr
 from components.validation import ArgumentTypeError
@@ -155,3 +156,28 @@ def test_every_registered_schedule_checks_its_flag(name):
     with pytest.raises(ArgumentTypeError, match=r"zero_terminal_snr must be true or false \(.*\), got 'true'"):
         SCHEDULES.build(name, tiny=True, zero_terminal_snr="true")
     assert rescale_zero_terminal_snr(SCHEDULES.build(name, tiny=True).betas)[-1].item() == 1.0
+
+
+# The losses at SNR = 0.
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_min_snr_weights_are_finite_at_snr_zero(prediction_type):
+    """Hang et al. 2023 at SNR = 0: min(SNR, gamma) = 0 on the x0 error, so 0 for x0 and v (/ (SNR + 1)), and the
+    eps weight min(SNR, gamma) / SNR = min(1, gamma / SNR) is its limit 1, not 0/0."""
+    _, sched = schedules("linear")
+    t = torch.tensor([0, 20, T - 1])
+    weights = min_snr_weight(sched, t, prediction_type, 5.0)
+    assert torch.isfinite(weights).all()
+    assert weights[-1].item() == (1.0 if prediction_type == "eps" else 0.0)
+    x0 = torch.rand(3, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    model = lambda xt, t_, **kwargs: torch.zeros_like(xt)  # noqa: E731
+    loss = diffusion_loss(model, x0, sched, prediction_type=prediction_type, t=t, snr_gamma=5.0)
+    assert torch.isfinite(loss)
+
+
+def test_the_bound_terms_are_finite_at_t_with_v_prediction():
+    _, sched = schedules("cosine")
+    x0 = (torch.randint(0, 256, (2, 3, 4, 4), generator=torch.Generator().manual_seed(0)).double() / 127.5) - 1
+    model = lambda xt, t, **kwargs: torch.zeros_like(xt)  # noqa: E731
+    generator = torch.Generator().manual_seed(1)
+    assert torch.isfinite(vlb_term(model, x0, T - 1, sched, prediction_type="v", generator=generator)).all()
+    assert torch.equal(prior_kl(x0, sched), torch.zeros(2, dtype=x0.dtype))  # q(x_T | x_0) is N(0, I) exactly
