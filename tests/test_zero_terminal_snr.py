@@ -11,6 +11,10 @@ import pytest
 import torch
 
 import zoo
+from components.registry import SAMPLERS
+from components.samplers.ddim import ddim_step
+from components.samplers.denoiser import Denoiser
+from components.samplers.dpmpp import dpmpp_2m_step
 from components.schedulers.losses import diffusion_loss, min_snr_weight, prior_kl, vlb_term
 from components.schedulers.schedule import PREDICTION_TYPES, NoiseSchedule
 from components.schedulers.variance import MODEL_VARIANCES, model_log_variance
@@ -181,3 +185,112 @@ def test_the_bound_terms_are_finite_at_t_with_v_prediction():
     generator = torch.Generator().manual_seed(1)
     assert torch.isfinite(vlb_term(model, x0, T - 1, sched, prediction_type="v", generator=generator)).all()
     assert torch.equal(prior_kl(x0, sched), torch.zeros(2, dtype=x0.dtype))  # q(x_T | x_0) is N(0, I) exactly
+
+
+# The samplers from the first step at alpha_bar = 0.
+M, S = 0.5, 0.5  # data x0 ~ N(M, S^2)
+
+
+def exact_output(sched: NoiseSchedule, prediction_type: str):
+    """The ideal network for Gaussian data: E[x0 | x_t] by Gaussian conditioning, as x0 or as v = (a x_t - x0) / sigma
+    (Salimans & Ho 2022; finite at a = 0, where it is -M)."""
+
+    def network(xt, t):
+        a = sched.alphas_cumprod[t].sqrt().to(xt).view(-1, 1)
+        sigma = (1 - a**2).sqrt()
+        x0 = M + a * S**2 / (a**2 * S**2 + sigma**2) * (xt - a * M)
+        return x0 if prediction_type == "x0" else (a * xt - x0) / sigma
+
+    return network
+
+
+def sample(name, network, sched, steps, prediction_type, *, x=None, callback=None, seed=0):
+    sampler = SAMPLERS.build(name)
+    grid = sampler.grid(sched, steps, spacing="trailing", offset=0, set_alpha_to_one=True)
+    assert grid.timesteps[0] == T - 1 and grid.alphas_cumprod[0] == 0.0  # Lin et al. Sec. 3.3: from the last step
+    x = normal(4, 1, seed=seed) if x is None else x
+    denoiser = Denoiser(network, sched, prediction_type)
+    return sampler.sample(denoiser, x, grid, generator=torch.Generator().manual_seed(seed), callback=callback)
+
+
+@pytest.mark.parametrize("name", SAMPLERS.names())
+@pytest.mark.parametrize("prediction_type", ["v", "x0"])
+def test_every_sampler_runs_from_pure_noise_with_finite_steps(name, prediction_type):
+    _, sched = schedules("linear")
+    seen = []
+    out = sample(
+        name, exact_output(sched, prediction_type), sched, 10, prediction_type, callback=lambda *a: seen.append(a)
+    )
+    assert len(seen) == 10 and torch.isfinite(out).all()
+    assert all(torch.isfinite(xt).all() and torch.isfinite(x0).all() for _, xt, x0 in seen)
+    torch.testing.assert_close(seen[0][2], torch.full_like(out, M))  # at SNR = 0 the best x0 is the data's mean
+
+
+@pytest.mark.parametrize(
+    "name, steps, kwargs", [("ddpm", 200, {}), ("ddim", 200, {}), ("ddim", 200, {"eta": 1.0}), ("dpmpp", 20, {})]
+)
+def test_the_exact_v_model_reproduces_the_data_distribution_from_zero_terminal_snr(name, steps, kwargs):
+    _, sched = schedules("cosine", 200)
+    n = 20_000
+    sampler = SAMPLERS.build(name, **kwargs)
+    grid = sampler.grid(sched, steps, spacing="trailing", offset=0, set_alpha_to_one=True)
+    x = torch.special.ndtri((torch.arange(n, dtype=torch.float64) + 0.5) / n).view(n, 1)  # N(0, 1) quantiles
+    denoiser = Denoiser(exact_output(sched, "v"), sched, "v")
+    samples = sampler.sample(denoiser, x, grid, generator=torch.Generator().manual_seed(0))
+    assert samples.mean().item() == pytest.approx(M, abs=0.01)
+    assert samples.std().item() == pytest.approx(S, abs=0.012)
+
+
+def test_dpmpp_first_step_at_alpha_bar_zero_is_the_analytic_limit():
+    """lambda_s = -inf: e^{-h} = 0 and sigma_s = 1, so x_t = sigma_t x_s + alpha_t x0 (the step of DDIM, eta = 0),
+    and the regular step tends to it as alpha_bar_s -> 0; the next step, with h_last = inf, is first order
+    (r = inf)."""
+    x, x0, x0_next = normal(3, 4, seed=0), normal(3, 4, seed=1), normal(3, 4, seed=2)
+    abar_t = 0.02
+    limit = math.sqrt(1 - abar_t) * x + math.sqrt(abar_t) * x0
+    torch.testing.assert_close(dpmpp_2m_step(x, x0, 0.0, abar_t), limit, rtol=0, atol=0)
+    torch.testing.assert_close(dpmpp_2m_step(x, x0, 1e-14, abar_t), limit, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ddim_step(x0, x, abar_t, 0.0, None), limit, rtol=1e-15, atol=1e-15)  # eps = x_T there
+    second = dpmpp_2m_step(limit, x0_next, abar_t, 0.3, x0, 0.0)  # history from alpha_bar = 0
+    torch.testing.assert_close(second, dpmpp_2m_step(limit, x0_next, abar_t, 0.3), rtol=0, atol=0)
+    # the 2M step tends to it as alpha_bar_last -> 0, slowly: the correction is 1 / (2 r), r ~ |lambda_last| / h
+    gap = [(dpmpp_2m_step(limit, x0_next, abar_t, 0.3, x0, a) - second).abs().max() for a in (1e-30, 1e-300)]
+    assert gap[1] < gap[0] / 5
+
+
+def test_the_dpmpp_sampler_takes_the_limit_as_its_first_step():
+    _, sched = schedules("linear")
+    network, seen = exact_output(sched, "v"), []
+    x = normal(4, 1, seed=3)
+    sample("dpmpp", network, sched, 5, "v", x=x, callback=lambda i, xt, x0: seen.append((xt, x0)))
+    grid = SAMPLERS.build("dpmpp").grid(sched, 5, spacing="trailing", offset=0, set_alpha_to_one=True)
+    abar_next = grid.alphas_cumprod[1]
+    torch.testing.assert_close(seen[0][0], math.sqrt(1 - abar_next) * x + math.sqrt(abar_next) * M)
+
+
+@pytest.mark.parametrize("prediction_type", ["v", "x0"])
+@pytest.mark.parametrize("name, cls, step_kwargs", [("ddpm", "DDPMScheduler", {}), ("ddim", "DDIMScheduler", {})])
+def test_ddpm_and_ddim_runs_equal_diffusers_on_a_zero_terminal_snr_schedule(prediction_type, name, cls, step_kwargs):
+    diffusers = pytest.importorskip("diffusers")
+    _, sched = schedules("linear")
+    oracle = getattr(diffusers, cls)(
+        num_train_timesteps=T,
+        trained_betas=sched.betas.numpy(),
+        prediction_type={"v": "v_prediction", "x0": "sample"}[prediction_type],
+        timestep_spacing="trailing",
+        clip_sample=False,
+    )
+    assert oracle.alphas_cumprod[-1].item() == 0.0
+    network = lambda x, t: 0.8 * torch.tanh(x) + 0.3 * torch.sin(t.to(x.dtype) / 7).view(-1, 1, 1, 1)  # noqa: E731
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    oracle.set_timesteps(10)
+    expected, generator = x, torch.Generator().manual_seed(3)
+    for t in oracle.timesteps:
+        out = network(expected, t.repeat(2))
+        expected = oracle.step(out, t, expected, generator=generator, **step_kwargs).prev_sample
+    sampler = SAMPLERS.build(name)
+    grid = sampler.grid(sched, 10, spacing="trailing", offset=0, set_alpha_to_one=True)
+    got = sampler.sample(
+        Denoiser(network, sched, prediction_type), x, grid, generator=torch.Generator().manual_seed(3)
+    )
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
