@@ -5,6 +5,7 @@ SNR = 0, the recipe checks (eps-prediction, spacing), and the default leaving ev
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -20,6 +21,7 @@ from components.schedulers.schedule import PREDICTION_TYPES, NoiseSchedule
 from components.schedulers.variance import MODEL_VARIANCES, model_log_variance
 from components.schedulers.zero_terminal_snr import rescale_zero_terminal_snr
 from components.validation import ArgumentTypeError
+from zoo.assembly import IncompatiblePartsError, assemble
 from zoo.registry import SCHEDULES
 
 zoo.available()  # fills the registries
@@ -294,3 +296,52 @@ def test_ddpm_and_ddim_runs_equal_diffusers_on_a_zero_terminal_snr_schedule(pred
         Denoiser(network, sched, prediction_type), x, grid, generator=torch.Generator().manual_seed(3)
     )
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+# Recipes and pipelines.
+def test_a_recipe_takes_zero_terminal_snr_as_a_schedule_kwarg_and_round_trips_json():
+    recipe = zoo.recipe("ddpm-linear").replace(schedule={"zero_terminal_snr": True}, prediction_type="v")
+    assert recipe.schedule.kwargs == {"zero_terminal_snr": True}
+    assert zoo.Recipe.from_json(recipe.to_json()) == recipe
+    latent = zoo.recipe("ldm-clip-kl")  # already v-prediction: the schedule override alone is enough
+    assert latent.replace(**json.loads('{"schedule": {"zero_terminal_snr": true}}')).schedule.kwargs[
+        "zero_terminal_snr"
+    ]
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpmpp"])
+def test_a_tiny_pixel_pipeline_with_zero_terminal_snr_draws_finite_images(name):
+    torch.manual_seed(0)
+    recipe = zoo.recipe("ddpm-linear").replace(schedule={"zero_terminal_snr": True}, prediction_type="v")
+    pipe = zoo.build(recipe, tiny=True, device="cpu")
+    with torch.no_grad():
+        for p in pipe.unet.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    assert pipe.schedule.zero_terminal_snr and pipe.schedule.alphas_cumprod[-1].item() == 0.0
+    seen = []
+    pipe.generate(steps=3, sampler=name, seed=0, callback=lambda i, xt, x0: seen.append((xt, x0)))
+    assert len(seen) == 3 and all(torch.isfinite(xt).all() and torch.isfinite(x0).all() for xt, x0 in seen)
+
+
+def test_eps_prediction_with_zero_terminal_snr_is_refused_at_recipe_validation_naming_the_fix():
+    with pytest.raises(ValueError, match=r"recipe 'ddpm-linear': .*eps-prediction.*Set prediction_type \"v\""):
+        zoo.recipe("ddpm-linear").replace(schedule={"zero_terminal_snr": True})
+    with pytest.raises(ValueError, match="eps-prediction"):
+        zoo.Recipe.from_dict(
+            {
+                **zoo.recipe("ddpm-linear").to_dict(),
+                "schedule": {"name": "cosine", "kwargs": {"zero_terminal_snr": True}},
+            }
+        )
+
+
+def test_leading_spacing_with_zero_terminal_snr_is_refused():
+    with pytest.raises(ValueError, match=r"timestep_spacing 'leading' does not: use \"trailing\""):
+        zoo.recipe("ldm-clip-kl").replace(schedule={"zero_terminal_snr": True}, timestep_spacing="leading")
+    zoo.recipe("ldm-clip-kl").replace(schedule={"zero_terminal_snr": True}, timestep_spacing="linspace")
+
+
+def test_a_given_zero_terminal_snr_schedule_with_an_eps_recipe_is_refused_at_assembly():
+    schedule = SCHEDULES.build("linear", tiny=True, zero_terminal_snr=True)
+    with pytest.raises(IncompatiblePartsError, match=r"ddpm-linear: the schedule and the recipe disagree: .*eps"):
+        assemble(zoo.recipe("ddpm-linear"), {"schedule": schedule}, tiny=True, device="cpu")

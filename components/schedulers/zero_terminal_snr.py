@@ -16,12 +16,15 @@ is alphas_cumprod[0] and alpha_bar_T is alphas_cumprod[T - 1].
 What it asks of the rest: x_0 = (x_T - sqrt(1 - alpha_bar_T) eps) / sqrt(alpha_bar_T) is 0/0 at T, so an eps
 network cannot give x_0 there: Sec. 3.2 trains with v-prediction (x0-prediction works too); and sampling must
 start at the last timestep, where x_T really is pure noise (Sec. 3.3: "trailing" or "linspace" spacing, not
-"leading").
+"leading"). `check_zero_terminal_snr_settings` says so at recipe validation.
 """
 
 from __future__ import annotations
 
 import torch
+
+# Spacings whose first step is the last training timestep T - 1 (components/samplers/common.py, Lin et al. Table 2).
+SPACINGS_FROM_T = ("trailing", "linspace")
 
 
 def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
@@ -36,3 +39,20 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     alphas_bar = sqrt_alphas_bar**2
     alphas = torch.cat([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])  # undo the cumulative product
     return 1.0 - alphas
+
+
+def check_zero_terminal_snr_settings(prediction_type: str, timestep_spacing: str | None = None) -> None:
+    """What a zero-terminal-SNR schedule needs of a pipeline: a network that is not eps-prediction (Lin et al.
+    Sec. 3.2) and, when the spacing is known, sampling that starts at the last timestep (Sec. 3.3)."""
+    if prediction_type == "eps":
+        raise ValueError(
+            "a zero-terminal-SNR schedule (zero_terminal_snr=True) cannot be used with eps-prediction: at the last "
+            "step alpha_bar_T = 0 and x_0 = (x_T - sqrt(1 - alpha_bar_T) eps) / sqrt(alpha_bar_T) is 0/0 (Lin et al. "
+            '2024, Sec. 3.2). Set prediction_type "v" (or "x0"), or drop zero_terminal_snr'
+        )
+    if timestep_spacing is not None and timestep_spacing not in SPACINGS_FROM_T:
+        raise ValueError(
+            f"a zero-terminal-SNR schedule needs sampling to start at the last timestep, where x_T is pure noise "
+            f'(Lin et al. 2024, Sec. 3.3), but timestep_spacing {timestep_spacing!r} does not: use "trailing" (or '
+            '"linspace")'
+        )
