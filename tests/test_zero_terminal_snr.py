@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -345,3 +346,17 @@ def test_a_given_zero_terminal_snr_schedule_with_an_eps_recipe_is_refused_at_ass
     schedule = SCHEDULES.build("linear", tiny=True, zero_terminal_snr=True)
     with pytest.raises(IncompatiblePartsError, match=r"ddpm-linear: the schedule and the recipe disagree: .*eps"):
         assemble(zoo.recipe("ddpm-linear"), {"schedule": schedule}, tiny=True, device="cpu")
+
+
+# Training from a saved pipeline, and the diffusers layout.
+def test_fine_tuning_with_a_schedule_override_trains_on_the_new_schedule(tmp_path):
+    """--init with --overrides '{"schedule": {"zero_terminal_snr": true}, ...}': the pipeline's schedule is rebuilt,
+    not only its recipe (which is what gets saved)."""
+    from zoo.train import stages
+
+    zoo.build("ddpm-linear", tiny=True, device="cpu").save_pretrained(tmp_path / "eps")
+    overrides = json.dumps({"schedule": {"zero_terminal_snr": True}, "prediction_type": "v"})
+    args = SimpleNamespace(init=str(tmp_path / "eps"), pipeline="ddpm-linear", overrides=overrides, objective=None)
+    pipe = stages.build_for_training(args)
+    assert pipe.recipe.schedule.kwargs["zero_terminal_snr"] and pipe.recipe.prediction_type == "v"
+    assert pipe.schedule.zero_terminal_snr and pipe.schedule.alphas_cumprod[-1].item() == 0.0
