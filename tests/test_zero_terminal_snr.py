@@ -360,3 +360,24 @@ def test_fine_tuning_with_a_schedule_override_trains_on_the_new_schedule(tmp_pat
     pipe = stages.build_for_training(args)
     assert pipe.recipe.schedule.kwargs["zero_terminal_snr"] and pipe.recipe.prediction_type == "v"
     assert pipe.schedule.zero_terminal_snr and pipe.schedule.alphas_cumprod[-1].item() == 0.0
+
+
+def test_the_diffusers_scheduler_config_says_rescale_betas_zero_snr_and_reads_back(tmp_path):
+    from zoo import diffusers_layout as dl
+
+    recipe = zoo.recipe("ldm-clip-kl").replace(schedule={"zero_terminal_snr": True, "num_timesteps": 1000})
+    pipeline = SimpleNamespace(recipe=recipe, schedule=SCHEDULES.build(recipe.schedule.name, **recipe.schedule.kwargs))
+    config = dl.scheduler_config(pipeline)
+    assert config["rescale_betas_zero_snr"] is True
+    assert (config["beta_start"], config["beta_end"]) == pytest.approx((1e-4, 0.02), rel=1e-12)  # before the rescale
+    plain = SimpleNamespace(recipe=zoo.recipe("ldm-clip-kl"), schedule=SCHEDULES.build("linear"))
+    assert "rescale_betas_zero_snr" not in dl.scheduler_config(plain)  # the default config is as it was
+    (tmp_path / "scheduler").mkdir()
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    settings = dl.scheduler_settings(tmp_path)
+    assert settings["schedule"].kwargs["zero_terminal_snr"] is True
+    rebuilt = SCHEDULES.build(settings["schedule"].name, **settings["schedule"].kwargs)
+    assert torch.equal(rebuilt.betas, pipeline.schedule.betas)
+    diffusers = pytest.importorskip("diffusers")
+    theirs = diffusers.DDIMScheduler.from_config(config)
+    torch.testing.assert_close(theirs.alphas_cumprod.double(), pipeline.schedule.alphas_cumprod, atol=1e-6, rtol=0)
