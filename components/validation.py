@@ -80,6 +80,14 @@ def require_number(
     return float(value)
 
 
+def require_bool(name: str, value: Any, *, why: str | None = None) -> bool:
+    """`value` when it is a bool (True or False; not 0, 1 or "true", which JSON would not give for a flag)."""
+    if not isinstance(value, bool):
+        reason = f" ({why})" if why else ""
+        raise ArgumentTypeError(f"{name} must be true or false{reason}, got {value!r} ({type(value).__name__})")
+    return value
+
+
 def require_choice(name: str, value: Any, choices: Collection[Any]) -> Any:
     """`value` when it is one of `choices`; the message lists them."""
     if value not in choices:

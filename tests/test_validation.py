@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.validation import ArgumentTypeError, require_choice, require_int, require_number
+from components.validation import ArgumentTypeError, require_bool, require_choice, require_int, require_number
 from zoo.pipelines.base import image_grid
 
 
@@ -66,6 +66,13 @@ def test_require_choice_lists_what_is_allowed():
     assert require_choice("sampler", "ddim", ("ddpm", "ddim")) == "ddim"
     with pytest.raises(ValueError, match=r"unknown sampler 'dpm'; allowed: ddpm, ddim"):
         require_choice("sampler", "dpm", ("ddpm", "ddim"))
+
+
+@pytest.mark.parametrize("value", [0, 1, "true", None, np.bool_(True)])
+def test_require_bool_takes_only_true_or_false(value):
+    assert require_bool("flag", True) is True and require_bool("flag", False) is False
+    with pytest.raises(ArgumentTypeError, match=r"flag must be true or false \(why\), got"):
+        require_bool("flag", value, why="why")
 
 
 def test_image_grid_places_each_image_in_its_cell():

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from components.schedulers.variance import output_channels
+from components.schedulers.zero_terminal_snr import check_zero_terminal_snr_settings
 from zoo.pipelines.base import Pipeline
 from zoo.pipelines.latent import LatentPipeline
 from zoo.pipelines.pixel import PixelPipeline
@@ -108,6 +109,11 @@ def check_compatible(chosen: Recipe, parts: Mapping[str, Any]) -> None:
             "be equal"
         )
     check_noise_augmentation(chosen, unet, parts["schedule"].num_timesteps)
+    if parts["schedule"].zero_terminal_snr:  # a schedule given as a part, which the recipe's kwargs need not name
+        try:
+            check_zero_terminal_snr_settings(chosen.prediction_type, chosen.timestep_spacing)
+        except ValueError as error:
+            raise IncompatiblePartsError(f"{chosen.name}: the schedule and the recipe disagree: {error}") from None
 
 
 CONCAT_IMAGE_WORDS = {"inpaint": "inpainting (mask, masked image's latent)", "low_res": "low-res image (RGB)"}

@@ -50,7 +50,7 @@ PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth")
 DIFFUSERS_PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}  # diffusers' name -> ours
 BETA_SCHEDULES = {"scaled_linear": "scaled-linear", "linear": "linear"}  # diffusers' name -> our schedule
 # Scheduler options that change the process itself: the values under which our schedules and samplers agree.
-SCHEDULER_NO_OPS = {"trained_betas": (None,), "rescale_betas_zero_snr": (False,), "thresholding": (False,)}
+SCHEDULER_NO_OPS = {"trained_betas": (None,), "thresholding": (False,)}
 DEFAULTS = {"sampler": "ddim", "steps": 50, "guidance_scale": 7.5}  # diffusers' StableDiffusionPipeline defaults
 
 
@@ -225,6 +225,8 @@ def scheduler_settings(root: Path) -> dict[str, Any]:
         raise DiffusersLayoutError(f"{path}: a 'linear' beta_schedule needs num_train_timesteps=1000 (ours rescales)")
     kwargs = {"num_timesteps": config.get("num_train_timesteps", 1000)}
     kwargs.update({k: config[k] for k in ("beta_start", "beta_end") if k in config})
+    if config.get("rescale_betas_zero_snr", False):  # Lin et al. 2024 Alg. 1, our schedules' zero_terminal_snr
+        kwargs["zero_terminal_snr"] = True
     return {
         "schedule": Part(BETA_SCHEDULES[beta_schedule], kwargs),
         "prediction_type": DIFFUSERS_PREDICTION_TYPES[prediction],
@@ -425,12 +427,16 @@ def vae_config_to_diffusers(config: AutoencoderKLConfig) -> dict[str, Any]:
 
 
 def scheduler_config(pipeline: Any) -> dict[str, Any]:
-    """A DDIMScheduler config of the pipeline's schedule (its first and last beta) and sampling settings."""
+    """A DDIMScheduler config of the pipeline's schedule (its first and last beta, before a zero-terminal-SNR
+    rescale, which diffusers applies itself: rescale_betas_zero_snr) and sampling settings."""
     names = {ours: theirs for theirs, ours in BETA_SCHEDULES.items()}
     predictions = {ours: theirs for theirs, ours in DIFFUSERS_PREDICTION_TYPES.items()}
-    recipe, betas = pipeline.recipe, pipeline.schedule.betas
+    recipe, zero_terminal_snr = pipeline.recipe, pipeline.schedule.zero_terminal_snr
     if recipe.schedule.name not in names:
         raise ValueError(f"the {recipe.schedule.name!r} schedule has no diffusers beta_schedule ({sorted(names)})")
+    betas = pipeline.schedule.betas
+    if zero_terminal_snr:  # the betas diffusers rescales: the same schedule without the rescale
+        betas = SCHEDULES.build(recipe.schedule.name, **{**recipe.schedule.kwargs, "zero_terminal_snr": False}).betas
     return {
         "num_train_timesteps": pipeline.schedule.num_timesteps,
         "beta_start": float(betas[0]),
@@ -441,6 +447,7 @@ def scheduler_config(pipeline: Any) -> dict[str, Any]:
         "steps_offset": recipe.steps_offset,
         "clip_sample": False,
         "set_alpha_to_one": recipe.set_alpha_to_one,
+        **({"rescale_betas_zero_snr": True} if zero_terminal_snr else {}),  # written only when set
     }
 
 

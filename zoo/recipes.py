@@ -15,6 +15,7 @@ from components.registry import AUTOENCODERS, CONDITIONERS, SCHEDULES, UNETS, Re
 from components.samplers.common import TIMESTEP_SPACINGS
 from components.schedulers.losses import check_objective
 from components.schedulers.schedule import PREDICTION_TYPES
+from components.schedulers.zero_terminal_snr import check_zero_terminal_snr_settings
 from components.validation import MAX_IMAGE_SIZE, MAX_TIMESTEPS, ArgumentTypeError, require_int, require_number
 
 PIPELINE_KINDS = ("pixel", "latent")
@@ -122,6 +123,8 @@ class Recipe:
                 raise ArgumentTypeError(f"{name} {role} must be a Part(name, kwargs) with a string name, got {part!r}")
         try:
             check_objective(self.objective, self.variance)
+            if self.schedule.kwargs.get("zero_terminal_snr") is True:  # Lin et al. 2024: v-prediction, trailing steps
+                check_zero_terminal_snr_settings(self.prediction_type, self.timestep_spacing)
         except ValueError as error:
             raise ValueError(f"recipe {self.name!r}: {error}") from None
         if self.kind == "latent" and self.autoencoder is None:

@@ -39,12 +39,17 @@ def dpmpp_2m_step(
 
     D = (1 + 1 / (2 r)) x0_s - 1 / (2 r) x0_last with r = h_last / h (second order, from the previous step's
     x0_last at alpha_cumprod_last); D = x0_s without history (first order, which is DDIM with eta = 0).
+
+    Zero terminal SNR (Lin et al. 2024): at alpha_s = 0, lambda_s = -inf, h = inf and e^{-h} = 0, so the step is
+    x_t = sigma_t x_s + alpha_t x0_s (sigma_s = 1), all from finite numbers; e^{-h} is written as the ratio
+    (alpha_s sigma_t) / (sigma_s alpha_t), never through lambda. The step after it has h_last = inf, r = inf, and
+    the second-order correction 1 / (2 r) vanishes: D = x0_s, its limit.
     """
     alpha_t, sigma_t = math.sqrt(alpha_cumprod_t), math.sqrt(1.0 - alpha_cumprod_t)
     alpha_s, sigma_s = math.sqrt(alpha_cumprod_s), math.sqrt(1.0 - alpha_cumprod_s)
-    exp_neg_h = (sigma_t / alpha_t) / (sigma_s / alpha_s)  # e^{-h}; 0 when t is the data (sigma_t = 0)
+    exp_neg_h = (alpha_s * sigma_t) / (sigma_s * alpha_t)  # e^{-h}; 0 when t is the data (sigma_t = 0) or alpha_s = 0
     D = x0
-    if x0_last is not None and alpha_cumprod_last is not None:
+    if x0_last is not None and alpha_cumprod_last:  # alpha_cumprod_last = 0: lambda_last = -inf, r = inf, D = x0
         h = half_log_snr(alpha_cumprod_t) - half_log_snr(alpha_cumprod_s)
         r = (half_log_snr(alpha_cumprod_s) - half_log_snr(alpha_cumprod_last)) / h
         D = x0 + (0.5 / r) * (x0 - x0_last)

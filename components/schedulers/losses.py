@@ -65,14 +65,17 @@ def diffusion_loss(
 
 def min_snr_weight(schedule: NoiseSchedule, t: torch.Tensor, prediction_type: str, gamma: float) -> torch.Tensor:
     """Min-SNR-gamma loss weight (Hang et al. 2023, Sec. 3.4): w_t = min(SNR(t), gamma) on the x_0 error, which is
-    min(SNR, gamma) / SNR on the eps error (eps - eps_hat = sqrt(SNR) (x0_hat - x0)) and min(SNR, gamma) / (SNR + 1)
-    on the v error (v - v_hat = sqrt(SNR + 1) (x0_hat - x0)). float32, one weight per sample."""
+    min(SNR, gamma) / SNR = min(1, gamma / SNR) on the eps error (eps - eps_hat = sqrt(SNR) (x0_hat - x0)) and
+    min(SNR, gamma) / (SNR + 1) on the v error (v - v_hat = sqrt(SNR + 1) (x0_hat - x0)). float32, one weight per
+    sample. All three are finite at SNR = 0 (zero terminal SNR, Lin et al. 2024): 0 for x0 and v, 1 for eps (its
+    limit; written min(1, gamma / SNR), gamma / 0 = inf clamps to 1, where SNR / SNR would be 0/0)."""
     if not isinstance(gamma, int | float) or isinstance(gamma, bool) or not gamma > 0:
         raise ValueError(f"snr_gamma must be a positive number, got {gamma!r}")
     snr = schedule.snr(t)
+    if check_prediction_type(prediction_type) == "eps":
+        return (float(gamma) / snr).clamp(max=1.0).float().to(t.device)
     clipped = snr.clamp(max=float(gamma))
-    denominator = {"eps": snr, "v": snr + 1.0, "x0": torch.ones_like(snr)}[check_prediction_type(prediction_type)]
-    return (clipped / denominator).float().to(t.device)
+    return (clipped / (snr + 1.0 if prediction_type == "v" else 1.0)).float().to(t.device)
 
 
 def sample_timesteps(schedule: NoiseSchedule, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

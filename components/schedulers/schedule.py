@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
-from components.validation import MAX_TIMESTEPS, require_int
+from components.schedulers.zero_terminal_snr import rescale_zero_terminal_snr
+from components.validation import MAX_TIMESTEPS, require_bool, require_int
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +51,24 @@ class NoiseSchedule:
 
     Attributes (float64, length T): betas, alphas, alphas_cumprod (alpha_bar), alphas_cumprod_prev,
     posterior_variance (beta tilde, Eq. 7), posterior_log_variance_clipped, posterior_mean_coef1 (of x_0) and
-    posterior_mean_coef2 (of x_t), plus `num_timesteps` (T).
+    posterior_mean_coef2 (of x_t), plus `num_timesteps` (T) and `zero_terminal_snr`.
+
+    zero_terminal_snr: the given betas (each in (0, 1)) are rescaled by Lin et al. 2024 Alg. 1
+    (zero_terminal_snr.py), so beta_T = 1 and alpha_bar_T = 0 exactly, at the last step only; that is the one way
+    a beta of 1 gets in. Then SNR(T - 1) = 0 and log SNR(T - 1) = -inf, while every coefficient of Eqs. 4, 6-7
+    and v stays finite (1 - alpha_bar_t >= beta_1 > 0); x_0 from eps (Eq. 15) and the mean from eps (Eq. 11) are
+    infinite at T - 1, which is why eps-prediction is refused with such a schedule (recipe validation).
     """
 
-    def __init__(self, betas: torch.Tensor | Sequence[float], name: str = "custom"):
+    def __init__(
+        self, betas: torch.Tensor | Sequence[float], name: str = "custom", *, zero_terminal_snr: bool = False
+    ):
         betas = torch.as_tensor(betas, dtype=torch.float64).detach().clone().cpu()
         _check_betas(betas)
+        self.zero_terminal_snr = require_bool("zero_terminal_snr", zero_terminal_snr, why="Lin et al. 2024 Alg. 1")
+        if zero_terminal_snr:
+            betas = rescale_zero_terminal_snr(betas)
+            _check_betas(betas[:-1])  # the rescaled betas before T stay in (0, 1), alpha_bar falling and positive
         self.name = name
         self.num_timesteps = len(betas)
         self.betas = betas
@@ -72,7 +85,8 @@ class NoiseSchedule:
         self.posterior_log_variance_clipped = torch.cat([first, self.posterior_variance[1:]]).log()
 
     def __repr__(self) -> str:
-        return f"NoiseSchedule({self.name!r}, T={self.num_timesteps})"
+        zero = ", zero_terminal_snr=True" if self.zero_terminal_snr else ""
+        return f"NoiseSchedule({self.name!r}, T={self.num_timesteps}{zero})"
 
     # Gathering coefficients at t.
     def check_t(self, t: torch.Tensor | int) -> torch.Tensor:
@@ -106,12 +120,14 @@ class NoiseSchedule:
 
     # Signal-to-noise ratio.
     def snr(self, t: torch.Tensor | int) -> torch.Tensor:
-        """SNR(t) = alpha_bar_t / (1 - alpha_bar_t) (Kingma et al. 2021), float64."""
+        """SNR(t) = alpha_bar_t / (1 - alpha_bar_t) (Kingma et al. 2021), float64; 0 at T - 1 with zero terminal
+        SNR."""
         alphas_cumprod = self._at(self.alphas_cumprod, t)
         return alphas_cumprod / (1.0 - alphas_cumprod)
 
     def log_snr(self, t: torch.Tensor | int) -> torch.Tensor:
-        """log SNR(t) = 2 lambda_t, lambda = log(alpha_t / sigma_t) as in DPM-Solver (Lu et al. 2022), float64."""
+        """log SNR(t) = 2 lambda_t, lambda = log(alpha_t / sigma_t) as in DPM-Solver (Lu et al. 2022), float64;
+        -inf (exactly, not nan) at T - 1 with zero terminal SNR."""
         alphas_cumprod = self._at(self.alphas_cumprod, t)
         return alphas_cumprod.log() - torch.log1p(-alphas_cumprod)
 
@@ -144,10 +160,10 @@ class NoiseSchedule:
         return recip * xt - recip_m1 * eps
 
     def predict_eps_from_x0(self, xt: torch.Tensor, t: torch.Tensor | int, x0: torch.Tensor) -> torch.Tensor:
-        """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t), DDPM Eq. 4 solved for eps."""
-        recip = self.gather((1.0 / self.alphas_cumprod).sqrt(), t, xt)
-        recip_m1 = self.gather((1.0 / self.alphas_cumprod - 1.0).sqrt(), t, xt)
-        return (recip * xt - x0) / recip_m1
+        """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t), DDPM Eq. 4 solved for eps (no division by
+        sqrt(alpha_bar_t), so it is x_t itself at alpha_bar_T = 0)."""
+        sqrt_alphas_cumprod = self.gather(self.alphas_cumprod.sqrt(), t, xt)
+        return (xt - sqrt_alphas_cumprod * x0) / self.gather((1.0 - self.alphas_cumprod).sqrt(), t, xt)
 
     def p_mean_from_eps(self, xt: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor) -> torch.Tensor:
         """mu = (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t), DDPM Eq. 11."""

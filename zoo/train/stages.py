@@ -295,6 +295,7 @@ def build_for_training(args: Any) -> Any:
     from zoo.build import load_pipeline
     from zoo.build import recipe as registered_recipe
     from zoo.pipeline_io import load_part
+    from zoo.registry import SCHEDULES
 
     if args.init:  # continue from a saved pipeline (e.g. the embedded weights); frozen parts stay frozen
         pipe = load_pipeline(args.init, device="cpu")
@@ -304,6 +305,8 @@ def build_for_training(args: Any) -> Any:
             pipe = widened(pipe, target.replace(**changes))  # the U-Net's overrides (noise levels) built in
         if changes:  # e.g. {"prediction_type": "v"}: fine-tune the same network to a new target or objective
             pipe.recipe = pipe.recipe.replace(**changes)
+        if "schedule" in changes:  # e.g. {"schedule": {"zero_terminal_snr": true}}: train on the new schedule too
+            pipe.schedule = SCHEDULES.build(pipe.recipe.schedule.name, **pipe.recipe.schedule.kwargs)
         for role, module in pipe.modules().items():
             trainable = role == "unet" or (role == "conditioner" and pipe.recipe.conditioner.name == "bert")
             module.requires_grad_(trainable)
