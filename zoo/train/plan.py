@@ -83,6 +83,10 @@ ABLATION: dict[str, tuple[str, list[str]]] = {
     "min-snr-5": ("Min-SNR-gamma weighting, gamma 5 (Hang et al. 2023)", ["--snr-gamma", "5"]),
     "cosine": ("cosine schedule (improved DDPM Eq. 17)", ["--overrides", '{"schedule": "cosine"}']),
     "scaled-linear": ("scaled-linear schedule (LDM / SD)", ["--overrides", '{"schedule": "scaled-linear"}']),
+    "zero-snr": (
+        "zero terminal SNR (Lin et al. 2024 Alg. 1), on the linear schedule",
+        ["--overrides", '{"schedule": {"zero_terminal_snr": true}}'],
+    ),
     "lr-1e-3": ("learning rate 1e-3", ["--lr", "1e-3"]),
     "batch-64": ("batch 64 (half the steps in the same minutes)", ["--batch", "64"]),
     "no-ema": ("no EMA (the raw weights)", ["--ema-decay", "0"]),
