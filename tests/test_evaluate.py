@@ -163,6 +163,8 @@ class FakeImg2Img:
         self.calls.append(strength if image is not None else None)
         if image is not None and strength == 0 and not self.ignores_image:
             return [Image.fromarray(image)]
+        if not prompt:  # the empty prompt: the unconditional model, here a fixed image none of the inputs is
+            return [Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8))]
         wanted = parse_caption(prompt)
         full = Attributes(wanted.shape, wanted.colour, wanted.background, wanted.size or "large",
                           wanted.position or "center")  # fmt: skip
@@ -194,6 +196,18 @@ def test_img2img_reports_the_round_trip_kept_and_a_pipeline_that_ignores_the_ima
     assert "identical to plain generation 100%" in text and "img2img: plain generation" in text
 
 
+def test_img2img_with_the_empty_prompt_measures_what_the_image_alone_keeps():
+    edited = evaluate.image_to_image(FakeImg2Img(), 6, (0.0, 0.3, 1.0), prompt="empty")
+    at = {row["strength"]: row for row in edited["by_strength"]}
+    assert edited["prompt"] == "empty" and "plain" not in edited and all("followed" not in r for r in at.values())
+    assert at[0.0]["kept"] == edited["inputs"] and at[0.3]["kept"]["all"] == 0.0 and at[1.0]["same_as_plain"] == 1.0
+    text = "\n".join(f"{k} {v}" for k, v in evaluate.image_to_image_rows(edited))
+    assert "img2img strength 0.3 (n=6 held-out inputs, the empty prompt) kept: shape 0%" in text
+    assert "followed" not in text and "plain generation, the same prompts" not in text
+    with pytest.raises(ValueError, match=r"img2img prompt must be one of \('other', 'empty'\), got 'own'"):
+        evaluate.image_to_image(FakeImg2Img(), 6, (0.0,), prompt="own")
+
+
 def test_img2img_at_strength_one_is_the_plain_generation_of_a_real_pipeline():
     torch.set_num_threads(1)
     pipe = zoo.build("ldm-clip-kl", tiny=True, device="cpu")
@@ -209,6 +223,8 @@ def test_img2img_at_strength_one_is_the_plain_generation_of_a_real_pipeline():
         ({"img2img": True, "strengths": (0.0, 1.5)}, r"strength must be .*\[0, 1\].*got 1.5"),
         ({"img2img": True, "strengths": ()}, "non-empty sequence"),
         ({"strengths": (0.2,)}, "pass img2img=True"),
+        ({"img2img_prompt": "empty"}, "pass img2img=True"),
+        ({"img2img": True, "img2img_prompt": "own"}, "img2img_prompt must be one of"),
     ],
 )
 def test_bad_img2img_arguments_are_refused_before_anything_is_built(monkeypatch, kwargs, message):

@@ -224,19 +224,28 @@ def check_edits_images(pipe: Any) -> None:
         )
 
 
+IMG2IMG_PROMPTS = ("other", "empty")  # the prompt each input is edited with: naming another image, or ""
+
+
 @torch.no_grad()
 def image_to_image(
-    pipe: Any, n: int, strengths: Any = IMG2IMG_STRENGTHS, *, seed: int = 0, **settings: Any
+    pipe: Any, n: int, strengths: Any = IMG2IMG_STRENGTHS, *, seed: int = 0, prompt: str = "other", **settings: Any
 ) -> dict[str, Any]:
     """Image-to-image (SDEdit) from `n` held-out dataset images, each with a prompt that names another shape,
     colour and background (img2img_jobs), at every strength: the share of outputs the strict analyser reads as
     the input (every attribute, shape with template IoU >= SHAPE_IOU: "kept") and as the prompt ("followed"),
     and the share identical to the plain generation of the same prompt and seed (strength 1 ignores the image,
     diffusers' semantics, so there it should be all). Also the analyser's reading of the inputs themselves (what
-    "kept" can reach) and the plain generations' adherence. A text pipeline only (check_edits_images)."""
+    "kept" can reach) and the plain generations' adherence. A text pipeline only (check_edits_images).
+    `prompt` "empty": every input edited with the empty prompt instead (the unconditional model: what the image
+    alone keeps, no caption pulling it away); "followed" then names nothing and is left out."""
     check_edits_images(pipe)
     strengths = check_strengths(strengths)
+    if prompt not in IMG2IMG_PROMPTS:
+        raise ValueError(f"img2img prompt must be one of {IMG2IMG_PROMPTS}, got {prompt!r}")
     pairs = img2img_jobs(n, seed)
+    if prompt == "empty":
+        pairs = [(image, source, "", {}) for image, source, _, _ in pairs]
     inputs = [image for image, *_ in pairs]
     as_input = [({}, source) for _, source, _, _ in pairs]
     asked = [({"prompt": caption, "seed": seed + k}, named) for k, (_, _, caption, named) in enumerate(pairs)]
@@ -246,11 +255,10 @@ def image_to_image(
         todo = [({**kw, "image": image, "strength": strength}, named) for (kw, named), image in with_images]
         drawn = draw(pipe, todo, f"img2img {strength}", **settings)
         same = [np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(drawn, plain, strict=True)]
-        kept, followed = adherence_of(drawn, as_input), adherence_of(drawn, todo)
-        rows.append(
-            {"strength": strength, "kept": kept, "followed": followed, "same_as_plain": statistics.fmean(same)}
-        )
-    return {"inputs": adherence_of(inputs, as_input), "plain": adherence_of(plain, asked), "by_strength": rows}
+        row = {"strength": strength, "kept": adherence_of(drawn, as_input), "same_as_plain": statistics.fmean(same)}
+        rows.append({**row, "followed": adherence_of(drawn, todo)} if prompt == "other" else row)
+    result = {"prompt": prompt, "inputs": adherence_of(inputs, as_input), "by_strength": rows}
+    return {**result, "plain": adherence_of(plain, asked)} if prompt == "other" else result
 
 
 def example_low_res(pipe: Any) -> torch.Tensor:
@@ -427,15 +435,19 @@ def evaluate(
     repaint_resample: int | None = None,
     img2img: bool = False,
     strengths: Any = None,
+    img2img_prompt: str = "other",
 ) -> dict:
     """Every measure that applies to the pipeline at `sampler` (default: the recipe's) and, with `all_samplers`,
     at the other two; the recipe's settings unless given. The first sampler's figures are also the result's
     top-level `sampler`, `adherence_*` and `seconds_per_image` (what the app's Zoo tab shows). `inpaint`: also
     inpainting (`inpainting_methods`), RePaint with `repaint_jump`, `repaint_resample` (the API's defaults).
-    `img2img`: also image-to-image at `strengths` (default IMG2IMG_STRENGTHS), the first sampler's settings;
-    a text pipeline only (an error otherwise, before anything is drawn), as are strengths outside [0, 1]."""
-    if strengths is not None and not img2img:
-        raise ValueError("strengths are image-to-image's: pass img2img=True (--img2img) with them")
+    `img2img`: also image-to-image at `strengths` (default IMG2IMG_STRENGTHS), the first sampler's settings,
+    with `img2img_prompt` ("other": prompts naming other images; "empty"); a text pipeline only (an error
+    otherwise, before anything is drawn), as are strengths outside [0, 1] and another img2img_prompt."""
+    if (strengths is not None or img2img_prompt != "other") and not img2img:
+        raise ValueError("strengths and img2img_prompt are image-to-image's: pass img2img=True (--img2img) with them")
+    if img2img_prompt not in IMG2IMG_PROMPTS:
+        raise ValueError(f"img2img_prompt must be one of {IMG2IMG_PROMPTS}, got {img2img_prompt!r}")
     strengths = check_strengths(IMG2IMG_STRENGTHS if strengths is None else strengths) if img2img else None
     pipe = zoo.build(name, weights=weights)
     if img2img:
@@ -480,9 +492,8 @@ def evaluate(
         settings = sampler_settings(pipe, samplers[0], steps, guidance_scale)
         result.update(inpainting_methods(pipe, prompts, settings, repaint_jump, repaint_resample))
     if img2img:  # the first sampler's settings, held-out inputs
-        result["img2img"] = image_to_image(
-            pipe, prompts, strengths, **sampler_settings(pipe, samplers[0], steps, guidance_scale)
-        )
+        settings = sampler_settings(pipe, samplers[0], steps, guidance_scale)
+        result["img2img"] = image_to_image(pipe, prompts, strengths, prompt=img2img_prompt, **settings)
     result["reconstruction"] = reconstruction(pipe)
     if condition_kind(pipe) == "text" and pipe.recipe.conditioner.name == "clip":
         result["clip_zero_shot"] = clip_zero_shot()
@@ -549,16 +560,19 @@ def super_resolution_rows(label: str, sr: dict, timing: dict) -> list[tuple[str,
 def image_to_image_rows(edited: dict) -> list[tuple[str, str]]:
     """One row per strength (kept, followed, identical to plain), then the inputs' and plain generation's rows."""
     n = int(edited["inputs"]["count"])
+    with_prompt = {"other": "prompts naming other images", "empty": "the empty prompt"}[edited.get("prompt", "other")]
     rows = [
         (
-            f"img2img strength {row['strength']:g} (n={n} held-out inputs, prompts naming other images)",
-            f"kept: {percent(row['kept'])}; followed: {percent(row['followed'])}; "
-            f"identical to plain generation {row['same_as_plain']:.0%}",
+            f"img2img strength {row['strength']:g} (n={n} held-out inputs, {with_prompt})",
+            f"kept: {percent(row['kept'])}; "
+            + (f"followed: {percent(row['followed'])}; " if "followed" in row else "")
+            + f"identical to plain generation {row['same_as_plain']:.0%}",
         )
         for row in edited["by_strength"]
     ]
     rows.append(("img2img: the inputs themselves read by the analyser", percent(edited["inputs"])))
-    rows.append(("img2img: plain generation, the same prompts and seeds", percent(edited["plain"])))
+    if "plain" in edited:
+        rows.append(("img2img: plain generation, the same prompts and seeds", percent(edited["plain"])))
     return rows
 
 
@@ -580,6 +594,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--strengths", type=float, nargs="+", default=None, help=f"img2img strengths (default {IMG2IMG_STRENGTHS})"
     )
+    parser.add_argument(
+        "--img2img-prompt", default="other", choices=IMG2IMG_PROMPTS,
+        help="other: each input edited with a prompt naming another image (default); empty: the empty prompt",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
