@@ -388,3 +388,6 @@ def test_the_ablation_rows_change_one_choice_each_train_from_scratch_and_are_mea
     assert kept["prompts"] == 1 and kept["steps"] == 2 and set(kept["agreement"]) == {"seen", "heldout"}
     monkeypatch.setattr(ablation, "measure", lambda *a: pytest.fail("measured twice"))
     assert ablation.table(runs, prompts=1) == text  # the kept measures are read back, not re-measured
+    assert ablation.table(runs, prompts=1, rows=["cosine"]).splitlines()[2:] == [lines[3]]
+    with pytest.raises(ValueError, match=r"unknown ablation rows \['cosin'\]; the rows: base, base-seed-1, eps"):
+        ablation.table(runs, prompts=1, rows=["cosin"])

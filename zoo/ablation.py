@@ -2,6 +2,7 @@
 
     python -m zoo.train plan --only ablation --jobs 2   # train the rows (15 CPU-minutes each, one thread)
     python -m zoo.ablation                              # measure each finished row, print the Markdown table
+    python -m zoo.ablation --rows base eps              # only these rows
 
 Each row is ldm-clip-kl's U-Net trained from random weights for the same CPU minutes with one choice changed.
 It is measured with the strict reading of `zoo.evaluate` (shape right only at template IoU >= SHAPE_IOU) on the
@@ -98,11 +99,17 @@ HEADER = [
 ]
 
 
-def table(runs: Path, prompts: int) -> str:
-    """The Markdown table of every finished row (all-correct etc. as seen / held-out), and the rows not finished."""
+def table(runs: Path, prompts: int, rows: list[str] | None = None) -> str:
+    """The Markdown table of every finished row (all-correct etc. as seen / held-out), and the rows not finished;
+    `rows`: only these (two processes can measure halves of the table at once, the last call reads both)."""
+    unknown = sorted(set(rows or []) - set(ABLATION))
+    if unknown:
+        raise ValueError(f"unknown ablation rows {unknown}; the rows: {', '.join(ABLATION)}")
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     missing = []
     for name, (change, _) in ABLATION.items():
+        if rows and name not in rows:
+            continue
         run = runs / "ablation" / name
         if not ((run / "final").is_dir() and (run / "metrics.json").is_file()):
             missing.append(name)
@@ -118,10 +125,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", default="runs", help="the plan's runs folder (rows in <runs>/ablation/<row>)")
     parser.add_argument("--prompts", type=int, default=24, help="prompts per split")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--rows", nargs="+", default=None, help="only these rows (default: every row)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    print(table(Path(args.runs), args.prompts))  # noqa: T201 (the command's output)
+    print(table(Path(args.runs), args.prompts, args.rows))  # noqa: T201 (the command's output)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,7 @@ ABLATION_ARGS = [
 ]
 ABLATION: dict[str, tuple[str, list[str]]] = {
     "base": ("v-prediction, linear schedule, batch 32, lr 3e-4, EMA 0.999, width 64", []),
+    "base-seed-1": ("none: the base with another seed (the table's noise floor)", ["--seed", "1"]),
     "eps": ("eps-prediction (DDPM)", ["--overrides", '{"prediction_type": "eps"}']),
     "min-snr-5": ("Min-SNR-gamma weighting, gamma 5 (Hang et al. 2023)", ["--snr-gamma", "5"]),
     "cosine": ("cosine schedule (improved DDPM Eq. 17)", ["--overrides", '{"schedule": "cosine"}']),
