@@ -203,6 +203,37 @@ def test_pixel_pipeline_trains(runs):
     np.testing.assert_array_equal(np.asarray(first), np.asarray(again))
 
 
+@pytest.mark.parametrize(
+    ("damaged", "how"),
+    [
+        ("unet.safetensors", "truncate"),
+        ("unet.ema.safetensors", "truncate"),
+        ("optimizer.safetensors", "truncate"),
+        ("unet.safetensors", "garbage"),
+        ("state.json", "truncate"),
+        ("state.json", "empty-object"),
+    ],
+)
+def test_resuming_from_a_damaged_checkpoint_stops_naming_the_file_and_changes_nothing(runs, damaged, how):
+    import shutil
+
+    source = runs / "ddpm-cosine"
+    if not (source / "checkpoint" / "state.json").is_file():
+        train_diffusion(runs, "ddpm-cosine")
+    out = runs / f"damaged-{damaged}-{how}"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(source, out)
+    file = out / "checkpoint" / damaged
+    data = file.read_bytes()
+    file.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00" * 64, "empty-object": b"{}"}[how])
+    before = {f: f.read_bytes() for f in out.rglob("*") if f.is_file()}
+    argv = ["diffusion", "--pipeline", "ddpm-cosine", "--out", str(out), "--overrides", PIXEL_SAMPLING]
+    with pytest.raises(SystemExit, match=rf"cannot resume: .*{file}.* (is damaged|has no step)") as stopped:
+        main([*argv, *common(runs / "data", steps=STEPS + 2)])
+    assert "--out" in str(stopped.value)  # says what to do
+    assert {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == before  # nothing trained or written
+
+
 def test_a_latent_pipeline_without_its_autoencoder_is_refused(runs):
     with pytest.raises(SystemExit, match="pass --autoencoder"):
         train_diffusion(runs, "ldm-bert-vq")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -227,7 +228,7 @@ class Trainer:
         if folder is None:
             return
         state_file = folder / "state.json"
-        state = json.loads(state_file.read_text())
+        state = read_state(state_file)
         if state.get("global_batch") not in (None, self.config.batch) and self.config.batch is not None:
             raise SystemExit(
                 f"{state_file} was written with a global batch of {state['global_batch']} (--batch), this run asks "
@@ -515,10 +516,27 @@ def latest_checkpoint(out: Path) -> Path | None:
     return None
 
 
+DAMAGED = "damaged (truncated, or not what this run wrote): delete {folder} to start over, or pass a new --out"
+
+
+def read_state(file: Path) -> dict[str, Any]:
+    """A checkpoint's state.json; a damaged one stops the run naming the file (nothing is trained or written)."""
+    try:
+        state = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SystemExit(f"cannot resume: {file} is {DAMAGED.format(folder=file.parent)} ({error})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "history" not in state:
+        raise SystemExit(f"cannot resume: {file} has no step and history: it is {DAMAGED.format(folder=file.parent)}")
+    return state
+
+
 def read_tensors(file: Path, device: torch.device) -> dict[str, torch.Tensor]:
     if not file.is_file():
         raise SystemExit(f"cannot resume: {file} is missing (a checkpoint of another model or stage?)")
-    return load_file(file, device="cpu" if device.type == "cpu" else str(device))  # not "cpu:0" (gloo ranks)
+    try:
+        return load_file(file, device="cpu" if device.type == "cpu" else str(device))  # not "cpu:0" (gloo ranks)
+    except (SafetensorError, OSError) as error:
+        raise SystemExit(f"cannot resume: {file} is {DAMAGED.format(folder=file.parent)} ({error})") from None
 
 
 def load_into(module: nn.Module, file: Path, device: torch.device) -> None:
