@@ -272,3 +272,18 @@ def test_the_autoencoder_row_reads_its_round_trips_strictly(factor):
     else:  # an 8x8 bottleneck loses the small shapes' corners: the strict reading says so
         assert result["read_shape"] < 0.9 and result["read_all"] <= result["read_shape"]
     assert "round trip read right: shape" in evaluate.autoencoder_cell("read_shape", result["read_shape"])
+
+
+def test_map_iou_is_one_for_the_maps_own_rendering_and_low_for_another_place():
+    wanted = Attributes("triangle", "red", "blue", "small", "top left")
+    image, semantic_map = render(wanted)
+    assert evaluate.map_iou(image, semantic_map) == 1.0
+    elsewhere = render(Attributes("triangle", "red", "blue", "small", "bottom right"))[0]
+    assert evaluate.map_iou(elsewhere, semantic_map) == 0.0
+    larger = render(Attributes("triangle", "red", "blue", "large", "top left"))[0]
+    assert 0.0 < evaluate.map_iou(larger, semantic_map) < evaluate.MAP_IOU
+    todo = [({"semantic_map": torch.from_numpy(semantic_map)}, {"shape": "triangle"})] * 2
+    table = evaluate.adherence_of([image, elsewhere], todo)
+    assert table["map_match"] == 0.5 and table["map_iou"] == 0.5
+    assert "map_match 50%" in evaluate.percent(table) and "map_iou 0.500" in evaluate.percent(table)
+    assert "map_iou" not in evaluate.adherence_of([image], [({"prompt": "x"}, {"shape": "triangle"})])

@@ -79,14 +79,31 @@ def judge(image: Any, wanted: dict[str, str]) -> dict[str, Any]:
     return {"right": right, "iou": iou, "clean": clean_fraction(image)}
 
 
+MAP_IOU = 0.9  # issue 9's target for a map-conditioned model: the drawn shape covers the given map this well
+
+
+def map_iou(image: Any, semantic_map: Any) -> float:
+    """IoU of the drawn shape's mask (the analyser's shape_mask) with the map's foreground (label > 0). An image
+    rendered from the same attributes as its map scores 1.0 (tests/test_evaluate.py)."""
+    drawn, given = shape_mask(image), np.asarray(semantic_map) > 0
+    union = (drawn | given).sum()
+    return float((drawn & given).sum() / union) if union else 1.0
+
+
 def adherence_of(images: list[Any], todo: list[tuple[dict[str, Any], dict[str, str]]]) -> dict[str, float]:
-    """Per-attribute accuracy, all-correct, count, mean template IoU of the wanted shape and mean clean share."""
+    """Per-attribute accuracy, all-correct, count, mean template IoU of the wanted shape and mean clean share;
+    for jobs with a semantic map also the mean map IoU and the share with map IoU >= MAP_IOU ("map_match")."""
     judged = [judge(image, wanted) for image, (_, wanted) in zip(images, todo, strict=True)]
     table = accuracy_table([j["right"] for j in judged])
     ious = [j["iou"] for j in judged if j["iou"] is not None]
     if ious:
         table["template_iou"] = statistics.fmean(ious)
     table["clean"] = statistics.fmean(j["clean"] for j in judged)
+    given = [(image, kw["semantic_map"]) for image, (kw, _) in zip(images, todo, strict=True) if "semantic_map" in kw]
+    maps = [map_iou(image, semantic_map) for image, semantic_map in given]
+    if maps:
+        table["map_match"] = sum(iou >= MAP_IOU for iou in maps) / len(maps)
+        table["map_iou"] = statistics.fmean(maps)
     return table
 
 
@@ -502,8 +519,8 @@ def evaluate(
 
 
 def percent(table: dict[str, float]) -> str:
-    cells = [f"{k} {v:.0%}" for k, v in table.items() if k not in ("count", "template_iou", "clean")]
-    cells += [f"{k} {table[k]:.3f}" for k in ("template_iou", "clean") if k in table]
+    cells = [f"{k} {v:.0%}" for k, v in table.items() if k not in ("count", "template_iou", "clean", "map_iou")]
+    cells += [f"{k} {table[k]:.3f}" for k in ("template_iou", "clean", "map_iou") if k in table]
     return ", ".join(cells)
 
 
