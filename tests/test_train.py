@@ -97,6 +97,32 @@ def test_decoder_stage_trains_the_decoder_and_leaves_the_latents_bit_for_bit(kl,
     assert 0 < metrics["psnr_heldout_db_before"] < 60 and 0 < metrics["psnr_heldout_db"] < 60
 
 
+def test_contrast_weighted_l1_weighs_a_faint_image_up_and_is_zero_only_at_the_image():
+    faint = torch.full((1, 3, 8, 8), -0.9)
+    faint[..., 3:5, 3:5] = -0.8  # a dark shape on black: little content
+    bright = torch.full((1, 3, 8, 8), -1.0)
+    bright[..., :, 4:] = 1.0  # half the image changes by the whole range
+    x = torch.cat([faint, bright])
+    assert stages.contrast_weighted_l1(x, x) == 0
+    on_faint, on_bright = torch.zeros_like(x), torch.zeros_like(x)
+    on_faint[0, 0, 0, 0] = on_bright[1, 0, 0, 0] = 0.5  # the same error, on one image or the other
+    plain = [(e.abs()).mean() for e in (on_faint, on_bright)]  # what plain L1 gives: the same
+    assert torch.equal(plain[0], plain[1])
+    weighted = [stages.contrast_weighted_l1(x + e, x) for e in (on_faint, on_bright)]
+    assert weighted[0] > 10 * weighted[1]  # the faint image's error counts far more
+    blank = torch.zeros(2, 3, 8, 8)
+    assert torch.isfinite(stages.contrast_weighted_l1(blank + 0.1, blank))  # no content: the weight is bounded
+
+
+def test_the_decoder_stage_trains_with_the_contrast_weighted_loss(kl, runs):
+    out = runs / "kl-f4-decoder-contrast"
+    main(["decoder", "--autoencoder", str(kl / "final"), "--out", str(out), *common(runs / "data"), "--loss",
+          "contrast-l1"])  # fmt: skip
+    assert_run_folder(out, {"autoencoder"})
+    with pytest.raises(SystemExit):
+        main(["decoder", "--autoencoder", str(kl / "final"), "--out", str(out), "--loss", "lpips"])
+
+
 def test_decoder_stage_refuses_a_folder_without_an_autoencoder(runs, tmp_path):
     with pytest.raises(SystemExit, match="no config.json"):
         main(

@@ -68,6 +68,10 @@ def parser() -> argparse.ArgumentParser:
     )
     dec.add_argument("--autoencoder", required=True, help="the trained autoencoder folder")
     dec.add_argument("--name", default="kl-f4", help="its registered autoencoder name")
+    dec.add_argument(
+        "--loss", default="recipe", choices=("recipe", "contrast-l1"),
+        help="recipe: the autoencoder's own reconstruction loss; contrast-l1: L1 weighted by 1 / each image's content",
+    )  # fmt: skip
     common(dec, steps=4000, batch=32, lr=1e-4)
     clip = sub.add_parser("clip", help="a small CLIP model, contrastively; its text tower becomes the conditioner")
     clip.add_argument("--vision-width", type=int, default=128)
