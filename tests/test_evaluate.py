@@ -77,8 +77,8 @@ def test_every_sampler_is_measured_and_ddim_and_dpmpp_are_compared(monkeypatch):
         monkeypatch.setattr(evaluate, slow, lambda *args, **kwargs: None)
     monkeypatch.setattr(evaluate, "seconds_per_image", lambda pipe, **settings: 0.5)
     result = evaluate.evaluate("ldm-clip-kl", prompts=2, steps=2, all_samplers=True)
-    assert [e["sampler"] for e in result["by_sampler"]] == ["ddpm", "ddim", "dpmpp"]
-    assert result["sampler"] == "ddpm" and result["adherence_seen"] == result["by_sampler"][0]["adherence_seen"]
+    assert [e["sampler"] for e in result["by_sampler"]] == ["dpmpp", "ddpm", "ddim"]  # the recipe's default first
+    assert result["sampler"] == "dpmpp" and result["adherence_seen"] == result["by_sampler"][0]["adherence_seen"]
     for entry in result["by_sampler"]:
         for split in ("seen", "heldout"):
             table = entry[f"adherence_{split}"]
