@@ -23,7 +23,7 @@ SWAPS = {
     "latent <-> pixel space": ("ldm-clip-kl", "ddpm-linear"),
     "CLIP + KL <-> BERT + VQ (both trained)": ("ldm-clip-kl", "ldm-bert-vq"),
 }
-SAMPLER = "ddpm"  # one sampler for both sides: the shipped recipes' own
+SAMPLER = "ddpm"  # one sampler for both sides, whatever each default: every shipped model is measured at DDPM 25
 
 
 def differences(a: Recipe, b: Recipe) -> list[str]:
