@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import itertools
 import threading
+from collections.abc import Callable
 
 from zoo.data.shapes import SEG_PALETTE
 from zoo.recipes import Part, Recipe
@@ -104,9 +105,10 @@ def _register() -> None:
     for cond, ae, factor, schedule in itertools.product(CONDITIONINGS, AUTOENCODER_KINDS, FACTORS, LATENT_SCHEDULES):
         name = latent_name(cond, ae, factor, schedule)
         about = f"latent diffusion: {CONDITIONINGS[cond]['about']}; {AUTOENCODER_KINDS[ae]} f{factor}; "
+        factory = functools.partial(latent_recipe, cond, ae, factor, schedule)
         PIPELINES.add(
             name,
-            functools.partial(latent_recipe, cond, ae, factor, schedule),
+            functools.partial(fast_default, factory) if name in FAST_DEFAULT_PIPELINES else factory,
             description=about + LATENT_SCHEDULES[schedule],
         )
 
@@ -177,6 +179,12 @@ FAST_DEFAULT = ("dpmpp", 15)
 FAST_DEFAULT_PIPELINES = ("ldm-clip-kl", "ldm-bert-kl", "ldm-bert-vq")
 
 
+def fast_default(factory: Callable[[], Recipe]) -> Recipe:
+    """The recipe `factory` builds, sampling with FAST_DEFAULT (what a FAST_DEFAULT_PIPELINES entry registers)."""
+    sampler, steps = FAST_DEFAULT
+    return factory().replace(sampler=sampler, steps=steps)
+
+
 def latent_recipe(cond: str, ae: str, factor: int, schedule: str) -> Recipe:
     spec = CONDITIONINGS[cond]
     conditioner, spatial = spec.get("conditioner"), spec.get("spatial")
@@ -189,7 +197,6 @@ def latent_recipe(cond: str, ae: str, factor: int, schedule: str) -> Recipe:
     if factor == 8:  # 8x8 latents: two levels are enough
         unet["channel_mult"] = (1, 2)
     name = latent_name(cond, ae, factor, schedule)
-    sampler, steps = FAST_DEFAULT if name in FAST_DEFAULT_PIPELINES else ("ddpm", 25)
     return Recipe(
         name=name,
         description=PIPELINES.describe().get(name, ""),
@@ -204,8 +211,8 @@ def latent_recipe(cond: str, ae: str, factor: int, schedule: str) -> Recipe:
         # the deterministic samplers drew textured non-images on some seeds; fine-tuning to v fixed it (README,
         # "Recipes that converge on this CPU").
         prediction_type="v",
-        sampler=sampler,
-        steps=steps,
+        sampler="ddpm",  # FAST_DEFAULT_PIPELINES get DPM-Solver++ 15 where they are registered (fast_default)
+        steps=25,
         guidance_scale=3.0 if cond != "none" else 1.0,
         cfg_dropout=0.1 if cond != "none" else 0.0,
     )
@@ -222,9 +229,7 @@ def inpaint_recipe() -> Recipe:
     (1 + 4 channels, diffusers' order), trained on random box and brush-stroke masks (zoo/data/masks.py)."""
     base = latent_recipe("clip", "kl", 4, "linear")
     unet = base.unet.with_kwargs(concat_channels=1 + LATENT_CHANNELS)
-    return base.replace(  # measured at DDPM 25 (README, "Evaluation"), not at ldm-clip-kl's DPM-Solver++ 15
-        name="ldm-inpaint-kl", description=INPAINT_ABOUT, unet=unet, concat_image="inpaint", sampler="ddpm", steps=25
-    )
+    return base.replace(name="ldm-inpaint-kl", description=INPAINT_ABOUT, unet=unet, concat_image="inpaint")
 
 
 SR_ABOUT = (
@@ -248,8 +253,6 @@ def sr_recipe(noise_augmentation: int = 0) -> Recipe:
     return base.replace(
         name="ldm-sr-kl",
         description=SR_ABOUT,
-        sampler="ddpm",  # measured at DDPM 25 (README, "Super-resolution"), not at ldm-clip-kl's DPM-Solver++ 15
-        steps=25,
         unet=unet,
         concat_image="low_res",
         noise_augmentation=noise_augmentation,

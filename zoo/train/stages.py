@@ -108,15 +108,14 @@ def train_decoder(args: Any) -> Path:
     trainer = Trainer(out, {"autoencoder": ae}, loop_config(args))
     device = trainer.device
     generator = torch.Generator(device=device)
+    loss = contrast_weighted_l1 if args.loss == "contrast-l1" else ae.reconstruction_loss
 
     def step(i: int) -> tuple[torch.Tensor, dict]:
         x = to_float(images[trainer.shard(batch_indices(i, args.batch, len(images), args.seed))]).to(device)
         generator.manual_seed((args.seed * 7_919 + i) * 1_009 + trainer.shard.index)
         with torch.no_grad():
             z = ae.encode(x, sample=True, generator=generator)  # KL: a posterior sample; VQ: z_e (quantised in decode)
-        if args.loss == "contrast-l1":
-            return contrast_weighted_l1(ae.decode(z), x), {}
-        return ae.reconstruction_loss(ae.decode(z), x), {}
+        return loss(ae.decode(z), x), {}
 
     heldout = to_float(cached_dataset(args.cache, 512, seed=args.data_seed + 1, split="all")["images"]).to(device)
     before = reconstruction_psnr(ae, heldout)
