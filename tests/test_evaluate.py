@@ -88,6 +88,32 @@ def test_every_sampler_is_measured_and_ddim_and_dpmpp_are_compared(monkeypatch):
     assert "dpmpp 2: seen pairs (n=2)" in text and "template_iou" in text and "same-seed agreement" in text
 
 
+def test_an_unconditional_model_is_read_as_drawings():
+    """The dataset's own images are all drawings, noise and a plain field none; one colour everywhere is read as
+    a background with no shape (not a drawing) though every pixel is on the palette."""
+    images = pregenerate(8, seed=3)["images"]
+    dataset = evaluate.drawings_of(list(images))
+    assert dataset["drawn"] == 1.0 and dataset["count"] == 8 and dataset["template_iou"] >= 0.96
+    assert dataset["clean"] >= 0.97
+    noise = evaluate.drawings_of(list(torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1))
+    assert noise["drawn"] == 0.0 and noise["clean"] < 0.2
+    plain = evaluate.drawings_of([np.full((64, 64, 3), PALETTE["blue"], dtype=np.uint8)])
+    assert plain["drawn"] == 0.0 and plain["clean"] == 1.0
+
+
+def test_an_unconditional_pipeline_is_measured_with_every_sampler(monkeypatch):
+    torch.set_num_threads(1)
+    for slow in ("reconstruction", "bits_per_dim"):
+        monkeypatch.setattr(evaluate, slow, lambda *args, **kwargs: None)
+    monkeypatch.setattr(evaluate, "seconds_per_image", lambda pipe, **settings: 0.5)
+    result = evaluate.evaluate("ddpm-cosine", prompts=2, steps=2, all_samplers=True)
+    assert [e["sampler"] for e in result["by_sampler"]] == ["ddpm", "ddim", "dpmpp"]
+    assert all(e["drawings"]["count"] == 2 for e in result["by_sampler"])
+    assert result["drawings"] == result["by_sampler"][0]["drawings"] and result["adherence_seen"] is None
+    assert set(result["ddim_dpmpp_agreement"]) == {"unconditional"}
+    assert "ddim 2: unconditional samples (n=2)" in evaluate.table(result)
+
+
 class PerfectInpainter:
     """Draws the captioned shape exactly inside the mask and keeps the rest: what the inpainting measure should
     score 100% with the input kept (or, with `paint=False`, returns the input: no shape drawn)."""

@@ -413,3 +413,15 @@ def test_generate_bench_times_the_unet_and_decoder_and_counts_flops():
     assert first.decoder_share > 0 and second.decoder_share == 0
     # FLOPs per sample: the pixel U-Net at 64x64 costs ~10x the latent one at 16x16 (which runs batch 2 for CFG)
     assert second.unet_gflop > 5 * first.unet_gflop / 2
+
+
+def test_generate_bench_times_a_batch_of_images_per_image():
+    torch.set_num_threads(1)
+    args = ["generate", "--steps", "1", "--repeats", "1", "--threads", "1", "--guidance", "1"]
+    (one,), (two,) = bench.main(args), bench.main([*args, "--images", "2"])
+    assert one.images == 1 and two.images == 2
+    assert two.unet_gflop == pytest.approx(2 * one.unet_gflop, rel=1e-6)  # the U-Net's batch is the images
+    assert "2 images per call" in bench.generate_report([two])
+    assert "images per call" not in bench.generate_report([one])
+    with pytest.raises(SystemExit, match="--images must be at least 1"):
+        bench.main(["generate", "--images", "0"])

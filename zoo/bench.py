@@ -249,11 +249,12 @@ def train_report(results: list[TrainBenchResult], args: argparse.Namespace) -> s
 class GenerateBenchResult:
     pipeline: str
     settings: dict[str, Any]
-    seconds_per_image: float
+    seconds_per_image: float  # the time of one generate call of `images` images, divided by `images`
     unet_share: float  # of the time per image, in the U-Net's forwards
     decoder_share: float  # in the autoencoder's decode (0 for pixel pipelines)
-    unet_gflop: float  # per forward, at the batch generate runs it on (2 with guidance)
+    unet_gflop: float  # per forward, at the batch generate runs it on (2 with guidance, times `images`)
     unet_gflops_per_s: float
+    images: int = 1  # per generate call: the U-Net then runs on a batch of that many (twice that under guidance)
 
 
 class _Stopwatch:
@@ -296,25 +297,34 @@ def generate_kwargs(pipe: Any) -> dict[str, Any]:
     return {} if prompt is None else {"prompt": prompt}
 
 
-def unet_flops(pipe: Any, kwargs: dict[str, Any], settings: dict[str, Any]) -> tuple[float, int]:
-    """FLOPs of the U-Net forwards of one 1-step generation, divided by the number of forwards."""
+def unet_flops(pipe: Any, kwargs: dict[str, Any], settings: dict[str, Any], images: int = 1) -> tuple[float, int]:
+    """FLOPs of the U-Net forwards of one 1-step generation of `images` images, divided by the number of forwards."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with _Stopwatch(pipe.unet, "forward") as watch, FlopCounterMode(display=False) as counter:
-        image = pipe.generate(**kwargs, **{**settings, "steps": 1}, seed=0)[0]
+        batch = pipe.generate(**kwargs, **{**settings, "steps": 1}, seed=0, num_images=images)
+    image = batch[0]
     total = counter.get_total_flops()
     ae = getattr(pipe, "autoencoder", None)
     if ae is not None:  # the decoder's share of the count, measured alone
         z = pipe.encode(image)
         with FlopCounterMode(display=False) as decoder:
             pipe.decode(z)
-        total -= decoder.get_total_flops()
+        total -= decoder.get_total_flops() * images
     return total / max(1, watch.calls), watch.calls
 
 
 def run_generate(
-    name: str, *, repeats: int, sampler: str | None, steps: int | None, guidance: float | None, traced: bool = False
+    name: str,
+    *,
+    repeats: int,
+    sampler: str | None,
+    steps: int | None,
+    guidance: float | None,
+    traced: bool = False,
+    images: int = 1,
 ) -> Any:
+    """Median over `repeats` (after a warm-up) of one generate call of `images` images, per image."""
     import zoo
 
     pipe = zoo.build(name, device="cpu")
@@ -322,11 +332,11 @@ def run_generate(
     if pipe.recipe.kind == "latent":
         settings["guidance_scale"] = pipe.recipe.guidance_scale if guidance is None else guidance
     kwargs = generate_kwargs(pipe)
-    flop, _ = unet_flops(pipe, kwargs, settings)  # counted on the eager U-Net
+    flop, _ = unet_flops(pipe, kwargs, settings, images)  # counted on the eager U-Net
     if traced:
         pipe.enable_traced_unet()
         settings["traced"] = True
-    run = {k: v for k, v in settings.items() if k != "traced"}
+    run = {**{k: v for k, v in settings.items() if k != "traced"}, "num_images": images}
     pipe.generate(**kwargs, **run, seed=0)  # warm-up (and the trace)
     runs = []
     for repeat in range(repeats):
@@ -339,17 +349,20 @@ def run_generate(
     return GenerateBenchResult(
         pipeline=name,
         settings=settings,
-        seconds_per_image=total,
+        seconds_per_image=total / images,
         unet_share=unet_s / total,
         decoder_share=decode_s / total,
         unet_gflop=flop / 1e9,
         unet_gflops_per_s=flop * calls / unet_s / 1e9,
+        images=images,
     )
 
 
 def generate_report(results: list[GenerateBenchResult]) -> str:
     lines = [
-        f"{r.pipeline} ({', '.join(f'{k} {v}' for k, v in r.settings.items())}): {r.seconds_per_image:.3f} s/image, "
+        f"{r.pipeline} ({', '.join(f'{k} {v}' for k, v in r.settings.items())}"
+        + (f", {r.images} images per call" if r.images > 1 else "")
+        + f"): {r.seconds_per_image:.3f} s/image, "
         f"U-Net {r.unet_share:.0%}, decoder {r.decoder_share:.0%}, U-Net {r.unet_gflop:.2f} GFLOP per forward at "
         f"{r.unet_gflops_per_s:.0f} GFLOP/s ({torch.get_num_threads()} threads)"
         for r in results
@@ -470,6 +483,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     gen.add_argument("--repeats", type=int, default=5)
     gen.add_argument("--threads", type=int, default=2, help="torch threads (the README's figures: 2)")
     gen.add_argument("--traced", action="store_true", help="sample through the traced U-Net (enable_traced_unet)")
+    gen.add_argument("--images", type=int, default=1, help="images per call (the U-Net's batch); s / image")
     prof = commands.add_parser("profile", help="CPU time per U-Net forward and per layer kind (convs, linears, norms)")
     prof.add_argument("--pipeline", default="ldm-clip-kl")
     prof.add_argument("--guidance", type=float, default=None, help="default: the recipe's (1: batch 1, no CFG)")
@@ -503,7 +517,9 @@ def main(argv: Sequence[str] | None = None) -> UNetBenchResult | list[TrainBench
         return subprocess.run(command, check=True).returncode
     if args.command == "generate":
         torch.set_num_threads(args.threads)
-        options = {"repeats": args.repeats, "sampler": args.sampler, "traced": args.traced}
+        if args.images < 1:
+            raise SystemExit(f"--images must be at least 1, got {args.images}")
+        options = {"repeats": args.repeats, "sampler": args.sampler, "traced": args.traced, "images": args.images}
         first = run_generate(args.pipeline, steps=args.steps, guidance=args.guidance, **options)
         results = [first]
         if args.versus:  # the same steps, and traced or not alike

@@ -107,6 +107,24 @@ def adherence_of(images: list[Any], todo: list[tuple[dict[str, Any], dict[str, s
     return table
 
 
+def drawings_of(images: list[Any]) -> dict[str, float]:
+    """What an unconditional model can be asked (it has no caption to follow): the share of its images the strict
+    reading accepts as one of the dataset's drawings ("drawn": every attribute read, the shape colour unlike the
+    background, and the read shape's template fitting the mask with IoU >= SHAPE_IOU, as the dataset's own images
+    do), the mean best-template IoU, and the mean clean share; `count` images."""
+    analyses = [analyse(image) for image in images]
+    drawn = [
+        all(getattr(a, f) is not None for f in ATTRIBUTES) and a.colour != a.background and a.fit >= SHAPE_IOU
+        for a in analyses
+    ]
+    return {
+        "drawn": sum(drawn) / len(images),
+        "count": len(images),
+        "template_iou": statistics.fmean(max(a.fit or 0.0, 0.0) for a in analyses),
+        "clean": statistics.fmean(clean_fraction(image) for image in images),
+    }
+
+
 def agreement(first: list[Any], second: list[Any]) -> float:
     """Share of seeds on which two samplers draw the same layout: every attribute read alike and shape masks
     with IoU >= AGREEMENT_IOU (DDIM and DPM-Solver++ both solve the probability-flow ODE, one map of x_T)."""
@@ -493,14 +511,22 @@ def evaluate(
                 drawn = draw(pipe, todo, f"{name} {settings['sampler']} {split}", **settings)
                 images[f"{settings['sampler']}-{split}"] = drawn
                 entry[f"adherence_{split}"] = adherence_of(drawn, todo)
+        elif condition_kind(pipe) is None:  # unconditional: seeds 0..prompts-1, read as drawings
+            todo = [({"seed": k}, {}) for k in range(prompts)]
+            drawn = draw(pipe, todo, f"{name} {settings['sampler']}", **settings)
+            images[f"{settings['sampler']}-unconditional"] = drawn
+            entry["drawings"] = drawings_of(drawn)
         if not inpainting_model:  # its time next to plain generation: python -m zoo.bench_inpaint
             entry["seconds_per_image"] = seconds_per_image(pipe, **settings)
         result["by_sampler"].append(entry)
     first = result["by_sampler"][0]
     shown = ("sampler", "steps", "guidance_scale", "seconds_per_image", "super_resolution")
     result.update({k: first[k] for k in shown if k in first})
-    for split in ("seen", "heldout"):
-        result[f"adherence_{split}"] = first.get(f"adherence_{split}")
+    if "drawings" in first:
+        result["drawings"] = first["drawings"]
+    for split in ("seen", "heldout", "unconditional"):
+        if split != "unconditional":
+            result[f"adherence_{split}"] = first.get(f"adherence_{split}")
         if f"ddim-{split}" in images and f"dpmpp-{split}" in images:
             result.setdefault("ddim_dpmpp_agreement", {})[split] = agreement(
                 images[f"ddim-{split}"], images[f"dpmpp-{split}"]
@@ -534,6 +560,8 @@ def table(result: dict) -> str:
         for split in ("seen", "heldout"):
             if acc := entry.get(f"adherence_{split}"):
                 rows.append((f"{label}: {split} pairs (n={int(acc['count'])})", percent(acc)))
+        if drawings := entry.get("drawings"):
+            rows.append((f"{label}: unconditional samples (n={int(drawings['count'])})", percent(drawings)))
         if sr := entry.get("super_resolution"):
             rows += super_resolution_rows(label, sr, entry["time_vs_plain"])
         if "seconds_per_image" in entry:
