@@ -336,3 +336,47 @@ def test_other_bad_inputs():
     with pytest.raises(TypeError, match="unexpected keyword"):
         AUTOENCODERS.build("kl-f4", tiny=True, latent_chanels=4)
     assert kl_module.kl_f4 is AUTOENCODERS.get("kl-f4") and vq_module.vq_f8 is AUTOENCODERS.get("vq-f8")
+
+
+# --------------------------------------------------------------------------------------------- growing the decoder
+@pytest.mark.parametrize("make", [kl_tiny, vq_tiny])
+def test_a_grown_decoder_computes_what_the_old_one_did_and_saves_and_loads(make, tmp_path):
+    from components.autoencoders.blocks import grow_decoder
+
+    torch.manual_seed(0)
+    model = make().eval()
+    with torch.no_grad():  # random weights everywhere, so an identity block is not an accident of zeros
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    grown = grow_decoder(model, 2)
+    assert grown.config.decoder_extra_blocks == 2 and grown.config.decoder_blocks == model.config.decoder_blocks + 2
+    assert all(len(level.res) == model.config.decoder_blocks + 2 for level in grown.decoder.up)
+    assert sum(p.numel() for p in grown.parameters()) > sum(p.numel() for p in model.parameters())
+    x = images(2, 8)
+    with torch.no_grad():
+        z = model.encode(x)
+        torch.testing.assert_close(grown.encode(x), z, rtol=0, atol=0)  # the encoder is untouched
+        torch.testing.assert_close(grown.decode(z), model.decode(z), rtol=0, atol=0)  # the new blocks: identity
+    grown.save_pretrained(tmp_path)
+    loaded = type(grown).from_pretrained(tmp_path)
+    assert loaded.config == grown.config
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.decode(z), grown.decode(z), rtol=0, atol=0)
+    twice = grow_decoder(loaded, 1)  # growing a grown decoder appends after the blocks it has
+    assert twice.config.decoder_extra_blocks == 3
+    with torch.no_grad():
+        torch.testing.assert_close(twice.decode(z), model.decode(z), rtol=0, atol=0)
+
+
+def test_decoder_growth_refuses_bad_counts_and_changes_nothing():
+    from components.autoencoders.blocks import grow_decoder
+
+    model = kl_tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for bad in (0, -1, 1.5, "2"):
+        with pytest.raises(ValueError, match="extra"):
+            grow_decoder(model, bad)
+    with pytest.raises(ValueError, match="decoder_extra_blocks"):
+        AutoencoderKLConfig(**TINY, decoder_extra_blocks=-1)
+    assert model.config.decoder_extra_blocks == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

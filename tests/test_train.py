@@ -123,6 +123,23 @@ def test_the_decoder_stage_trains_with_the_contrast_weighted_loss(kl, runs):
         main(["decoder", "--autoencoder", str(kl / "final"), "--out", str(out), "--loss", "lpips"])
 
 
+def test_the_decoder_stage_grows_the_decoder_and_keeps_the_encoder(kl, runs):
+    out = runs / "kl-f4-decoder-grown"
+    args = ["decoder", "--autoencoder", str(kl / "final"), "--out", str(out), *common(runs / "data")]
+    main([*args, "--grow-decoder", "1"])
+    assert_run_folder(out, {"autoencoder"})
+    cls = component_class("autoencoder", "kl-f4")
+    before, after = cls.from_pretrained(kl / "final"), cls.from_pretrained(out / "final")
+    assert after.config == before.config.replace(decoder_extra_blocks=1)
+    old, new = before.state_dict(), after.state_dict()
+    assert set(old) < set(new) and all(torch.equal(old[k], new[k]) for k in old if k.startswith("encoder."))
+    grown = [k for k in new if k not in old]
+    assert grown and all(k.startswith("decoder.up.") for k in grown)
+    with pytest.raises(SystemExit, match="--grow-decoder -1"):
+        main([*args[:3], "--out", str(runs / "kl-f4-decoder-bad"), *common(runs / "data"), "--grow-decoder", "-1"])
+    assert not (runs / "kl-f4-decoder-bad").exists()  # refused before anything was written
+
+
 def test_decoder_stage_refuses_a_folder_without_an_autoencoder(runs, tmp_path):
     with pytest.raises(SystemExit, match="no config.json"):
         main(

@@ -3,8 +3,9 @@
 The module tree mirrors diffusers' `AutoencoderKL` (encoder: conv_in, levels of resnets + downsampler, a mid
 block resnet-attention-resnet, norm_out, conv_out; decoder symmetric with num_res_blocks + 1 resnets per level,
 deepest level first), so real Stable Diffusion VAE weights load by a mechanical key renaming
-(`diffusers_compat.py`). Layer choices follow LDM (Rombach et al. 2022): GroupNorm(eps=1e-6) + SiLU, no time
-embedding, one single-head attention in the middle, asymmetric padding in the downsampler.
+(`diffusers_compat.py`); ours only: `decoder_extra_blocks` more resnets per decoder level (`grow_decoder`).
+Layer choices follow LDM (Rombach et al. 2022): GroupNorm(eps=1e-6) + SiLU, no time embedding, one single-head
+attention in the middle, asymmetric padding in the downsampler.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z (B, in, h, w) -> (B, out, h*f, w*f); levels run deepest first, each with num_res_blocks + 1 resnets."""
+    """z (B, in, h, w) -> (B, out, h*f, w*f); levels run deepest first, each with config.decoder_blocks resnets."""
 
     def __init__(self, config: AutoencoderConfig, in_channels: int, out_channels: int):
         super().__init__()
@@ -144,7 +145,7 @@ class Decoder(nn.Module):
         self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
         self.mid = MidBlock(widths[0], groups, config.mid_attention)
         self.up = nn.ModuleList(
-            Level(widths[max(i - 1, 0)], c, config.num_res_blocks + 1, groups, Upsample(c) if i < last else None)
+            Level(widths[max(i - 1, 0)], c, config.decoder_blocks, groups, Upsample(c) if i < last else None)
             for i, c in enumerate(widths)
         )
         self.norm_out = group_norm(widths[-1], groups)
@@ -283,14 +284,17 @@ class AutoencoderConfig(Config):
     norm_groups: int = 8
     rec_loss: str = "l1"
     scaling_factor: float = 1.0  # LDM: 1 / std of the training latents, see `estimate_scaling_factor`
+    decoder_extra_blocks: int = 0  # resnets per decoder level beyond num_res_blocks + 1 (`grow_decoder`; not SD's)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_ints(*COUNT_KNOBS, minimum=1, maximum=MAX_CHANNELS, why="SD's VAE is 512 wide")
         self.check_ints("num_res_blocks", maximum=MAX_BLOCKS, why="SD's VAE uses 2")
+        self.check_ints("decoder_extra_blocks", minimum=0, maximum=MAX_BLOCKS, why="a few deepen a small decoder")
         self.check_levels("base_channels")
         # Encoder and decoder: about 2 * num_res_blocks + 1 ResBlocks of two 3x3 convolutions (18 ch^2) per level.
-        estimate = sum((2 * self.num_res_blocks + 1) * 18 * ch * ch for ch in self.channels)
+        blocks = 2 * self.num_res_blocks + 1 + self.decoder_extra_blocks
+        estimate = sum(blocks * 18 * ch * ch for ch in self.channels)
         self.check_parameters(estimate, "base_channels, channel_mult and num_res_blocks")
         if any(c % self.norm_groups for c in self.channels):
             raise ValueError(f"norm_groups={self.norm_groups} must divide each level width {self.channels}")
@@ -308,6 +312,11 @@ class AutoencoderConfig(Config):
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def decoder_blocks(self) -> int:
+        """Resnets per decoder level: num_res_blocks + 1 (LDM's and diffusers' decoder), plus decoder_extra_blocks."""
+        return self.num_res_blocks + 1 + self.decoder_extra_blocks
 
 
 class LatentAutoencoder(HubModule):
@@ -411,3 +420,30 @@ def estimate_scaling_factor(
     if not math.isfinite(std) or std <= 0:
         raise ValueError(f"the latents have std {std}: cannot scale them to unit variance")
     return 1.0 / std
+
+
+def grow_decoder(ae: LatentAutoencoder, extra: int) -> LatentAutoencoder:
+    """A copy of `ae` with `extra` more resnets at the end of each decoder level (`decoder_extra_blocks`), each
+    starting as the identity: its residual branch ends in conv2, which is zero-initialised, and its skip is the
+    identity (same width in and out), so the grown autoencoder computes exactly what `ae` computes (tested) and a
+    decoder fine-tune with the encoder frozen starts where `ae` is, with more capacity where the detail is drawn
+    (the last level runs at full resolution). Function-preserving growth in the spirit of Net2Net (Chen et al.
+    2016, "Net2DeeperNet"); zero-initialising the last layer of a residual branch is Goyal et al. 2017's trick.
+    Ours, not LDM's: a diffusers AutoencoderKL has no such blocks, so a grown decoder stays in our layout."""
+    extra = require_int("extra", extra, minimum=1, maximum=MAX_BLOCKS)
+    config = dataclasses.replace(ae.config, decoder_extra_blocks=ae.config.decoder_extra_blocks + extra)
+    grown = type(ae)(config)
+    missing, unexpected = grown.load_state_dict(ae.state_dict(), strict=False)
+    new_blocks = [
+        (f"decoder.up.{i}.res.{k}", level.res[k])
+        for i, level in enumerate(grown.decoder.up)
+        for k in range(ae.config.decoder_blocks, config.decoder_blocks)
+    ]
+    expected = {f"{prefix}.{name}" for prefix, block in new_blocks for name in block.state_dict()}
+    if unexpected or set(missing) != expected:  # a state dict this code did not make: say so, change nothing
+        raise ValueError(f"cannot grow this decoder: unexpected keys {unexpected}, missing {sorted(missing)}")
+    with torch.no_grad():
+        for _, block in new_blocks:
+            block.conv2.weight.zero_()
+            block.conv2.bias.zero_()
+    return grown.to(next(ae.parameters()).device).train(ae.training)

@@ -72,6 +72,10 @@ def parser() -> argparse.ArgumentParser:
         "--loss", default="recipe", choices=("recipe", "contrast-l1"),
         help="recipe: the autoencoder's own reconstruction loss; contrast-l1: L1 weighted by 1 / each image's content",
     )  # fmt: skip
+    dec.add_argument(
+        "--grow-decoder", type=int, default=0, metavar="N",
+        help="first add N resnets to each decoder level, each starting as the identity (deeper, the same output)",
+    )  # fmt: skip
     common(dec, steps=4000, batch=32, lr=1e-4)
     clip = sub.add_parser("clip", help="a small CLIP model, contrastively; its text tower becomes the conditioner")
     clip.add_argument("--vision-width", type=int, default=128)

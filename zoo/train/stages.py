@@ -92,7 +92,8 @@ def train_decoder(args: Any) -> Path:
     VAE (the ft-EMA / ft-MSE kl-f8 decoders, 2022): E, the codebook and the scaling factor stay bit for bit, so
     the latents every diffusion model trained on, and those models, stay valid; only x_hat = D(z) improves.
     Objective: the autoencoder's reconstruction loss on D(z), z ~ q(z|x) (LDM Sec. 3.1 without the terms E alone
-    sets: the KL, or the codebook and commitment losses)."""
+    sets: the KL, or the codebook and commitment losses). `--grow-decoder N` first deepens the decoder by N resnets
+    per level that start as the identity (`grow_decoder`): the same output, more capacity to fine-tune."""
     from zoo.pipeline_io import load_part
 
     out = Path(args.out)
@@ -102,6 +103,16 @@ def train_decoder(args: Any) -> Path:
     if not (Path(args.autoencoder) / "config.json").is_file():
         raise SystemExit(f"--autoencoder {args.autoencoder}: no config.json there (a trained autoencoder folder)")
     ae = load_part("autoencoder", args.name, args.autoencoder)
+    if args.grow_decoder:  # before the Trainer: a resumed run grows alike, then loads its checkpoint into it
+        from components.autoencoders.blocks import grow_decoder
+
+        try:
+            ae = grow_decoder(ae, args.grow_decoder)
+        except ValueError as error:
+            raise SystemExit(f"--grow-decoder {args.grow_decoder}: {error}") from None
+        logger.info(
+            "decoder grown to %d resnets a level (the new ones start as the identity)", ae.config.decoder_blocks
+        )
     ae.requires_grad_(False)
     for part in (ae.post_quant_conv, ae.decoder):  # z -> x_hat: the same two modules in the KL and VQ trees
         part.requires_grad_(True)
