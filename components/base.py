@@ -17,7 +17,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from huggingface_hub import PyTorchModelHubMixin, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError
@@ -42,7 +42,11 @@ class WeightsError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Base for component configs: JSON lists come back as tuples, so configs stay hashable and comparable."""
+    """Base for component configs: JSON lists come back as tuples, so configs stay hashable and comparable.
+    `added_fields`: fields added after weights were saved without them; a config.json that lacks one means its
+    default, which must be what the component did before the field existed (every other field must be there)."""
+
+    added_fields: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -206,10 +210,11 @@ def read_json_object(path: Path) -> dict[str, Any]:
 
 
 def read_config(config_class: type[Config], path: Path) -> Config:
-    """A config from its config.json: every field present (a missing one would silently take its default), none
-    unknown, each value valid; the message names the file and the field."""
+    """A config from its config.json: every field present (a missing one would silently take its default) but
+    the class's `added_fields`, none unknown, each value valid; the message names the file and the field."""
     data, fields = read_json_object(path), {f.name for f in dataclasses.fields(config_class)}
-    for what, names in (("misses", fields - set(data)), ("has unknown", set(data) - fields)):
+    missing = fields - set(data) - config_class.added_fields
+    for what, names in (("misses", missing), ("has unknown", set(data) - fields)):
         if names:
             raise WeightsError(
                 f"{path} {what} fields {sorted(names)} of {config_class.__name__} (its fields: {sorted(fields)})"

@@ -380,3 +380,22 @@ def test_decoder_growth_refuses_bad_counts_and_changes_nothing():
         AutoencoderKLConfig(**TINY, decoder_extra_blocks=-1)
     assert model.config.decoder_extra_blocks == 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_config_saved_before_decoder_extra_blocks_existed_loads_as_zero_and_other_gaps_are_refused(tmp_path):
+    import json
+
+    from components.base import WeightsError
+
+    model = kl_tiny().eval()
+    model.save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    data = json.loads(path.read_text())
+    del data["decoder_extra_blocks"]  # as every config.json written before session 5
+    path.write_text(json.dumps(data))
+    loaded = AutoencoderKL.from_pretrained(tmp_path)
+    assert loaded.config == model.config and loaded.config.decoder_extra_blocks == 0
+    del data["base_channels"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(WeightsError, match=r"misses fields \['base_channels'\]"):
+        AutoencoderKL.from_pretrained(tmp_path)

@@ -274,6 +274,8 @@ class VectorQuantizer(nn.Module):
 class AutoencoderConfig(Config):
     """The encoder/decoder knobs both autoencoders share. f = 2**(len(channel_mult) - 1)."""
 
+    added_fields = frozenset({"decoder_extra_blocks"})  # session 5; earlier config.json files mean 0
+
     in_channels: int = 3
     out_channels: int = 3
     base_channels: int = 32
