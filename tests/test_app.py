@@ -449,6 +449,9 @@ def test_evaluation_figures_are_read_into_columns(tmp_path):
     (tmp_path / "evaluation.json").write_text(json.dumps(data))
     figures = zoo_tab.evaluation(tmp_path)
     assert figures["all correct, seen pairs"] == "96%" and figures["autoencoder PSNR (dB)"] == "-"
+    assert figures["unconditional samples read as drawings"] == "-"  # a text model has no such figure
+    (tmp_path / "evaluation.json").write_text(json.dumps({"drawings": {"drawn": 0.875, "clean": 0.9}}))
+    assert zoo_tab.evaluation(tmp_path)["unconditional samples read as drawings"] == "88%"
     assert figures["bits/dim"] == "1.03" and figures["s / image"] == "0.5"
     (tmp_path / "evaluation.json").write_text("{not json")
     assert set(zoo_tab.evaluation(tmp_path).values()) == {"unreadable evaluation.json"}

@@ -28,6 +28,7 @@ from zoo.registry import AUTOENCODERS, CONDITIONERS, SAMPLERS, SCHEDULES, UNETS
 FIGURES = (
     ("all correct, seen pairs", ("adherence_seen", "all"), True),
     ("all correct, held-out pairs", ("adherence_heldout", "all"), True),
+    ("unconditional samples read as drawings", ("drawings", "drawn"), True),
     ("autoencoder PSNR (dB)", ("reconstruction", "psnr_db"), False),
     ("bits/dim", ("bits_per_dim",), False),
     ("s / image", ("seconds_per_image",), False),
