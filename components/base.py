@@ -47,6 +47,9 @@ class Config:
     default, which must be what the component did before the field existed (every other field must be there)."""
 
     added_fields: ClassVar[frozenset[str]] = frozenset()
+    # fields that shape only the inside of a part: swapping in a part that differs in them (`zoo.train export
+    # --part`) leaves every other part's inputs as they were trained
+    internal_fields: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -106,6 +106,35 @@ def test_a_replaced_part_reaches_every_pipeline_that_shares_it(root, tmp_path):
         assert not torch.allclose(got["decoder.conv_out.weight"], old, atol=1e-3)
 
 
+def test_a_grown_decoder_replaces_an_autoencoder_saved_before_the_field_existed(root, tmp_path):
+    from components.autoencoders.blocks import grow_decoder
+
+    weights = copy(root, tmp_path)
+    config = weights / "a" / "autoencoder" / "config.json"
+    data = json.loads(config.read_text())
+    del data["decoder_extra_blocks"]  # as the shipped autoencoders' config.json files
+    config.write_text(json.dumps(data))
+    before = zoo.build("ldm-clip-kl", weights=weights / "a").autoencoder
+    grown = grow_decoder(before, 1)
+    with torch.no_grad():
+        grown.decoder.up[-1].res[-1].conv2.weight.add_(0.05)  # trained a little: no longer the identity
+    grown.save_pretrained(tmp_path / "grown")
+    main(["export", "--run", str(weights / "a"), "--to", str(weights / "a"), "--dtype", "int8",
+          "--part", f"autoencoder={tmp_path / 'grown'}"])  # fmt: skip
+    after = zoo.build("ldm-clip-kl", weights=weights / "a").autoencoder
+    assert after.config.decoder_extra_blocks == 1 and after.config.scaling_factor == before.config.scaling_factor
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        z = before.encode(x)
+        torch.testing.assert_close(after.encode(x), z, rtol=0, atol=1e-3)  # the latents every U-Net knows
+        assert not torch.allclose(after.decode(z), before.decode(z), atol=1e-3)  # the decoder did change
+    wider = component_class("autoencoder", "kl-f4")(before.config.replace(scaling_factor=0.5))
+    wider.save_pretrained(tmp_path / "rescaled")
+    with pytest.raises(SystemExit, match=r"differs .* in \['scaling_factor'\]"):  # an interface field: refused
+        main(["export", "--run", str(weights / "a"), "--to", str(weights / "a"), "--dtype", "int8",
+              "--part", f"autoencoder={tmp_path / 'rescaled'}"])  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("part", "message"),
     [

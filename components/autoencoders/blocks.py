@@ -275,6 +275,7 @@ class AutoencoderConfig(Config):
     """The encoder/decoder knobs both autoencoders share. f = 2**(len(channel_mult) - 1)."""
 
     added_fields = frozenset({"decoder_extra_blocks"})  # session 5; earlier config.json files mean 0
+    internal_fields = frozenset({"decoder_extra_blocks"})  # the latents, and so every U-Net, stay as they were
 
     in_channels: int = 3
     out_channels: int = 3

@@ -70,15 +70,34 @@ def replace_part(staging: Path, run: Path, role: str, folder: Path) -> None:
         raise SystemExit(f"--part {role}={folder}: {run} has no part {role!r}")
     if not (folder / "config.json").is_file():
         raise SystemExit(f"--part {role}={folder}: no config.json there (a part folder)")
-    old, new = read_json_object(mine / "config.json"), read_json_object(folder / "config.json")
+    old, new = (part_interface(staging, role, read_json_object(f / "config.json")) for f in (mine, folder))
     if old != new:
         differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         raise SystemExit(
             f"--part {role}={folder}: its config differs from {mine}'s in {differ}; only weights may change"
+            " (and what a part keeps inside, such as a grown decoder's blocks)"
         )
     shutil.rmtree(staging / role, ignore_errors=True)
     (staging / f"{role}{shared_parts.SUFFIX}").unlink(missing_ok=True)
     shutil.copytree(folder, staging / role, ignore=shutil.ignore_patterns("README.md"))
+
+
+def part_interface(pipeline: Path, role: str, config: dict) -> dict:
+    """What of a part's config.json the other parts were trained against: every field but the config class's
+    `internal_fields` (e.g. an autoencoder's decoder_extra_blocks: a deeper decoder of the same latents), with
+    its `added_fields` filled in by their defaults (a config.json saved before such a field existed)."""
+    import dataclasses
+
+    from zoo import catalog
+    from zoo.pipeline_io import component_class, read_recipe
+
+    catalog.load()
+    part = read_recipe(pipeline / "recipe.json").parts[role]
+    config_class = getattr(component_class(role, part.name), "config_class", None)
+    if config_class is None or not dataclasses.is_dataclass(config_class):  # a text tower: transformers' config
+        return config
+    defaults = {f.name: f.default for f in dataclasses.fields(config_class) if f.name in config_class.added_fields}
+    return {k: v for k, v in {**defaults, **config}.items() if k not in config_class.internal_fields}
 
 
 def zoo_part_folders(folder: Path) -> set[Path]:
