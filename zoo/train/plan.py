@@ -97,6 +97,14 @@ ABLATION: dict[str, tuple[str, list[str]]] = {
     "no-ema": ("no EMA (the raw weights)", ["--ema-decay", "0"]),
     "width-32": ("U-Net width 32 (model_channels; faster steps)", ["--overrides", '{"unet": {"model_channels": 32}}']),
     "width-96": ("U-Net width 96 (slower steps)", ["--overrides", '{"unet": {"model_channels": 96}}']),
+    "depth-2": (
+        "two resnets per U-Net level (num_res_blocks 2; slower steps)",
+        ["--overrides", '{"unet": {"num_res_blocks": 2}}'],
+    ),
+    "width-32-min-snr-5": (
+        "width 32 with Min-SNR-gamma 5: two rows' leads combined (speed and quality)",
+        ["--overrides", '{"unet": {"model_channels": 32}}', "--snr-gamma", "5"],
+    ),
 }
 
 
