@@ -399,3 +399,21 @@ def test_a_config_saved_before_decoder_extra_blocks_existed_loads_as_zero_and_ot
     path.write_text(json.dumps(data))
     with pytest.raises(WeightsError, match=r"misses fields \['base_channels'\]"):
         AutoencoderKL.from_pretrained(tmp_path)
+
+
+def test_the_round_trip_by_shape_script_counts_every_image_once(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "roundtrip_by_shape.py"
+    spec = importlib.util.spec_from_file_location("roundtrip_by_shape", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    torch.manual_seed(0)
+    AUTOENCODERS.build("kl-f4", tiny=True).save_pretrained(tmp_path / "ae")
+    table = script.by_shape(str(tmp_path / "ae"), n=12, seed=1)
+    assert sum(total for _, total in table.values()) == 12 and all(0 <= r <= t for r, t in table.values())
+    shapes = ("circle", "square", "triangle")
+    assert set(table) <= {f"{size} {shape}" for size in ("small", "large") for shape in shapes}
+    script.main([str(tmp_path / "ae"), "--images", "12"])
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'ae'}: all ")
