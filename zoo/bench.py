@@ -302,8 +302,7 @@ def unet_flops(pipe: Any, kwargs: dict[str, Any], settings: dict[str, Any], imag
     from torch.utils.flop_counter import FlopCounterMode
 
     with _Stopwatch(pipe.unet, "forward") as watch, FlopCounterMode(display=False) as counter:
-        batch = pipe.generate(**kwargs, **{**settings, "steps": 1}, seed=0, num_images=images)
-    image = batch[0]
+        image = pipe.generate(**kwargs, **{**settings, "steps": 1}, seed=0, num_images=images)[0]
     total = counter.get_total_flops()
     ae = getattr(pipe, "autoencoder", None)
     if ae is not None:  # the decoder's share of the count, measured alone

@@ -520,13 +520,11 @@ def evaluate(
             entry["seconds_per_image"] = seconds_per_image(pipe, **settings)
         result["by_sampler"].append(entry)
     first = result["by_sampler"][0]
-    shown = ("sampler", "steps", "guidance_scale", "seconds_per_image", "super_resolution")
+    shown = ("sampler", "steps", "guidance_scale", "seconds_per_image", "super_resolution", "drawings")
     result.update({k: first[k] for k in shown if k in first})
-    if "drawings" in first:
-        result["drawings"] = first["drawings"]
+    for split in ("seen", "heldout"):
+        result[f"adherence_{split}"] = first.get(f"adherence_{split}")
     for split in ("seen", "heldout", "unconditional"):
-        if split != "unconditional":
-            result[f"adherence_{split}"] = first.get(f"adherence_{split}")
         if f"ddim-{split}" in images and f"dpmpp-{split}" in images:
             result.setdefault("ddim_dpmpp_agreement", {})[split] = agreement(
                 images[f"ddim-{split}"], images[f"dpmpp-{split}"]

@@ -434,7 +434,7 @@ def grow_decoder(ae: LatentAutoencoder, extra: int) -> LatentAutoencoder:
     2016, "Net2DeeperNet"); zero-initialising the last layer of a residual branch is Goyal et al. 2017's trick.
     Ours, not LDM's: a diffusers AutoencoderKL has no such blocks, so a grown decoder stays in our layout."""
     extra = require_int("extra", extra, minimum=1, maximum=MAX_BLOCKS)
-    config = dataclasses.replace(ae.config, decoder_extra_blocks=ae.config.decoder_extra_blocks + extra)
+    config = ae.config.replace(decoder_extra_blocks=ae.config.decoder_extra_blocks + extra)
     grown = type(ae)(config)
     missing, unexpected = grown.load_state_dict(ae.state_dict(), strict=False)
     new_blocks = [
