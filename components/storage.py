@@ -62,6 +62,17 @@ def is_int8(file: str | Path) -> bool:
         return (handle.metadata() or {}).get(STORAGE_KEY) is not None
 
 
+def stored_as(file: str | Path) -> str | None:
+    """The `dtype` that save() would have been given to write `file` ("int8", "float16", "float32"), read from its
+    header only; None when its floating tensors mix dtypes without the int8 mark (no single save() wrote it)."""
+    names = {"F16": "float16", "F32": "float32", "BF16": "bfloat16", "F64": "float64"}
+    with safe_open(str(file), framework="pt") as handle:
+        if (handle.metadata() or {}).get(STORAGE_KEY) is not None:
+            return "int8"
+        floats = {handle.get_slice(name).get_dtype() for name in handle.keys()} & names.keys()
+    return names[floats.pop()] if len(floats) == 1 else None
+
+
 def read(file: str | Path) -> dict[str, torch.Tensor]:
     """The state dict stored in `file`, int8 tensors turned back into float32 (W' = s_o q); ValueError when a
     file that says it is int8 lacks a scale, has a stray one, or one of the wrong shape."""

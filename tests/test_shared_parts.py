@@ -106,6 +106,32 @@ def test_a_replaced_part_reaches_every_pipeline_that_shares_it(root, tmp_path):
         assert not torch.allclose(got["decoder.conv_out.weight"], old, atol=1e-3)
 
 
+def test_replacing_one_part_leaves_every_other_file_byte_for_byte(root, tmp_path):
+    weights = copy(root, tmp_path)
+    _, folder = new_decoder(weights, tmp_path)
+    a = weights / "a"
+    before = {f.relative_to(a): f.read_bytes() for f in a.rglob("*") if f.is_file()}
+    main(["export", "--run", str(a), "--to", str(a), "--dtype", "int8", "--part", f"autoencoder={folder}"])
+    after = {f.relative_to(a): f.read_bytes() for f in a.rglob("*") if f.is_file()}
+    changed = sorted(str(name) for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    assert changed == ["autoencoder/config.json", "autoencoder/model.safetensors"] or changed == [
+        "autoencoder/model.safetensors"
+    ]
+
+
+def test_stored_as_reads_the_form_save_wrote(tmp_path):
+    from components import storage
+
+    tensors = {"w": torch.randn(128, 256), "b": torch.randn(128), "step": torch.tensor(3)}
+    for dtype in ("int8", "float16", "float32"):
+        storage.save(tensors, tmp_path / f"{dtype}.safetensors", dtype=dtype)
+        assert storage.stored_as(tmp_path / f"{dtype}.safetensors") == dtype
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.zeros(2), "b": torch.zeros(2, dtype=torch.float16)}, str(tmp_path / "mixed.safetensors"))
+    assert storage.stored_as(tmp_path / "mixed.safetensors") is None
+
+
 def test_a_grown_decoder_replaces_an_autoencoder_saved_before_the_field_existed(root, tmp_path):
     from components.autoencoders.blocks import grow_decoder
 

@@ -290,11 +290,19 @@ def test_latents_are_cached_per_autoencoder_and_reused(tmp_path, monkeypatch):
     assert [f.name.startswith("latents-") for f in tmp_path.iterdir()] == [True]
     monkeypatch.setattr(pipe.autoencoder, "encode", lambda x: pytest.fail("the cache was not used"))
     torch.testing.assert_close(stages.encode_all(pipe, images, torch.device("cpu"), tmp_path), first, rtol=0, atol=0)
+    with torch.no_grad():  # a fine-tuned decoder: the same latents, the same cache entry
+        for p in [*pipe.autoencoder.decoder.parameters(), *pipe.autoencoder.post_quant_conv.parameters()]:
+            p.add_(0.1)
+    torch.testing.assert_close(stages.encode_all(pipe, images, torch.device("cpu"), tmp_path), first, rtol=0, atol=0)
     monkeypatch.undo()
     with torch.no_grad():
-        next(pipe.autoencoder.parameters()).add_(0.1)  # another autoencoder: another cache entry
-    stages.encode_all(pipe, images, torch.device("cpu"), tmp_path)
-    assert len(list(tmp_path.iterdir())) == 2
+        next(pipe.autoencoder.encoder.parameters()).add_(0.1)  # another encoder: another cache entry
+    second = stages.encode_all(pipe, images, torch.device("cpu"), tmp_path)
+    assert len(list(tmp_path.iterdir())) == 2 and not torch.allclose(second, first)
+    config = pipe.autoencoder.config
+    monkeypatch.setattr(pipe.autoencoder, "config", config.replace(scaling_factor=2 * config.scaling_factor))
+    torch.testing.assert_close(stages.encode_all(pipe, images, torch.device("cpu"), tmp_path), 2 * second)
+    assert len(list(tmp_path.iterdir())) == 3  # z = s E(x): another scale is another cache entry
 
 
 def test_an_interrupted_export_leaves_the_previous_weights_whole(tmp_path, monkeypatch):

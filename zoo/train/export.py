@@ -45,6 +45,8 @@ def export(
     zoo_parts = zoo_part_folders(staging) if dtype == "int8" else set()
     for file in staging.rglob("*.safetensors"):
         part_dtype = "int8" if file.parent in zoo_parts else "float16" if dtype == "int8" else dtype
+        if storage.stored_as(file) == part_dtype:  # kept byte for byte: quantising W' = s q again can move a
+            continue  # scale by an ulp, and a re-export that replaces one part must leave the others as they were
         storage.save(storage.read(file), file, dtype=part_dtype)
     if share and to.parent.is_dir():
         shared = shared_parts.share(staging, to.parent, exclude=to.name)

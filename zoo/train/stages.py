@@ -524,12 +524,14 @@ def downsample(images: torch.Tensor, size: int) -> torch.Tensor:
 @torch.no_grad()
 def encode_all(pipe: Any, images: torch.Tensor, device: torch.device, cache: Path | None = None) -> torch.Tensor:
     """The training set's latents z = scaling_factor * E(x), computed once (the point of LDM: train on z) and
-    cached in `cache` under a digest of the autoencoder's weights and the images, so every later run on the same
-    autoencoder starts at once (encoding 50,000 images takes minutes on a CPU)."""
+    cached in `cache` under a digest of what z depends on (the encoder, quant_conv, the scaling factor) and the
+    images, so every later run on the same encoder starts at once (encoding 50,000 images takes minutes on a CPU),
+    also after the decoder was fine-tuned or grown (`zoo.train decoder`: the latents are the same)."""
     ae = pipe.autoencoder.eval()
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(repr(float(ae.scaling_factor)).encode())
     for key, value in sorted(ae.state_dict().items()):
-        digest.update(key.encode() + value.detach().cpu().float().numpy().tobytes())
+        if key.startswith(("encoder.", "quant_conv.")):  # E(x) in both trees (kl.py, vq.py); not the decoder side
+            digest.update(key.encode() + value.detach().cpu().float().numpy().tobytes())
     digest.update(images.numpy().tobytes())
     file = Path(cache) / f"latents-{digest.hexdigest()[:16]}.safetensors" if cache else None
     if file is not None and file.is_file():
