@@ -58,8 +58,7 @@ def save(tensors: dict[str, torch.Tensor], file: str | Path, *, dtype: str) -> N
 
 def is_int8(file: str | Path) -> bool:
     """Whether `file` (a safetensors file) says it holds int8 storage (reads the header only)."""
-    with safe_open(str(file), framework="pt") as handle:
-        return (handle.metadata() or {}).get(STORAGE_KEY) is not None
+    return stored_as(file) == "int8"
 
 
 def stored_as(file: str | Path) -> str | None:
