@@ -3,6 +3,11 @@
 LDM (Rombach et al. 2022) conditions class-conditional ImageNet models on a learned class embedding through
 cross-attention; Ho & Salimans 2022 train the unconditional model jointly by replacing the label with a
 null label. Here the embedding table has num_classes + 1 rows and row `num_classes` is that null class.
+
+A row may hold several tokens (`tokens`, default 1): then it can start as a text encoder's tokens for the class's
+name (zoo/train/stages.py `class_tokens_from_text`), so a U-Net trained on captions reads the labels from its first
+step. The null class may use fewer of its row's tokens (`null_tokens`): the rest are masked out of attention, as a
+text encoder's padding is (the empty prompt encodes to fewer tokens than a caption).
 """
 
 from __future__ import annotations
@@ -16,22 +21,34 @@ from torch import nn
 
 from components.base import Config, HubModule
 from components.registry import CONDITIONERS
-from components.validation import MAX_CHANNELS, MAX_CLASSES
+from components.validation import MAX_CHANNELS, MAX_CLASSES, MAX_PARAMETERS, MAX_TOKENS, require_int
 
 
 @dataclasses.dataclass(frozen=True)
 class ClassConfig(Config):
     num_classes: int = 10
     dim: int = 128
+    tokens: int = 1
+    null_tokens: int | None = None  # None: all `tokens`
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.check_ints("num_classes", maximum=MAX_CLASSES, why="ImageNet-21k has 21,841")
         self.check_ints("dim", maximum=MAX_CHANNELS, why="SDXL's context is 2048 wide")
+        self.check_ints("tokens", maximum=MAX_TOKENS, why="CLIP's context is 77 tokens")
+        if self.null_tokens is not None:
+            self.check_ints("null_tokens", maximum=self.tokens, why=f"the row holds tokens={self.tokens}")
+        require_int(
+            "ClassConfig: the embedding table's size (num_classes + 1) * tokens * dim",
+            (self.num_classes + 1) * self.tokens * self.dim,
+            maximum=MAX_PARAMETERS,
+            why="4 bytes each in float32",
+        )
 
 
 class ClassConditioner(HubModule):
-    """labels (B,) in [0, num_classes] -> tokens (B, 1, dim) and an all-True mask (B, 1)."""
+    """labels (B,) in [0, num_classes] -> tokens (B, tokens, dim) and a mask (B, tokens): all True, except past
+    the null class's `null_tokens`."""
 
     config_class = ClassConfig
     mode = "crossattn"
@@ -40,7 +57,7 @@ class ClassConditioner(HubModule):
     def __init__(self, config: ClassConfig):
         super().__init__()
         self.config = config
-        self.embedding = nn.Embedding(config.num_classes + 1, config.dim)
+        self.embedding = nn.Embedding(config.num_classes + 1, config.tokens * config.dim)  # a row: tokens x dim
 
     @property
     def dim(self) -> int:
@@ -60,8 +77,11 @@ class ClassConditioner(HubModule):
 
     def forward(self, labels: list[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y = self.check_labels(labels).to(self.embedding.weight.device)
-        tokens = self.embedding(y)[:, None, :]  # (B, D) -> (B, 1, D)
-        return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        tokens = self.embedding(y).view(len(y), self.config.tokens, self.config.dim)  # (B, T * D) -> (B, T, D)
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        if self.config.null_tokens is not None:
+            mask[y == self.null_class, self.config.null_tokens :] = False
+        return tokens, mask
 
     def check_labels(self, labels: list[int] | torch.Tensor) -> torch.Tensor:
         """A long tensor (B,) of labels in [0, num_classes]; clear errors otherwise."""

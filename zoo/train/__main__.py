@@ -94,6 +94,12 @@ def parser() -> argparse.ArgumentParser:
         help="start the U-Net from this trained U-Net folder (same architecture; for an inpainting or "
         "super-resolution recipe also a text model's, its extra inputs zero-initialised)",
     )
+    diffusion.add_argument(
+        "--class-tokens-from",
+        metavar="CLIP_FOLDER",
+        help="a class pipeline: start each label's tokens from this text tower's encoding of the class's caption "
+        "(with --unet-from a text model's U-Net, it reads the labels from the first step)",
+    )
     diffusion.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (e.g. 5)")
     diffusion.add_argument(
         "--objective",
