@@ -224,6 +224,19 @@ def test_class_tokens_and_null_class(tmp_path):
     assert torch.equal(ClassConditioner.from_pretrained(tmp_path)([0, 5])[0], cond([0, 5])[0])
 
 
+def test_class_rows_of_several_tokens_mask_the_null_class_past_its_own(tmp_path):
+    cond = ClassConditioner(ClassConfig(num_classes=5, dim=8, tokens=3, null_tokens=2))
+    tokens, mask = cond([4, 5, 0])
+    assert tokens.shape == (3, 3, 8) and mask.tolist() == [[True] * 3, [True, True, False], [True] * 3]
+    torch.testing.assert_close(tokens[0], cond.embedding.weight[4].view(3, 8))  # a row is tokens x dim, in order
+    cond.save_pretrained(tmp_path)
+    again = ClassConditioner.from_pretrained(tmp_path)
+    assert again.config.tokens == 3 and again.config.null_tokens == 2
+    assert all(torch.equal(a, b) for a, b in zip(again([4, 5]), cond([4, 5]), strict=True))
+    one = ClassConditioner(ClassConfig(num_classes=5, dim=8, tokens=3))  # null_tokens None: every token used
+    assert bool(one([5])[1].all())
+
+
 @pytest.mark.parametrize(
     ("labels", "error", "match"),
     [
@@ -246,6 +259,12 @@ def test_class_bad_labels(labels, error, match):
 def test_class_config_errors():
     with pytest.raises(ValueError, match=r"ClassConfig.num_classes must be an integer in \[1, 100000\] .*, got 0"):
         ClassConfig(num_classes=0)
+    with pytest.raises(ValueError, match=r"ClassConfig.null_tokens must be an integer in \[1, 2\] \(the row holds"):
+        ClassConfig(num_classes=5, tokens=2, null_tokens=3)
+    with pytest.raises(ValueError, match=r"ClassConfig.tokens must be an integer in \[1, 4096\]"):
+        ClassConfig(num_classes=5, tokens=0)
+    with pytest.raises(ValueError, match="embedding table's size"):
+        ClassConfig(num_classes=100_000, tokens=4096, dim=64)
 
 
 # ---------------------------------------------------------------------------------------------------- spatial

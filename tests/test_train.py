@@ -238,6 +238,48 @@ def test_class_pipeline_trains_on_integer_labels(runs, kl):
     assert pipe.generate(5, seed=0)[0].size == (64, 64)
 
 
+def test_class_tokens_start_from_the_text_towers_captions(runs, kl, clip):
+    """--class-tokens-from: label k's tokens start as the CLIP tower's tokens of 'a {colour} {shape} on a {bg}
+    background' averaged over the backgrounds; the null class as the empty prompt's, the rest of its row masked."""
+    from zoo.data.shapes import PALETTE, SHAPES
+
+    extra = ("--autoencoder", str(kl / "final"), "--class-tokens-from", str(clip / "final"))
+    out = runs / "class-from-text"  # not ldm-class-kl's folder: a one-token run resumes there
+    main(["diffusion", "--pipeline", "ldm-class-kl", "--out", str(out), "--overrides", PIXEL_SAMPLING, *extra,
+          *common(runs / "data", 1)])  # fmt: skip
+    text = CLIPTextConditioner.from_pretrained(clip / "final").eval()
+    pipe = stages.build_for_training(
+        stages_args(pipeline="ldm-class-kl", autoencoder=str(kl / "final"), class_tokens_from=str(clip / "final"))
+    )
+    label = SHAPES.index("triangle") * len(PALETTE) + list(PALETTE).index("green")
+    captions = [f"a green triangle on a {bg} background" for bg in PALETTE if bg != "green"]
+    with torch.no_grad():
+        expected, mask = text(captions)
+        tokens, got_mask = pipe.conditioner([label, pipe.conditioner.null_class])
+        empty, empty_mask = text([""])
+    n, n_empty = int(mask[0].sum()), int(empty_mask.sum())
+    assert pipe.conditioner.config.tokens == n and pipe.conditioner.config.null_tokens == n_empty
+    torch.testing.assert_close(tokens[0], expected[:, :n].mean(0))
+    torch.testing.assert_close(tokens[1, :n_empty], empty[0, :n_empty])
+    assert got_mask[0].all() and got_mask[1].tolist() == [True] * n_empty + [False] * (n - n_empty)
+    trained = zoo.load_pipeline(out / "final", device="cpu")  # the run saved the wider table, and it loads
+    assert trained.conditioner.config.tokens == n and trained.generate(label, seed=0)[0].size == (64, 64)
+
+
+def test_class_tokens_from_needs_a_class_pipeline(runs, kl, clip):
+    extra = ("--autoencoder", str(kl / "final"), "--conditioner", str(clip / "final"))
+    with pytest.raises(SystemExit, match="takes no class labels"):
+        train_diffusion(runs, "ldm-clip-kl", *extra, "--class-tokens-from", str(clip / "final"))
+
+
+def stages_args(**given: object) -> object:
+    """The namespace build_for_training reads, as `python -m zoo.train diffusion` would fill it."""
+    import argparse
+
+    fields = {"init": None, "overrides": None, "objective": None, "autoencoder": None, "conditioner": None}
+    return argparse.Namespace(**{**fields, "tiny": True, "unet_from": None, "class_tokens_from": None, **given})
+
+
 def test_pixel_pipeline_trains(runs):
     out = train_diffusion(runs, "ddpm-cosine")
     assert_run_folder(out, {"unet"})
