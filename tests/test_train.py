@@ -248,8 +248,10 @@ def test_class_tokens_start_from_the_text_towers_captions(runs, kl, clip):
     main(["diffusion", "--pipeline", "ldm-class-kl", "--out", str(out), "--overrides", PIXEL_SAMPLING, *extra,
           *common(runs / "data", 1)])  # fmt: skip
     text = CLIPTextConditioner.from_pretrained(clip / "final").eval()
+    from zoo.train.__main__ import parser
+
     pipe = stages.build_for_training(
-        stages_args(pipeline="ldm-class-kl", autoencoder=str(kl / "final"), class_tokens_from=str(clip / "final"))
+        parser().parse_args(["diffusion", "--pipeline", "ldm-class-kl", "--out", str(out), "--tiny", *extra])
     )
     label = SHAPES.index("triangle") * len(PALETTE) + list(PALETTE).index("green")
     captions = [f"a green triangle on a {bg} background" for bg in PALETTE if bg != "green"]
@@ -270,14 +272,6 @@ def test_class_tokens_from_needs_a_class_pipeline(runs, kl, clip):
     extra = ("--autoencoder", str(kl / "final"), "--conditioner", str(clip / "final"))
     with pytest.raises(SystemExit, match="takes no class labels"):
         train_diffusion(runs, "ldm-clip-kl", *extra, "--class-tokens-from", str(clip / "final"))
-
-
-def stages_args(**given: object) -> object:
-    """The namespace build_for_training reads, as `python -m zoo.train diffusion` would fill it."""
-    import argparse
-
-    fields = {"init": None, "overrides": None, "objective": None, "autoencoder": None, "conditioner": None}
-    return argparse.Namespace(**{**fields, "tiny": True, "unet_from": None, "class_tokens_from": None, **given})
 
 
 def test_pixel_pipeline_trains(runs):
@@ -380,7 +374,7 @@ def test_the_plan_trains_every_shipped_model_after_the_parts_it_needs(preset):
     names = [name for name, _, _ in entries]
     for position, (name, argv, needs) in enumerate(entries):
         assert all(names.index(n) < position for n in needs), (name, needs)
-        for flag in ("--autoencoder", "--conditioner", "--unet-from", "--init"):
+        for flag in ("--autoencoder", "--conditioner", "--unet-from", "--init", "--class-tokens-from"):
             if flag in argv:  # the folder it reads is written by a stage it waits for
                 stage = argv[argv.index(flag) + 1].split("/")[1]
                 assert stage in needs, (name, flag, stage)

@@ -41,9 +41,9 @@ LATENT: dict[str, tuple[str, bool]] = {
 # here, to fit the CPU): the new concatenated inputs start at zero (stages.widened).
 FROM_TEXT_MODEL = ("ldm-inpaint-kl", "ldm-sr-kl")
 # How a stage starts in the cpu preset when not from scratch: the grid's partners (one part away from
-# ldm-clip-kl) start from its U-Net, the BERT one from ldm-bert-vq's trained BERT too, the inpainting model
-# from the whole pipeline (its new mask / masked-latent input channels zero: stages.widened). "root" and
-# "bert" are copies of the embedded weights (EMBEDDED_PARTS), made at the start of the plan.
+# ldm-clip-kl) and the class model start from its U-Net, the BERT one from ldm-bert-vq's trained BERT too, the
+# inpainting model from the whole pipeline (its new mask / masked-latent input channels zero: stages.widened).
+# "root" and "bert" are copies of the embedded weights (EMBEDDED_PARTS), made at the start of the plan.
 CPU_WARM: dict[str, list[str]] = {
     "ldm-clip-vq": ["--unet-from", "{r}/root/final/unet"],
     "ldm-bert-kl": ["--unet-from", "{r}/root/final/unet", "--conditioner", "{r}/bert/final"],
@@ -51,6 +51,12 @@ CPU_WARM: dict[str, list[str]] = {
     "ldm-bert-vq": [
         *("--unet-from", "{r}/ldm-clip-vq/final/unet", "--conditioner", "{r}/ldm-bert-kl/final/conditioner"),
         *("--max-minutes", "45"),
+    ],
+    # the text model's U-Net, each label's tokens starting as the CLIP tower's tokens of its caption (stages.
+    # class_tokens_from_text), so it reads labels from the first step; a gentler lr keeps that start
+    "ldm-class-kl": [
+        *("--unet-from", "{r}/root/final/unet", "--class-tokens-from", "{r}/clip/final"),
+        *("--lr", "1e-4", "--warmup", "50", "--max-minutes", "45"),
     ],
     "ldm-inpaint-kl": ["--init", "{r}/root/final", "--max-minutes", "55"],
     "ldm-sr-kl": ["--init", "{r}/root/final", "--max-minutes", "55"],
