@@ -174,10 +174,11 @@ def latent_name(cond: str, ae: str, factor: int, schedule: str) -> str:
 # zoo.evaluate NAME --prompts 48 --sampler dpmpp --steps 15 --threads 1` against the DDPM 25 figures (README,
 # "Evaluation"), reads within one image of 96 of DDPM 25 on these three (all-correct seen / held-out, DDPM 25 ->
 # DPM-Solver++ 15): ldm-clip-kl 96% / 83% -> 94% / 83%, ldm-bert-kl 90% / 88% -> 94% / 85%, ldm-bert-vq 85% / 71% ->
-# 85% / 71%. Not on ldm-clip-vq (81% / 71% -> 75% / 62%): it keeps DDPM 25. ldm-class-kl (92% -> 81% then) joined
-# in session 7 with its model started from the text model's (class right, 96 prompts: DDPM 25 97%, DPM-Solver++ 15 99%).
+# 85% / 71%. Not then on ldm-clip-vq (81% / 71% -> 75% / 62%) nor ldm-class-kl (92% -> 81%); both joined in session 7
+# with retrained U-Nets (96 prompts a split; ldm-class-kl from the text model's U-Net, class right: DDPM 25 97%,
+# DPM-Solver++ 15 99%; ldm-clip-vq 4,839 more steps: DDPM 25 92% / 72%, DPM-Solver++ 15 91% / 78%).
 FAST_DEFAULT = ("dpmpp", 15)
-FAST_DEFAULT_PIPELINES = ("ldm-clip-kl", "ldm-bert-kl", "ldm-bert-vq", "ldm-class-kl")
+FAST_DEFAULT_PIPELINES = ("ldm-clip-kl", "ldm-bert-kl", "ldm-bert-vq", "ldm-class-kl", "ldm-clip-vq")
 
 
 def fast_default(factory: Callable[[], Recipe]) -> Recipe:
