@@ -61,6 +61,22 @@ def is_int8(file: str | Path) -> bool:
     return stored_as(file) == "int8"
 
 
+def same_content(a: str | Path, b: str | Path) -> bool:
+    """Whether two safetensors files hold the same tensors and metadata, however their headers are laid out: the
+    library writes the metadata map in no fixed order, so one save of the same tensors can differ in bytes."""
+    import json
+    import struct
+
+    def parts(file: str | Path) -> tuple[dict, bytes]:
+        data = Path(file).read_bytes()
+        if len(data) < 8:
+            raise ValueError(f"{file}: not a safetensors file (shorter than its 8-byte header length)")
+        (n,) = struct.unpack("<Q", data[:8])
+        return json.loads(data[8 : 8 + n]), data[8 + n :]
+
+    return parts(a) == parts(b)
+
+
 def stored_as(file: str | Path) -> str | None:
     """The `dtype` that save() would have been given to write `file` ("int8", "float16", "float32"), read from its
     header only; None when its floating tensors mix dtypes without the int8 mark (no single save() wrote it)."""

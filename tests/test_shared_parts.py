@@ -178,3 +178,30 @@ def test_a_part_that_does_not_fit_is_refused_and_the_export_changes_nothing(root
               "--part", part.format(folder=folder)])  # fmt: skip
     assert shared_parts.digests(weights / "a" / "autoencoder") == before
     assert sorted(p.name for p in weights.iterdir()) == ["a", "b"]  # no staging folder left behind
+
+
+def test_exporting_the_same_weights_again_keeps_each_file_byte_for_byte(root, tmp_path):
+    """The safetensors library writes its metadata map in no fixed order, so saving the same tensors twice can give
+    other bytes; an export whose file holds what the target's already does keeps the target's bytes (a part other
+    pipelines share is checked by its digest). The target's header is laid out as the library never would, so a
+    rewrite cannot match it by chance."""
+    import struct
+
+    from components import storage
+
+    weights = copy(root, tmp_path)
+    main(["export", "--run", str(weights / "a"), "--to", str(tmp_path / "run32"), "--dtype", "float32"])
+    file = weights / "a" / "unet" / "model.safetensors"
+    data = file.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.dumps(dict(reversed(json.loads(data[8 : 8 + n]).items())), indent=1).encode()
+    header += b" " * (-len(header) % 8)
+    crafted = struct.pack("<Q", len(header)) + header + data[8 + n :]
+    file.write_bytes(crafted)
+    assert storage.same_content(file, tmp_path / "run32" / "unet" / "model.safetensors") is False  # float32 there
+    before = {p.relative_to(weights): p.read_bytes() for p in (weights / "a").rglob("*") if p.is_file()}
+    main(["export", "--run", str(tmp_path / "run32"), "--to", str(weights / "a"), "--dtype", "int8"])
+    after = {p.relative_to(weights): p.read_bytes() for p in (weights / "a").rglob("*") if p.is_file()}
+    assert after == before and after[file.relative_to(weights)] == crafted
+    kept, source = storage.read(file), storage.read(tmp_path / "run32" / "unet" / "model.safetensors")
+    assert kept.keys() == source.keys() and all(torch.equal(kept[k], source[k]) for k in kept)  # and it reads

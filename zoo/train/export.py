@@ -48,6 +48,9 @@ def export(
         if storage.stored_as(file) == part_dtype:  # kept byte for byte: quantising W' = s q again can move a
             continue  # scale by an ulp, and a re-export that replaces one part must leave the others as they were
         storage.save(storage.read(file), file, dtype=part_dtype)
+        before = to / file.relative_to(staging)  # the same tensors written again: keep the bytes already there
+        if before.is_file() and storage.same_content(before, file):
+            shutil.copyfile(before, file)
     if share and to.parent.is_dir():
         shared = shared_parts.share(staging, to.parent, exclude=to.name)
         logger.info("%s shares %s with other pipelines in %s", to.name, shared or "nothing", to.parent)
