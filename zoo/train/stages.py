@@ -358,16 +358,14 @@ def build_for_training(args: Any) -> Any:
         # warm start: a BERT trained jointly with another pipeline's U-Net, trained on here (LDM trains its
         # BERT with the U-Net, so it is never frozen); it brings its own vocabulary (tokenizer.json)
         trained["conditioner"] = load_part("conditioner", "bert", args.conditioner)
-    class_init = None
+    rows = None  # --class-tokens-from: the class table's start (class_tokens_from_text)
     if getattr(args, "class_tokens_from", None):
         if recipe.conditioner is None or recipe.conditioner.name != "class":
             raise SystemExit(f"--class-tokens-from starts class labels' tokens; {recipe.name} takes no class labels")
-        class_init = class_tokens_from_text(load_part("conditioner", "clip", args.class_tokens_from))
-        rows, null_tokens = class_init
+        rows, null_tokens = class_tokens_from_text(load_part("conditioner", "clip", args.class_tokens_from))
         recipe = recipe.replace(conditioner={"tokens": rows.shape[1], "null_tokens": null_tokens})
     pipe = assemble(recipe, trained, tiny=args.tiny, device="cpu")
-    if class_init is not None:
-        rows = class_init[0]
+    if rows is not None:
         if rows.shape[0] != pipe.conditioner.null_class + 1 or rows.shape[2] != pipe.conditioner.dim:
             raise SystemExit(
                 f"--class-tokens-from {args.class_tokens_from}: {rows.shape[0] - 1} classes of width {rows.shape[2]}, "
@@ -396,18 +394,18 @@ def class_tokens_from_text(text_encoder: Any) -> tuple[torch.Tensor, int]:
     are the empty prompt's, the classifier-free-guidance input the text model was trained with. Returns the rows
     (num_classes + 1, tokens, dim) and the null class's token count. Every class's caption must encode to the same
     number of tokens (they do for this dataset's one-word names), or the mean would mix positions."""
-    from zoo.data.shapes import NUM_CLASSES, PALETTE, SHAPES
+    from zoo.data.shapes import PALETTE, SHAPES, Attributes
 
     text_encoder.eval()
     rows = []
-    for label in range(NUM_CLASSES):  # Attributes.class_label: shape index * len(PALETTE) + colour index
-        shape, colour = SHAPES[label // len(PALETTE)], list(PALETTE)[label % len(PALETTE)]
-        captions = [f"a {colour} {shape} on a {bg} background" for bg in PALETTE if bg != colour]
-        tokens, mask = text_encoder(captions)
-        lengths = set(mask.sum(1).tolist())
-        if len(lengths) != 1:
-            raise ValueError(f"the captions of class {label} ({colour} {shape}) encode to {sorted(lengths)} tokens")
-        rows.append(tokens[:, : lengths.pop()].float().mean(0))
+    for shape in SHAPES:  # in label order: Attributes.class_label is shape index * len(PALETTE) + colour index
+        for colour in PALETTE:
+            kinds = [Attributes(shape, colour, bg) for bg in PALETTE if bg != colour]
+            tokens, mask = text_encoder([a.caption(include_size=False, include_position=False) for a in kinds])
+            lengths = set(mask.sum(1).tolist())
+            if len(lengths) != 1:
+                raise ValueError(f"the captions of class {colour} {shape} encode to {sorted(lengths)} tokens")
+            rows.append(tokens[:, : lengths.pop()].float().mean(0))
     if len({len(r) for r in rows}) != 1:
         raise ValueError(f"class names encode to {sorted({len(r) for r in rows})} tokens: one length is needed")
     empty, mask = text_encoder([""])
