@@ -387,6 +387,47 @@ def test_the_plan_trains_every_shipped_model_after_the_parts_it_needs(preset):
             assert names.index(name) < names.index("ldm-clip-kl")
 
 
+def test_continuation_boxes_each_start_from_the_last_and_the_export_takes_the_final_one():
+    from zoo.train import plan
+    from zoo.train.__main__ import parser
+
+    entries = {name: (argv, needs) for name, argv, needs in plan.commands("runs", preset="cpu")}
+    for name, boxes in plan.CPU_MORE.items():
+        previous = name
+        for k, flags in enumerate(boxes, start=1):
+            argv, needs = entries[f"{name}+{k}"]
+            args = parser().parse_args(argv)
+            assert args.init == f"runs/{previous}/final" and args.out == f"runs/{name}+{k}" and needs == (previous,)
+            assert args.pipeline == name and args.max_minutes == float(flags[flags.index("--max-minutes") + 1])
+            previous = f"{name}+{k}"
+        export, needs = entries[f"export {name}"]
+        assert export[export.index("--run") + 1] == f"runs/{previous}/final" and needs == (previous,)
+    # the shipped ldm-bert-vq started from ldm-clip-vq after its first extra box
+    assert "ldm-clip-vq+1" in entries["ldm-bert-vq"][1]
+    assert not any("+" in name for name, _, _ in plan.commands("runs", preset="gpu"))  # a cpu-preset history
+    only = [name for name, _, _ in plan.commands("runs", only=["ldm-sr-kl"], preset="cpu")]
+    assert only == ["ldm-sr-kl", "ldm-sr-kl+1", "ldm-sr-kl+2", "export ldm-sr-kl"]
+
+
+def test_a_plan_cut_by_only_copies_the_parts_it_needs_and_stops_on_an_unfinished_stage(tmp_path):
+    from zoo.train import plan
+
+    r = str(tmp_path)
+    everything = plan.commands(r, preset="cpu")
+    pending = {name: (argv, deps) for name, argv, deps in plan.commands(r, only=["ldm-bert-vq"], preset="cpu")}
+    before = dict(pending)
+    with pytest.raises(SystemExit, match=r"needs stage ldm-(clip-vq\+1|bert-kl) first.*add .* to --only"):
+        plan.outside_needs(pending, everything)
+    assert not any(tmp_path.iterdir())  # nothing was started or written
+    for stage in ("ldm-clip-vq+1", "ldm-bert-kl"):  # as if an earlier run of the plan had finished them
+        (tmp_path / stage / "final").mkdir(parents=True)
+        (tmp_path / stage / "metrics.json").write_text("{}")
+    pending = dict(before)
+    finished = plan.outside_needs(pending, everything)
+    assert finished == {"ldm-clip-vq+1", "ldm-bert-kl"}
+    assert set(pending) - set(before) == {"vq-f4"}  # the embedded VQ-f4's copy joins: seconds, not a training run
+
+
 def test_a_unet_warm_start_copies_the_weights_and_refuses_another_architecture(runs, kl, tmp_path):
     source = zoo.build("ldm-class-kl", tiny=True, pretrained=False, device="cpu").unet
     with torch.no_grad():

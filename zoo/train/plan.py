@@ -48,8 +48,8 @@ CPU_WARM: dict[str, list[str]] = {
     "ldm-clip-vq": ["--unet-from", "{r}/root/final/unet"],
     "ldm-bert-kl": ["--unet-from", "{r}/root/final/unet", "--conditioner", "{r}/bert/final"],
     # ldm-clip-vq's U-Net (already on VQ latents) with ldm-bert-kl's BERT: the other two grid neighbours' parts
-    "ldm-bert-vq": [
-        *("--unet-from", "{r}/ldm-clip-vq/final/unet", "--conditioner", "{r}/ldm-bert-kl/final/conditioner"),
+    "ldm-bert-vq": [  # ldm-clip-vq after its first continuation box (CPU_MORE), as the shipped one
+        *("--unet-from", "{r}/ldm-clip-vq+1/final/unet", "--conditioner", "{r}/ldm-bert-kl/final/conditioner"),
         *("--max-minutes", "45"),
     ],
     # the text model's U-Net, each label's tokens starting as the CLIP tower's tokens of its caption (stages.
@@ -67,6 +67,40 @@ CPU_WARM_ARGS = [
     *("--batch", "32", "--steps", "8000", "--lr", "2e-4", "--warmup", "100", "--max-minutes", "60"),
     *("--threads", "1", "--samples", "12000", "--sample-every", "100000", "--checkpoint-every", "100"),
 ]
+# Continuation boxes (cpu preset): past its first box, a shipped model was trained on in further boxes, each
+# `--init` the previous box's pipeline (the optimiser state starts afresh). Each box is a stage of its own,
+# "<name>+<k>" in runs/<name>+<k>, resumable like the rest; the model's export takes its last box. Listed here
+# is what made the shipped weights (README "Retraining"; zoo/weights/<name>/training.json): box by box, the
+# flags that differ from CPU_MORE_ARGS.
+CPU_MORE_ARGS = [
+    *("--batch", "32", "--steps", "100000", "--lr", "1e-4", "--warmup", "50", "--threads", "1"),
+    *("--samples", "12000", "--sample-every", "100000", "--checkpoint-every", "250"),
+]
+CPU_MORE: dict[str, list[list[str]]] = {
+    # session 3's 8 minutes (with the warm stages' 100 warm-up steps), then sessions 7's 60
+    "ldm-clip-vq": [["--warmup", "100", "--max-minutes", "8"], ["--max-minutes", "60"]],
+    "ldm-bert-vq": [["--max-minutes", "45"]],  # session 7: U-Net and BERT
+    "ldm-sr-kl": [["--max-minutes", "55"], ["--max-minutes", "33"]],  # sessions 5 and 7
+}
+
+
+def last_box(name: str, preset: str = "cpu") -> str:
+    """The stage (and runs/ folder) that holds a model's final weights: its last continuation box, if any."""
+    boxes = CPU_MORE.get(name, []) if preset == "cpu" else []
+    return f"{name}+{len(boxes)}" if boxes else name
+
+
+def continuation_stages(name: str, r: str, data: list[str]) -> list[tuple[str, list[str], tuple[str, ...]]]:
+    """(name, argv, needs) of each continuation box of `name` (cpu preset), each from the one before it."""
+    stages, previous = [], name
+    for k, flags in enumerate(CPU_MORE.get(name, []), start=1):
+        box = f"{name}+{k}"
+        argv = ["diffusion", "--pipeline", name, "--init", f"{r}/{previous}/final", "--out", f"{r}/{box}"]
+        stages.append((box, [*argv, *data, *CPU_MORE_ARGS, *flags], (previous,)))
+        previous = box
+    return stages
+
+
 PIXEL = ("ddpm-cosine", "ddpm-linear")
 SHIPPED = (*LATENT, *PIXEL)
 # The loss study (README "L_simple vs the bound"): one 32x32 model, three objectives, the same steps and batch
@@ -199,7 +233,7 @@ def latent_stage(name: str, r: str, preset: str, data: list[str]) -> tuple[str, 
         if warm[0] == "--init":  # the whole pipeline: its parts come with it
             parts, needs = [], ()
         settings = CPU_WARM_ARGS + [arg.format(r=r) for arg in warm]
-        needs = tuple(dict.fromkeys((*needs, *(a.format(r=r).split("/")[1] for a in warm if "{r}" in a))))
+        needs = tuple(dict.fromkeys((*needs, *(a.split("/")[1] for a in warm if a.startswith("{r}/")))))
     elif name in FROM_TEXT_MODEL:
         parts, needs = ["--init", f"{r}/ldm-clip-kl/final"], ("ldm-clip-kl",)
     return name, ["diffusion", "--pipeline", name, *parts, "--out", f"{r}/{name}", *data, *settings], needs
@@ -214,12 +248,15 @@ def commands(
     plan = part_stages(r, p, data, weights)
     pixel = PIXEL if p["pixel"] else ()
     plan += [(n, ["diffusion", "--pipeline", n, "--out", f"{r}/{n}", *data, *p["ddpm"]], ()) for n in pixel]
-    plan += [latent_stage(name, r, preset, data) for name in LATENT]
+    for name in LATENT:
+        plan += [latent_stage(name, r, preset, data), *(continuation_stages(name, r, data) if preset == "cpu" else [])]
     plan += [(n, ["diffusion", "--pipeline", n, "--out", f"{r}/{n}", *data, *LOSS_STUDY_ARGS], ()) for n in LOSS_STUDY]
     trained = [*LATENT, *pixel, *LOSS_STUDY]
     # the 60 MB budget: parts int8 (components/storage.py), frozen parts stored once (zoo/shared_parts.py)
     export = ["export", "--dtype", "int8", "--share"]
-    plan += [(f"export {n}", [*export, "--run", f"{r}/{n}/final", "--to", f"{weights}/{n}"], (n,)) for n in trained]
+    for n in trained:
+        box = last_box(n, preset)
+        plan.append((f"export {n}", [*export, "--run", f"{r}/{box}/final", "--to", f"{weights}/{n}"], (box,)))
     if p["parts"] == "train":
         clip_export = ["export", "--run", f"{r}/clip/final-clip", "--to", f"{weights}/clip-shapes"]
         plan.append(("export clip-shapes", clip_export, ("clip",)))
@@ -227,6 +264,7 @@ def commands(
     plan += ablation_stages(r, data) if asked else []  # only on request: 2.5 CPU-hours
     if only:
         only = [*only, *(LOSS_STUDY if "loss-study" in only else ())]
+        only += [f"{n}+{k}" for n in only if preset == "cpu" for k in range(1, len(CPU_MORE.get(n, [])) + 1)]
         only += [f"ablation {row}" for row in ABLATION] if "ablation" in only else []
         only += ["kl-f4", "clip"] if asked else []
         plan = [entry for entry in plan if entry[0] in only or entry[0].removeprefix("export ") in only]
@@ -241,6 +279,31 @@ def done(argv: list[str]) -> bool:
     return (out / "final").is_dir() and (out / "metrics.json").is_file()
 
 
+def outside_needs(pending: dict[str, tuple[list[str], tuple[str, ...]]], everything: list) -> set[str]:
+    """The stages that `--only` left out but the chosen ones need. A copy of embedded parts (an export: seconds)
+    joins `pending`; a training stage must have finished before, or the plan stops here, naming it, instead
+    of waiting for it for ever. Returns the finished ones, which count as done."""
+    stages = {name: (argv, deps) for name, argv, deps in everything}
+    outside, todo = set(), [d for _, deps in pending.values() for d in deps]
+    while todo:
+        need = todo.pop()
+        if need in pending or need in outside or need not in stages:
+            continue
+        argv, deps = stages[need]
+        if argv[0] == "export":  # cheap: run it too, with what it needs
+            pending[need] = (argv, deps)
+            todo += deps
+        elif done(argv):
+            outside.add(need)
+        else:
+            needed_by = sorted(n for n, (_, d) in pending.items() if need in d)
+            raise SystemExit(
+                f"stage {', '.join(needed_by)} needs stage {need} first, which --only leaves out and which has not"
+                f" finished ({argv[argv.index('--out') + 1]}/final): add {need} to --only"
+            )
+    return outside
+
+
 def run_plan(
     runs: str, only: list[str] | None, jobs: int, extra: list[str], preset: str = "cpu", weights: str = "zoo/weights"
 ) -> None:
@@ -249,9 +312,10 @@ def run_plan(
 
     samples = int(extra[extra.index("--samples") + 1]) if "--samples" in extra else 50_000
 
-    cached_dataset(Path(runs) / "data", samples, seed=0)  # made once here, not raced by parallel stages
     pending = {name: (argv, deps) for name, argv, deps in commands(runs, only, preset, weights)}
-    finished = {name for name, (argv, _) in pending.items() if done(argv)}
+    finished = outside_needs(pending, commands(runs, None, preset, weights))  # before any work: it may stop
+    finished |= {name for name, (argv, _) in pending.items() if done(argv)}
+    cached_dataset(Path(runs) / "data", samples, seed=0)  # made once here, not raced by parallel stages
     running: dict[str, subprocess.Popen] = {}
     while pending.keys() - finished:
         for name, proc in list(running.items()):
