@@ -41,6 +41,14 @@ def export(
     except SystemExit:
         shutil.rmtree(staging)
         raise
+    if parts and (staging / "evaluation.json").is_file():  # it measured the part it no longer has
+        (staging / "evaluation.json").unlink()
+        logger.warning(
+            "%s: evaluation.json dropped, it measured the replaced %s; `python -m zoo.evaluate <name> --save`"
+            " measures the new weights",
+            to,
+            ", ".join(sorted(parts)),
+        )
     shared_parts.materialise(staging, run)
     zoo_parts = zoo_part_folders(staging) if dtype == "int8" else set()
     for file in staging.rglob("*.safetensors"):
