@@ -230,8 +230,25 @@ def test_img2img_with_the_empty_prompt_measures_what_the_image_alone_keeps():
     text = "\n".join(f"{k} {v}" for k, v in evaluate.image_to_image_rows(edited))
     assert "img2img strength 0.3 (n=6 held-out inputs, the empty prompt) kept: shape 0%" in text
     assert "followed" not in text and "plain generation, the same prompts" not in text
-    with pytest.raises(ValueError, match=r"img2img prompt must be one of \('other', 'empty'\), got 'own'"):
-        evaluate.image_to_image(FakeImg2Img(), 6, (0.0,), prompt="own")
+    with pytest.raises(ValueError, match=r"img2img prompt must be one of \('other', 'empty', 'own'\), got 'mine'"):
+        evaluate.image_to_image(FakeImg2Img(), 6, (0.0,), prompt="mine")
+
+
+def test_img2img_with_its_own_caption_asks_the_size_and_position_the_prompt_leaves_open():
+    edited = evaluate.image_to_image(FakeImg2Img(), 8, (0.0, 0.3), prompt="own")
+    at = {row["strength"]: row for row in edited["by_strength"]}
+    sources = [source for _, source, _, _ in evaluate.img2img_jobs(8)]
+    assert evaluate.own_caption(sources[0]) == f"a {sources[0]['colour']} {sources[0]['shape']} on a " + (
+        f"{sources[0]['background']} background"
+    )
+    assert at[0.0]["kept"] == edited["inputs"] and at[0.0]["followed"]["all"] == 1.0  # the input agrees with it
+    # the fake draws the caption large and in the centre: what the prompt names is kept, the rest only where the
+    # input was large and centred already
+    large_centre = sum(s["size"] == "large" and s["position"] == "center" for s in sources) / 8
+    assert at[0.3]["kept"]["shape"] == at[0.3]["kept"]["colour"] == at[0.3]["followed"]["all"] == 1.0
+    assert at[0.3]["kept"]["all"] == large_centre < 1 and edited["plain"]["all"] == 1.0
+    text = "\n".join(f"{k} {v}" for k, v in evaluate.image_to_image_rows(edited))
+    assert "img2img strength 0.3 (n=8 held-out inputs, their own captions) kept:" in text
 
 
 def test_img2img_at_strength_one_is_the_plain_generation_of_a_real_pipeline():
@@ -250,7 +267,7 @@ def test_img2img_at_strength_one_is_the_plain_generation_of_a_real_pipeline():
         ({"img2img": True, "strengths": ()}, "non-empty sequence"),
         ({"strengths": (0.2,)}, "pass img2img=True"),
         ({"img2img_prompt": "empty"}, "pass img2img=True"),
-        ({"img2img": True, "img2img_prompt": "own"}, "img2img_prompt must be one of"),
+        ({"img2img": True, "img2img_prompt": "mine"}, "img2img_prompt must be one of"),
     ],
 )
 def test_bad_img2img_arguments_are_refused_before_anything_is_built(monkeypatch, kwargs, message):

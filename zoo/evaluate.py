@@ -259,7 +259,9 @@ def check_edits_images(pipe: Any) -> None:
         )
 
 
-IMG2IMG_PROMPTS = ("other", "empty")  # the prompt each input is edited with: naming another image, or ""
+# the prompt each input is edited with: naming another image, "", or the input's own caption (shape, colour and
+# background; size and position left to the image)
+IMG2IMG_PROMPTS = ("other", "empty", "own")
 
 
 @torch.no_grad()
@@ -273,7 +275,9 @@ def image_to_image(
     diffusers' semantics, so there it should be all). Also the analyser's reading of the inputs themselves (what
     "kept" can reach) and the plain generations' adherence. A text pipeline only (check_edits_images).
     `prompt` "empty": every input edited with the empty prompt instead (the unconditional model: what the image
-    alone keeps, no caption pulling it away); "followed" then names nothing and is left out."""
+    alone keeps, no caption pulling it away); "followed" then names nothing and is left out. "own": each input
+    edited with its own caption's shape, colour and background (SDEdit's usual use, a prompt that agrees with
+    the picture): "kept" then also asks the size and position the prompt leaves open."""
     check_edits_images(pipe)
     strengths = check_strengths(strengths)
     if prompt not in IMG2IMG_PROMPTS:
@@ -281,6 +285,9 @@ def image_to_image(
     pairs = img2img_jobs(n, seed)
     if prompt == "empty":
         pairs = [(image, source, "", {}) for image, source, _, _ in pairs]
+    elif prompt == "own":
+        named = ("shape", "colour", "background")
+        pairs = [(image, source, own_caption(source), {f: source[f] for f in named}) for image, source, _, _ in pairs]
     inputs = [image for image, *_ in pairs]
     as_input = [({}, source) for _, source, _, _ in pairs]
     asked = [({"prompt": caption, "seed": seed + k}, named) for k, (_, _, caption, named) in enumerate(pairs)]
@@ -291,9 +298,15 @@ def image_to_image(
         drawn = draw(pipe, todo, f"img2img {strength}", **settings)
         same = [np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(drawn, plain, strict=True)]
         row = {"strength": strength, "kept": adherence_of(drawn, as_input), "same_as_plain": statistics.fmean(same)}
-        rows.append({**row, "followed": adherence_of(drawn, todo)} if prompt == "other" else row)
+        rows.append({**row, "followed": adherence_of(drawn, todo)} if prompt != "empty" else row)
     result = {"prompt": prompt, "inputs": adherence_of(inputs, as_input), "by_strength": rows}
-    return {**result, "plain": adherence_of(plain, asked)} if prompt == "other" else result
+    return {**result, "plain": adherence_of(plain, asked)} if prompt != "empty" else result
+
+
+def own_caption(source: dict[str, str]) -> str:
+    """An image's caption naming its shape, colour and background only ("a red circle on a blue background")."""
+    full = Attributes(**{f: source[f] for f in ATTRIBUTES})
+    return full.caption(include_size=False, include_position=False)
 
 
 def example_low_res(pipe: Any) -> torch.Tensor:
@@ -603,7 +616,9 @@ def super_resolution_rows(label: str, sr: dict, timing: dict) -> list[tuple[str,
 def image_to_image_rows(edited: dict) -> list[tuple[str, str]]:
     """One row per strength (kept, followed, identical to plain), then the inputs' and plain generation's rows."""
     n = int(edited["inputs"]["count"])
-    with_prompt = {"other": "prompts naming other images", "empty": "the empty prompt"}[edited.get("prompt", "other")]
+    with_prompt = {"other": "prompts naming other images", "empty": "the empty prompt", "own": "their own captions"}[
+        edited.get("prompt", "other")
+    ]
     rows = [
         (
             f"img2img strength {row['strength']:g} (n={n} held-out inputs, {with_prompt})",
@@ -639,7 +654,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--img2img-prompt", default="other", choices=IMG2IMG_PROMPTS,
-        help="other: each input edited with a prompt naming another image (default); empty: the empty prompt",
+        help="other: each input edited with a prompt naming another image (default); empty: the empty prompt;"
+        " own: its own caption (shape, colour, background)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
