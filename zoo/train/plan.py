@@ -77,8 +77,12 @@ CPU_MORE_ARGS = [
     *("--samples", "12000", "--sample-every", "100000", "--checkpoint-every", "250"),
 ]
 CPU_MORE: dict[str, list[list[str]]] = {
-    # session 3's 8 minutes (with the warm stages' 100 warm-up steps), then sessions 7's 60
-    "ldm-clip-vq": [["--warmup", "100", "--max-minutes", "8"], ["--max-minutes", "60"]],
+    # session 3's 8 minutes (with the warm stages' 100 warm-up steps), then session 7's 60 and session 8's 60
+    "ldm-clip-vq": [
+        ["--warmup", "100", "--max-minutes", "8"],
+        ["--max-minutes", "60"],
+        ["--max-minutes", "60", "--data-seed", "8"],
+    ],
     "ldm-bert-vq": [["--max-minutes", "45"]],  # session 7: U-Net and BERT
     "ldm-sr-kl": [["--max-minutes", "55"], ["--max-minutes", "33"]],  # sessions 5 and 7
 }
