@@ -88,17 +88,17 @@ CPU_MORE: dict[str, list[list[str]]] = {
 }
 
 
-def last_box(name: str, preset: str = "cpu") -> str:
-    """The stage (and runs/ folder) that holds a model's final weights: its last continuation box, if any."""
-    boxes = CPU_MORE.get(name, []) if preset == "cpu" else []
-    return f"{name}+{len(boxes)}" if boxes else name
+def boxes(name: str, preset: str) -> list[str]:
+    """The stage names (and runs/ folders) of `name`'s continuation boxes in `preset`, in order."""
+    return [f"{name}+{k}" for k in range(1, len(CPU_MORE.get(name, [])) + 1)] if preset == "cpu" else []
 
 
-def continuation_stages(name: str, r: str, data: list[str]) -> list[tuple[str, list[str], tuple[str, ...]]]:
-    """(name, argv, needs) of each continuation box of `name` (cpu preset), each from the one before it."""
+def continuation_stages(
+    name: str, r: str, data: list[str], preset: str
+) -> list[tuple[str, list[str], tuple[str, ...]]]:
+    """(name, argv, needs) of each continuation box of `name`, each from the one before it."""
     stages, previous = [], name
-    for k, flags in enumerate(CPU_MORE.get(name, []), start=1):
-        box = f"{name}+{k}"
+    for box, flags in zip(boxes(name, preset), CPU_MORE.get(name, []), strict=False):
         argv = ["diffusion", "--pipeline", name, "--init", f"{r}/{previous}/final", "--out", f"{r}/{box}"]
         stages.append((box, [*argv, *data, *CPU_MORE_ARGS, *flags], (previous,)))
         previous = box
@@ -253,13 +253,13 @@ def commands(
     pixel = PIXEL if p["pixel"] else ()
     plan += [(n, ["diffusion", "--pipeline", n, "--out", f"{r}/{n}", *data, *p["ddpm"]], ()) for n in pixel]
     for name in LATENT:
-        plan += [latent_stage(name, r, preset, data), *(continuation_stages(name, r, data) if preset == "cpu" else [])]
+        plan += [latent_stage(name, r, preset, data), *continuation_stages(name, r, data, preset)]
     plan += [(n, ["diffusion", "--pipeline", n, "--out", f"{r}/{n}", *data, *LOSS_STUDY_ARGS], ()) for n in LOSS_STUDY]
     trained = [*LATENT, *pixel, *LOSS_STUDY]
     # the 60 MB budget: parts int8 (components/storage.py), frozen parts stored once (zoo/shared_parts.py)
     export = ["export", "--dtype", "int8", "--share"]
     for n in trained:
-        box = last_box(n, preset)
+        box = [n, *boxes(n, preset)][-1]  # the last box holds the final weights
         plan.append((f"export {n}", [*export, "--run", f"{r}/{box}/final", "--to", f"{weights}/{n}"], (box,)))
     if p["parts"] == "train":
         clip_export = ["export", "--run", f"{r}/clip/final-clip", "--to", f"{weights}/clip-shapes"]
@@ -268,7 +268,7 @@ def commands(
     plan += ablation_stages(r, data) if asked else []  # only on request: 2.5 CPU-hours
     if only:
         only = [*only, *(LOSS_STUDY if "loss-study" in only else ())]
-        only += [f"{n}+{k}" for n in only if preset == "cpu" for k in range(1, len(CPU_MORE.get(n, [])) + 1)]
+        only += [box for n in only for box in boxes(n, preset)]
         only += [f"ablation {row}" for row in ABLATION] if "ablation" in only else []
         only += ["kl-f4", "clip"] if asked else []
         plan = [entry for entry in plan if entry[0] in only or entry[0].removeprefix("export ") in only]
