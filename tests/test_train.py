@@ -498,6 +498,22 @@ def test_super_resolution_trains_on_cached_latents_with_noise_augmentation_and_u
     assert pipe.generate(image=low_res, noise_level=10)[0].size == (64, 64)
 
 
+def test_super_resolution_trains_on_all_pairs_with_split_all_and_a_text_model_is_refused(runs, kl, clip):
+    from zoo.data.shapes import HELD_OUT_PAIRS, PALETTE, SHAPES
+
+    extra = ("--autoencoder", str(kl / "final"), "--conditioner", str(clip / "final"))
+    cached = runs / "data" / "shapes-all-64-seed0.safetensors"  # common(): --samples 64, --data-seed 0
+    refused = ["diffusion", "--pipeline", "ldm-clip-kl", "--out", str(runs / "refused"), *extra, "--split", "all"]
+    with pytest.raises(SystemExit, match="only a super-resolution model"):  # its held-out pairs must stay unseen
+        main([*refused, *common(runs / "data")])
+    assert not (runs / "refused").exists() and not cached.exists()
+    out = train_diffusion(runs, "ldm-sr-kl", *extra, "--split", "all")
+    assert np.isfinite(assert_run_folder(out, {"unet"})["history"][-1]["loss"])
+    labels = load_file(cached)["class_labels"].tolist()  # shape index * len(PALETTE) + colour index
+    pairs = {(list(PALETTE)[k % len(PALETTE)], SHAPES[k // len(PALETTE)]) for k in labels}
+    assert len(pairs & set(HELD_OUT_PAIRS)) >= 3  # 64 draws from 24 pairs: the 6 held out are there
+
+
 def test_training_masks_are_binary_boxes_and_strokes_some_full_and_seeded():
     from zoo.data.masks import random_masks
 

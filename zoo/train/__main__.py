@@ -102,6 +102,14 @@ def parser() -> argparse.ArgumentParser:
     )
     diffusion.add_argument("--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (e.g. 5)")
     diffusion.add_argument(
+        "--split",
+        default="train",
+        choices=("train", "all"),
+        help="the training images' colour-shape pairs: train = the 18 seen pairs (the held-out 6 measure "
+        "compositional generalisation of what a condition names), all = all 24 (a model whose condition names "
+        "no colour or shape, the super-resolution one, has nothing to generalise and no reason to miss a pair)",
+    )
+    diffusion.add_argument(
         "--objective",
         choices=OBJECTIVES,
         help="simple (DDPM Eq. 14), hybrid or vlb (improved DDPM; they need the recipe's variance 'learned'); "

@@ -469,7 +469,13 @@ def train_diffusion(args: Any) -> Path:
         raise SystemExit(
             f"--snr-gamma weights L_simple (Min-SNR); objective {recipe.objective!r} has the bound's weights"
         )
-    data = cached_dataset(args.cache, args.samples, seed=args.data_seed)
+    if args.split != "train" and recipe.concat_image != "low_res":
+        raise SystemExit(
+            f"--split {args.split} trains {recipe.name} on the held-out colour-shape pairs, which its evaluation"
+            " keeps unseen to measure compositional generalisation; only a super-resolution model (whose condition"
+            " names no pair) trains on all pairs"
+        )
+    data = cached_dataset(args.cache, args.samples, seed=args.data_seed, split=args.split)
     trainables = {role: m for role, m in pipe.modules().items() if any(p.requires_grad for p in m.parameters())}
     text = trainables.get("conditioner")
     text = text if text is not None and text.kind == "text" else None
