@@ -507,7 +507,8 @@ def test_super_resolution_trains_on_all_pairs_with_split_all_and_a_text_model_is
     with pytest.raises(SystemExit, match="only a super-resolution model"):  # its held-out pairs must stay unseen
         main([*refused, *common(runs / "data")])
     assert not (runs / "refused").exists() and not cached.exists()
-    out = train_diffusion(runs, "ldm-sr-kl", *extra, "--split", "all")
+    out = runs / "sr-all-pairs"
+    main(["diffusion", "--pipeline", "ldm-sr-kl", "--out", str(out), *extra, "--split", "all", *common(runs / "data")])
     assert np.isfinite(assert_run_folder(out, {"unet"})["history"][-1]["loss"])
     labels = load_file(cached)["class_labels"].tolist()  # shape index * len(PALETTE) + colour index
     pairs = {(list(PALETTE)[k % len(PALETTE)], SHAPES[k // len(PALETTE)]) for k in labels}
