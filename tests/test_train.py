@@ -399,6 +399,7 @@ def test_continuation_boxes_each_start_from_the_last_and_the_export_takes_the_fi
             args = parser().parse_args(argv)
             assert args.init == f"runs/{previous}/final" and args.out == f"runs/{name}+{k}" and needs == (previous,)
             assert args.pipeline == name and args.max_minutes == float(flags[flags.index("--max-minutes") + 1])
+            assert args.split == (flags[flags.index("--split") + 1] if "--split" in flags else "train")
             previous = f"{name}+{k}"
         export, needs = entries[f"export {name}"]
         assert export[export.index("--run") + 1] == f"runs/{previous}/final" and needs == (previous,)
@@ -406,7 +407,7 @@ def test_continuation_boxes_each_start_from_the_last_and_the_export_takes_the_fi
     assert "ldm-clip-vq+1" in entries["ldm-bert-vq"][1]
     assert not any("+" in name for name, _, _ in plan.commands("runs", preset="gpu"))  # a cpu-preset history
     only = [name for name, _, _ in plan.commands("runs", only=["ldm-sr-kl"], preset="cpu")]
-    assert only == ["ldm-sr-kl", "ldm-sr-kl+1", "ldm-sr-kl+2", "export ldm-sr-kl"]
+    assert only == ["ldm-sr-kl", *(f"ldm-sr-kl+{k}" for k in range(1, 5)), "export ldm-sr-kl"]
 
 
 def test_a_plan_cut_by_only_copies_the_parts_it_needs_and_stops_on_an_unfinished_stage(tmp_path):

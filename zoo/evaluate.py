@@ -180,12 +180,13 @@ def inpainting(pipe: Any, split: str, n: int, *, seed: int = 0, **settings: Any)
     return {**table, "psnr_outside_db": statistics.fmean(kept)}
 
 
-SR_SEED = 2024  # the held-out images super-resolution is measured on (split "heldout": pairs never trained on)
+SR_SEED = 2024  # the unseen images super-resolution is measured on (split "heldout": the text models' unseen pairs)
 
 
 @torch.no_grad()
 def super_resolution(pipe: Any, n: int, *, seed: int = 0, **settings: Any) -> dict[str, float] | None:
-    """Super-resolution on `n` held-out images (colour-shape pairs never trained on): each 64x64 ground truth
+    """Super-resolution on `n` unseen images of the held-out colour-shape pairs (never trained on by a model trained
+    on the seen pairs; one trained with `--split all` has seen those pairs, never these images): each 64x64 truth
     downsampled to the model's low-res input (bicubic with antialiasing, zoo/pipelines/super_resolution.py) and
     upsampled by the model and by bicubic interpolation; PSNR (dB) of each to the ground truth (both 8-bit), and
     the strict analyser's reading of shape (template IoU >= SHAPE_IOU), colour and background of each; and the

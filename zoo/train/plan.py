@@ -84,7 +84,13 @@ CPU_MORE: dict[str, list[list[str]]] = {
         ["--max-minutes", "60", "--data-seed", "8"],
     ],
     "ldm-bert-vq": [["--max-minutes", "45"]],  # session 7: U-Net and BERT
-    "ldm-sr-kl": [["--max-minutes", "55"], ["--max-minutes", "33"]],  # sessions 5 and 7
+    # sessions 5 and 7; then session 9's two on all 24 colour-shape pairs (its condition names none: --split all)
+    "ldm-sr-kl": [
+        ["--max-minutes", "55"],
+        ["--max-minutes", "33"],
+        ["--max-minutes", "50", "--split", "all", "--data-seed", "11"],
+        ["--max-minutes", "25", "--split", "all", "--data-seed", "12"],
+    ],
 }
 
 
