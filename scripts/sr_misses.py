@@ -12,10 +12,9 @@ import torch
 
 import zoo
 from zoo.data.analyser import analyse
-from zoo.data.shapes import pregenerate
-from zoo.evaluate import SR_SEED, judge
+from zoo.evaluate import SR_ATTRIBUTES, judge, super_resolution_cases
 from zoo.pipelines.base import to_pil
-from zoo.pipelines.super_resolution import bicubic_upsampled, low_res_of
+from zoo.pipelines.super_resolution import bicubic_upsampled
 
 
 def main() -> None:
@@ -25,13 +24,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     pipe = zoo.load_pipeline(args.weights, device="cpu") if args.weights else zoo.build("ldm-sr-kl")
-    size, side = pipe.recipe.image_size, pipe.latent_shape[1]
-    data = pregenerate(args.n, seed=SR_SEED, split="heldout", image_size=size)
-    for k in range(args.n):
-        truth, a = data["images"][k : k + 1], data["attributes"][k]
-        low = low_res_of(truth, side)
+    size = pipe.recipe.image_size
+    for k, (_, low, a) in enumerate(super_resolution_cases(pipe, args.n)):
         drawn = pipe.generate(image=low, seed=k)[0]  # zoo.evaluate's seed for image k
-        wanted = {"shape": a.shape, "colour": a.colour, "background": a.background}
+        wanted = {name: getattr(a, name) for name in SR_ATTRIBUTES}
         model, bicubic = judge(drawn, wanted), judge(to_pil(bicubic_upsampled(low, size))[0], wanted)
         if not all(model["right"].values()):
             read = analyse(drawn)

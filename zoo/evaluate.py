@@ -183,6 +183,19 @@ def inpainting(pipe: Any, split: str, n: int, *, seed: int = 0, **settings: Any)
 SR_SEED = 2024  # the unseen images super-resolution is measured on (split "heldout": the text models' unseen pairs)
 
 
+SR_ATTRIBUTES = ("shape", "colour", "background")  # what super-resolution is read on (size and position are given)
+
+
+def super_resolution_cases(pipe: Any, n: int) -> list[tuple[torch.Tensor, torch.Tensor, Attributes]]:
+    """(64x64 truth (1, 3, H, W), its low-res input, its attributes) of the super-resolution evaluation's first `n`
+    images: SR_SEED's held-out split, downsampled as in training (bicubic with antialiasing)."""
+    from zoo.pipelines.super_resolution import low_res_of
+
+    data = pregenerate(n, seed=SR_SEED, split="heldout", image_size=pipe.recipe.image_size)
+    truths = [data["images"][k : k + 1] for k in range(n)]
+    return [(t, low_res_of(t, pipe.latent_shape[1]), a) for t, a in zip(truths, data["attributes"], strict=True)]
+
+
 @torch.no_grad()
 def super_resolution(pipe: Any, n: int, *, seed: int = 0, **settings: Any) -> dict[str, float] | None:
     """Super-resolution on `n` unseen images of the held-out colour-shape pairs (never trained on by a model trained
@@ -195,21 +208,19 @@ def super_resolution(pipe: Any, n: int, *, seed: int = 0, **settings: Any) -> di
     if condition_kind(pipe) != "low_res":
         return None
     from zoo.pipelines.base import to_pil, to_tensor
-    from zoo.pipelines.super_resolution import bicubic_upsampled, low_res_of
+    from zoo.pipelines.super_resolution import bicubic_upsampled
 
-    data = pregenerate(n, seed=SR_SEED, split="heldout", image_size=pipe.recipe.image_size)
-    side, size = pipe.latent_shape[1], pipe.recipe.image_size
+    size = pipe.recipe.image_size
     todo, drawn, bicubic, round_trips, psnr_model, psnr_bicubic, psnr_ceiling = [], [], [], [], [], [], []
-    for k in tqdm(range(n), desc=f"{pipe.recipe.name} super-resolution", leave=False, disable=None):
-        truth, wanted = data["images"][k : k + 1], data["attributes"][k]
-        low = low_res_of(truth, side)
+    bar = tqdm(super_resolution_cases(pipe, n), desc=f"{pipe.recipe.name} super-resolution", leave=False, disable=None)
+    for k, (truth, low, wanted) in enumerate(bar):
         drawn += pipe.generate(image=low, seed=seed + k, **settings)
         bicubic += to_pil(bicubic_upsampled(low, size))  # 8-bit, as the model's image
         psnr_model.append(psnr(to_tensor(drawn[-1]), truth))
         psnr_bicubic.append(psnr(to_tensor(bicubic[-1]), truth))
         round_trips += pipe.decode(pipe.encode(truth))
         psnr_ceiling.append(psnr(to_tensor(round_trips[-1]), truth))
-        todo.append(({}, {"shape": wanted.shape, "colour": wanted.colour, "background": wanted.background}))
+        todo.append(({}, {name: getattr(wanted, name) for name in SR_ATTRIBUTES}))
     return {
         "psnr_db": statistics.fmean(psnr_model),
         "psnr_bicubic_db": statistics.fmean(psnr_bicubic),
