@@ -77,6 +77,8 @@ CPU_MORE_ARGS = [
     *("--samples", "12000", "--sample-every", "100000", "--checkpoint-every", "250"),
 ]
 CPU_MORE: dict[str, list[list[str]]] = {
+    # session 10: the from-scratch stage (45 minutes beside ldm-seg-kl's, 3,763 steps) continued alone on both cores
+    "ldm-clip-kl": [["--max-minutes", "25", "--threads", "2"]],
     # session 3's 8 minutes (with the warm stages' 100 warm-up steps), then session 7's 60 and session 8's 60
     "ldm-clip-vq": [
         ["--warmup", "100", "--max-minutes", "8"],
