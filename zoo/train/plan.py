@@ -77,9 +77,6 @@ CPU_MORE_ARGS = [
     *("--samples", "12000", "--sample-every", "100000", "--checkpoint-every", "250"),
 ]
 CPU_MORE: dict[str, list[list[str]]] = {
-    # session 10: the from-scratch stage (45 minutes beside ldm-seg-kl's, 3,763 steps) continued alone, its
-    # Min-SNR-gamma weighting kept (one thread: two were no faster on this small U-Net, 0.72 s a step)
-    "ldm-clip-kl": [["--max-minutes", "25", "--snr-gamma", "5"]],
     # session 3's 8 minutes (with the warm stages' 100 warm-up steps), then session 7's 60 and session 8's 60
     "ldm-clip-vq": [
         ["--warmup", "100", "--max-minutes", "8"],
