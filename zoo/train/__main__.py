@@ -76,6 +76,18 @@ def parser() -> argparse.ArgumentParser:
         "--grow-decoder", type=int, default=0, metavar="N",
         help="first add N resnets to each decoder level, each starting as the identity (deeper, the same output)",
     )  # fmt: skip
+    dec.add_argument(
+        "--latents", default="sample", choices=("sample", "mode"),
+        help="what the decoder learns to decode: sample, z ~ q(z|x) (LDM's autoencoder loss; what img2img and "
+        "inpainting encode, as diffusers does); mode, the posterior mean (what diffusion trains on and samples "
+        "approximate). A VQ autoencoder has one z either way",
+    )  # fmt: skip
+    dec.add_argument(
+        "--split", default="train", choices=("train", "all"),
+        help="the training images' colour-shape pairs: train = the 18 seen pairs (a decoder shared with text, class "
+        "and map models must not see the 6 held-out ones); all = all 24 (a decoder for a model whose condition "
+        "names no pair, the super-resolution one)",
+    )  # fmt: skip
     common(dec, steps=4000, batch=32, lr=1e-4)
     clip = sub.add_parser("clip", help="a small CLIP model, contrastively; its text tower becomes the conditioner")
     clip.add_argument("--vision-width", type=int, default=128)

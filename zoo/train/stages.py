@@ -92,12 +92,13 @@ def train_decoder(args: Any) -> Path:
     VAE (the ft-EMA / ft-MSE kl-f8 decoders, 2022): E, the codebook and the scaling factor stay bit for bit, so
     the latents every diffusion model trained on, and those models, stay valid; only x_hat = D(z) improves.
     Objective: the autoencoder's reconstruction loss on D(z), z ~ q(z|x) (LDM Sec. 3.1 without the terms E alone
-    sets: the KL, or the codebook and commitment losses). `--grow-decoder N` first deepens the decoder by N resnets
+    sets: the KL, or the codebook and commitment losses), or with `--latents mode` z = the posterior mean, the
+    latent diffusion trains on. `--split all` trains on every colour-shape pair (see the flag's help). `--grow-decoder N` first deepens the decoder by N resnets
     per level that start as the identity (`grow_decoder`): the same output, more capacity to fine-tune."""
     from zoo.pipeline_io import load_part
 
     out = Path(args.out)
-    data = cached_dataset(args.cache, args.samples, seed=args.data_seed)
+    data = cached_dataset(args.cache, args.samples, seed=args.data_seed, split=args.split)
     images = data["images"]
     torch.manual_seed(args.seed)
     if not (Path(args.autoencoder) / "config.json").is_file():
@@ -124,8 +125,8 @@ def train_decoder(args: Any) -> Path:
     def step(i: int) -> tuple[torch.Tensor, dict]:
         x = to_float(images[trainer.shard(batch_indices(i, args.batch, len(images), args.seed))]).to(device)
         generator.manual_seed((args.seed * 7_919 + i) * 1_009 + trainer.shard.index)
-        with torch.no_grad():
-            z = ae.encode(x, sample=True, generator=generator)  # KL: a posterior sample; VQ: z_e (quantised in decode)
+        with torch.no_grad():  # KL: a posterior sample or its mean; VQ: z_e either way (quantised in decode)
+            z = ae.encode(x, sample=args.latents == "sample", generator=generator)
         return loss(ae.decode(z), x), {}
 
     heldout = to_float(cached_dataset(args.cache, 512, seed=args.data_seed + 1, split="all")["images"]).to(device)
