@@ -140,6 +140,27 @@ def test_the_decoder_stage_grows_the_decoder_and_keeps_the_encoder(kl, runs):
     assert not (runs / "kl-f4-decoder-bad").exists()  # refused before anything was written
 
 
+@pytest.mark.parametrize(
+    ("flags", "sampled", "split"), [([], True, "train"), (["--latents", "mode", "--split", "all"], False, "all")]
+)
+def test_the_decoder_stage_decodes_posterior_samples_or_the_mean_on_the_pairs_asked(
+    kl, runs, monkeypatch, flags, sampled, split
+):
+    from components.autoencoders.kl import AutoencoderKL
+
+    asked, splits = [], []
+    encode, dataset = AutoencoderKL.encode, stages.cached_dataset
+    monkeypatch.setattr(
+        AutoencoderKL, "encode", lambda self, x, **kw: asked.append(kw.get("sample")) or encode(self, x, **kw)
+    )
+    monkeypatch.setattr(stages, "cached_dataset", lambda *a, **kw: splits.append(kw.get("split")) or dataset(*a, **kw))
+    out = runs / f"decoder-{split}"
+    main(["decoder", "--autoencoder", str(kl / "final"), "--out", str(out), *common(runs / "data"), *flags])
+    assert asked.count(True) == (STEPS if sampled else 0)  # one encode a step; the held-out PSNR encodes the mean
+    assert splits[0] == split and splits[1:] == ["all"]  # the training images', then the 512 held-out images'
+    assert_run_folder(out, {"autoencoder"})
+
+
 def test_decoder_stage_refuses_a_folder_without_an_autoencoder(runs, tmp_path):
     with pytest.raises(SystemExit, match="no config.json"):
         main(
@@ -568,3 +589,73 @@ def test_the_ablation_rows_change_one_choice_each_train_from_scratch_and_are_mea
     assert ablation.table(runs, prompts=1, rows=["cosine"]).splitlines()[2:] == [lines[3]]
     with pytest.raises(ValueError, match=r"unknown ablation rows \['cosin'\]; the rows: base, base-seed-1, eps"):
         ablation.table(runs, prompts=1, rows=["cosin"])
+
+
+# ------------------------------------------------------------------------------ step budgets and their guard
+def test_a_paused_run_leaves_a_checkpoint_and_no_final_and_continues_to_what_an_unbroken_run_trains(
+    kl, runs, monkeypatch
+):
+    """--pause-after-minutes: past the guard a run saves a checkpoint and exits PAUSED (75) without final/ or
+    metrics.json; the same command resumes it, and since the lr follows the steps alone (not the minutes),
+    paused-then-resumed trains the same weights as one unbroken run."""
+    from zoo.train.loop import PAUSED, Trainer
+
+    args = ["decoder", "--autoencoder", str(kl / "final"), *common(runs / "data"), "--lr", "1e-2"]
+    main([*args, "--out", str(runs / "unbroken")])
+    monkeypatch.setattr(Trainer, "elapsed", lambda self, started: 10.0 * self.step)  # a clock of 10 s a step
+    paused = runs / "paused"
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--out", str(paused), "--pause-after-minutes", str(25 / 60)])  # 25 s: past it at step 3
+    assert stop.value.code == PAUSED
+    state = json.loads((paused / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 3 and "paused" in state["history"][-1]
+    assert not (paused / "final").exists() and not (paused / "metrics.json").exists()
+    from zoo.train.plan import done
+
+    assert not done(["decoder", "--out", str(paused)])  # the plan runs it again
+    monkeypatch.undo()  # the real clock: the resumed run's 1 step stays far under its 25 s
+    main([*args, "--out", str(paused), "--pause-after-minutes", str(25 / 60)])
+    assert done(["decoder", "--out", str(paused)])
+    one = load_file(runs / "unbroken" / "final" / "model.safetensors")
+    two = load_file(paused / "final" / "model.safetensors")
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+
+
+def test_the_plan_stops_on_a_paused_stage_and_starts_nothing_after_it(tmp_path, monkeypatch):
+    from zoo.train import plan
+
+    fake = [
+        ("first", ["diffusion", "--out", str(tmp_path / "first")], ()),
+        ("second", ["diffusion", "--out", str(tmp_path / "second")], ("first",)),
+    ]
+    monkeypatch.setattr(plan, "commands", lambda *a, **k: list(fake))
+    monkeypatch.setattr("zoo.train.data.cached_dataset", lambda *a, **k: None)
+    started = []
+
+    class Paused:  # a stage process that exits as the guard makes it
+        returncode = plan.PAUSED
+
+        def __init__(self, argv, **kwargs):
+            started.append(argv[argv.index("--out") + 1])
+
+        def poll(self):
+            return self.returncode
+
+    monkeypatch.setattr(plan.subprocess, "Popen", Paused)
+    monkeypatch.setattr(plan.time, "sleep", lambda s: None)
+    with pytest.raises(SystemExit, match=r"stage first paused .* run the same plan command again"):
+        plan.run_plan(str(tmp_path), None, 2, [])
+    assert started == [str(tmp_path / "first")]  # "second" needs it: never started
+
+
+def test_the_cpu_presets_from_scratch_stages_are_step_budgets_with_a_guard_not_time_boxes():
+    from zoo.train import plan
+    from zoo.train.__main__ import parser
+
+    entries = {name: argv for name, argv, _ in plan.commands("runs", preset="cpu")}
+    for name, steps in plan.CPU_LDM_STEPS.items():
+        args = parser().parse_args(entries[name])
+        assert args.init is None and args.unet_from is None  # from scratch
+        assert args.steps == steps and args.max_minutes == 0 and args.pause_after_minutes > 0
+    loss_study = parser().parse_args(entries["ddpm-simple-32"])
+    assert loss_study.max_minutes == 0 and loss_study.pause_after_minutes > 0

@@ -46,7 +46,15 @@ def common(parser: argparse.ArgumentParser, *, steps: int, batch: int, lr: float
     parser.add_argument("--overrides", default="", help="JSON keyword arguments for the part (or recipe)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--tiny", action="store_true", help="the parts' tiny variants (smoke tests)")
-    parser.add_argument("--max-minutes", type=float, default=0, help="stop (and finish) after this wall time")
+    parser.add_argument(
+        "--max-minutes", type=float, default=0,
+        help="a time box: stop and finish (final/) after this wall time, the lr decayed by the time used",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pause-after-minutes", type=float, default=0,
+        help="a guard for a step budget: after this wall time save a checkpoint and exit 75 without final/; the "
+        "same command continues to --steps (the lr follows the steps)",
+    )  # fmt: skip
     parser.add_argument("--log-every", type=int, default=50, help="optimiser steps per log.jsonl line")
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step (per process)")
     parser.add_argument("--processes", type=int, help="stop unless the launcher started exactly this many processes")

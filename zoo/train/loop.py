@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 Batch = TypeVar("Batch", torch.Tensor, Sequence)
+PAUSED = 75  # the exit status of a run stopped by its guard (sysexits.h EX_TEMPFAIL: try again to continue)
 UNSUPPORTED = ("FSDP", "DEEPSPEED", "MEGATRON_LM", "XLA")  # sharded or compiled engines: not this data-parallel loop
 
 
@@ -53,6 +54,9 @@ class LoopConfig:
     checkpoint_every: int = 500
     seed: int = 0
     max_seconds: float | None = None  # a time box: stop early, and say so in the history
+    # a guard, not a box: after this many seconds of one invocation, save a checkpoint and exit with PAUSED, final/
+    # unwritten, so the same command continues the run; the lr schedule follows the steps alone
+    pause_seconds: float | None = None
     batch: int | None = None  # the global batch per optimiser step (all processes, all micro-batches); None: unsharded
     grad_accum: int = 1  # micro-batches per optimiser step on each process (gradient accumulation)
     processes: int | None = None  # stop unless the launcher started exactly this many processes
@@ -258,7 +262,10 @@ class Trainer:
         cfg, started, window = self.config, time.perf_counter(), []
         quiet = None if self.is_main else True  # None: tqdm's own choice (off when not a terminal)
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.out.name, mininterval=5, disable=quiet)
+        paused = False
         while self.step < cfg.steps and not self.out_of_time(started):
+            if paused := self.pause_due(started):
+                break
             for group in self.optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(self.step, cfg.warmup, cfg.steps, self.time_fraction(started))
             window.append(self.train_step(step_fn))
@@ -268,6 +275,8 @@ class Trainer:
             bar.update(1)
             self.after_step(window, started, sample_fn)
         bar.close()
+        if paused:
+            self.pause()
         stopped = self.step < cfg.steps
         if stopped:
             self.history.append({"step": self.step, "stopped": f"time box of {cfg.max_seconds:.0f} s reached"})
@@ -308,6 +317,24 @@ class Trainer:
 
     def out_of_time(self, started: float) -> bool:
         return self.config.max_seconds is not None and self.elapsed(started) > self.config.max_seconds
+
+    def pause_due(self, started: float) -> bool:
+        return self.config.pause_seconds is not None and self.elapsed(started) > self.config.pause_seconds
+
+    def pause(self) -> None:
+        """The guard's stop: a checkpoint at this step, then exit PAUSED on every process, no final/ written
+        (a stage whose final/ exists is finished: zoo.train.plan's done), so running the same command again
+        resumes here and trains on to --steps, the learning rate where the step count puts it."""
+        cfg = self.config
+        self.history.append(
+            {"step": self.step, "paused": f"after {cfg.pause_seconds:.0f} s, at {self.step} of {cfg.steps}"}
+        )
+        self.save_checkpoint()
+        logger.warning(
+            "%s: paused at step %d of %d (--pause-after-minutes); run the same command again to continue",
+            self.out, self.step, cfg.steps,
+        )  # fmt: skip
+        raise SystemExit(PAUSED)
 
     def after_step(self, window: list[dict], started: float, sample_fn: Callable[[Path], None] | None) -> None:
         cfg = self.config

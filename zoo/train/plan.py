@@ -13,17 +13,25 @@ import sys
 import time
 from pathlib import Path
 
+from zoo.train.loop import PAUSED
+
 logger = logging.getLogger(__name__)
 
 # The cpu preset's from-scratch diffusion stages, picked from the ablation (README "Recipes that converge on this
 # CPU"; ABLATION below): its base (batch 32 beat 64 in the same minutes, lr 3e-4) with Min-SNR-gamma 5, the row
 # that read best (54% / 46% all-correct after 15 minutes against the base's 25% / 4% and 17% / 21%), one thread
-# so two stages share the 2 cores (--jobs 2).
+# so two stages share the 2 cores (--jobs 2). A step budget (CPU_LDM_STEPS), not a time box: a 45-minute box held
+# 6,457 steps on a quiet CPU and 3,763 on a contended one, and the lr decayed with the minutes, so the result
+# depended on the machine's load. The guard pauses a stage that runs long (a checkpoint, no final/); the next
+# run of the plan continues it.
 CPU_LDM = [
-    *("--batch", "32", "--steps", "100000", "--lr", "3e-4", "--warmup", "100", "--snr-gamma", "5"),
-    *("--max-minutes", "45", "--threads", "1", "--samples", "12000", "--sample-every", "1000"),
+    *("--batch", "32", "--lr", "3e-4", "--warmup", "100", "--snr-gamma", "5"),
+    *("--pause-after-minutes", "90", "--threads", "1", "--samples", "12000", "--sample-every", "1000"),
     *("--checkpoint-every", "250"),
 ]
+# Steps of 32 per from-scratch stage: what its shipped weights had. ldm-seg-kl's 45-minute box of session 10
+# reached 4,006; the root's 6,457 are session 9's quiet 45-minute box (README "Retraining").
+CPU_LDM_STEPS = {"ldm-clip-kl": 6457, "ldm-seg-kl": 4006}
 
 # The shipped latent models: the 2x2 text grid (exactly one part changes between neighbours), the map- and
 # class-conditioned models; each with the autoencoder stage it needs and whether it needs the CLIP stage.
@@ -120,7 +128,7 @@ LOSS_STUDY = ("ddpm-simple-32", "ddpm-hybrid-32", "ddpm-vlb-32")
 # resumed; --max-minutes only guards the shared CPU (a boxed run continues when the command is run again).
 LOSS_STUDY_ARGS = [
     *("--batch", "16", "--steps", "1000", "--lr", "4e-4", "--warmup", "100", "--threads", "1"),
-    *("--max-minutes", "14", "--sample-every", "300", "--checkpoint-every", "100"),
+    *("--pause-after-minutes", "14", "--sample-every", "300", "--checkpoint-every", "100"),
 ]
 # The from-scratch ablation (issue 9; README "Recipes that converge on this CPU"): ldm-clip-kl's U-Net trained from
 # random weights on the embedded KL-f4 and CLIP tower, each row changing one choice of the base (v-prediction,
@@ -239,6 +247,8 @@ def latent_stage(name: str, r: str, preset: str, data: list[str]) -> tuple[str, 
     needs = (ae, "clip") if uses_clip else (ae,)
     settings = PRESETS[preset]["ldm"]
     warm = CPU_WARM.get(name) if preset == "cpu" else None
+    if preset == "cpu" and not warm:  # from scratch: its step budget
+        settings = [*settings, "--steps", str(CPU_LDM_STEPS[name])]
     if warm:  # its own flags go last: a --max-minutes of its own wins over CPU_WARM_ARGS' (argparse: the last)
         if warm[0] == "--init":  # the whole pipeline: its parts come with it
             parts, needs = [], ()
@@ -327,17 +337,26 @@ def run_plan(
     finished |= {name for name, (argv, _) in pending.items() if done(argv)}
     cached_dataset(Path(runs) / "data", samples, seed=0)  # made once here, not raced by parallel stages
     running: dict[str, subprocess.Popen] = {}
-    while pending.keys() - finished:
+    paused: list[str] = []
+    while pending.keys() - finished and (running or not paused):
         for name, proc in list(running.items()):
             if proc.poll() is not None:
-                if proc.returncode != 0:
+                if proc.returncode == PAUSED:  # its guard: a checkpoint, no final/; the next plan run resumes it
+                    paused.append(name)
+                elif proc.returncode != 0:
                     raise SystemExit(f"stage {name} failed (exit {proc.returncode}); see {runs}/{name}.log")
-                finished.add(name)
+                else:
+                    finished.add(name)
                 del running[name]
         ready = [n for n, (a, d) in pending.items() if n not in finished | running.keys() and set(d) <= finished]
-        for name in ready[: max(0, jobs - len(running))]:
+        for name in ready[: max(0, jobs - len(running))] if not paused else []:  # a pause starts nothing new
             argv = pending[name][0] + (extra if pending[name][0][0] != "export" else [])
             log = open(Path(runs) / f"{name.replace(' ', '-')}.log", "a")  # noqa: SIM115 (lives as long as the process)
             logger.info("starting %s", name)
             running[name] = subprocess.Popen([sys.executable, "-m", "zoo.train", *argv], stdout=log, stderr=log)
         time.sleep(1)
+    if paused:
+        raise SystemExit(
+            f"stage {', '.join(paused)} paused by --pause-after-minutes before its --steps (a checkpoint in its run "
+            f"folder, no final/): run the same plan command again to continue; see {runs}/<stage>.log"
+        )

@@ -93,8 +93,9 @@ def train_decoder(args: Any) -> Path:
     the latents every diffusion model trained on, and those models, stay valid; only x_hat = D(z) improves.
     Objective: the autoencoder's reconstruction loss on D(z), z ~ q(z|x) (LDM Sec. 3.1 without the terms E alone
     sets: the KL, or the codebook and commitment losses), or with `--latents mode` z = the posterior mean, the
-    latent diffusion trains on. `--split all` trains on every colour-shape pair (see the flag's help). `--grow-decoder N` first deepens the decoder by N resnets
-    per level that start as the identity (`grow_decoder`): the same output, more capacity to fine-tune."""
+    latent diffusion trains on. `--split all` trains on every colour-shape pair (see the flag's help).
+    `--grow-decoder N` first deepens the decoder by N resnets per level that start as the identity
+    (`grow_decoder`): the same output, more capacity to fine-tune."""
     from zoo.pipeline_io import load_part
 
     out = Path(args.out)
@@ -202,6 +203,7 @@ def loop_config(args: Any) -> LoopConfig:
         log_every=args.log_every,
         seed=args.seed,
         max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+        pause_seconds=args.pause_after_minutes * 60 if args.pause_after_minutes else None,
         batch=args.batch,
         grad_accum=args.grad_accum,
         processes=args.processes,
