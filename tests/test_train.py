@@ -423,12 +423,14 @@ def test_continuation_boxes_each_start_from_the_last_and_the_export_takes_the_fi
             assert args.split == (flags[flags.index("--split") + 1] if "--split" in flags else "train")
             previous = f"{name}+{k}"
         export, needs = entries[f"export {name}"]
-        assert export[export.index("--run") + 1] == f"runs/{previous}/final" and needs == (previous,)
+        assert export[export.index("--run") + 1] == f"runs/{previous}/final" and needs[0] == previous
+        assert needs[1:] == ((plan.OWN_DECODER[name][0],) if name in plan.OWN_DECODER else ())
     # the shipped ldm-bert-vq started from ldm-clip-vq after its first extra box
     assert "ldm-clip-vq+1" in entries["ldm-bert-vq"][1]
     assert not any("+" in name for name, _, _ in plan.commands("runs", preset="gpu"))  # a cpu-preset history
     only = [name for name, _, _ in plan.commands("runs", only=["ldm-sr-kl"], preset="cpu")]
-    assert only == ["ldm-sr-kl", *(f"ldm-sr-kl+{k}" for k in range(1, 5)), "export ldm-sr-kl"]
+    boxes = [f"ldm-sr-kl+{k}" for k in range(1, len(plan.CPU_MORE["ldm-sr-kl"]) + 1)]
+    assert only == ["kl-f4-all", "ldm-sr-kl", *boxes, "export ldm-sr-kl"]  # its own decoder (OWN_DECODER) too
 
 
 def test_a_plan_cut_by_only_copies_the_parts_it_needs_and_stops_on_an_unfinished_stage(tmp_path):
@@ -659,3 +661,26 @@ def test_the_cpu_presets_from_scratch_stages_are_step_budgets_with_a_guard_not_t
         assert args.steps == steps and args.max_minutes == 0 and args.pause_after_minutes > 0
     loss_study = parser().parse_args(entries["ddpm-simple-32"])
     assert loss_study.max_minutes == 0 and loss_study.pause_after_minutes > 0
+
+
+def test_only_the_super_resolution_model_gets_a_decoder_trained_on_every_pair():
+    """The SR model's condition names no colour-shape pair, so its KL-f4 decoder may see all 24; the text, class
+    and map models keep the decoder of the 18 seen pairs, so their held-out pairs stay unseen by every part."""
+    from zoo.train import plan
+    from zoo.train.__main__ import parser
+
+    entries = {name: (argv, needs) for name, argv, needs in plan.commands("runs", preset="cpu")}
+    decoder = parser().parse_args(entries["kl-f4-all"][0])
+    assert (decoder.stage, decoder.autoencoder, decoder.split, decoder.latents) == (
+        "decoder",
+        "runs/kl-f4/final",
+        "all",
+        "mode",
+    )
+    assert entries["kl-f4-all"][1] == ("kl-f4",)
+    with_parts = {n: argv for n, (argv, _) in entries.items() if n.startswith("export ") and "--part" in argv}
+    assert list(with_parts) == ["export ldm-sr-kl"]
+    assert with_parts["export ldm-sr-kl"][-2:] == ["--part", "autoencoder=runs/kl-f4-all/final"]
+    assert "kl-f4-all" in entries["export ldm-sr-kl"][1]
+    assert "kl-f4-all" in [n for n, _, _ in plan.commands("runs", only=["ldm-sr-kl"], preset="cpu")]
+    assert not any(n == "kl-f4-all" for n, _, _ in plan.commands("runs", preset="gpu"))

@@ -119,6 +119,30 @@ def continuation_stages(
     return stages
 
 
+# Own decoders (cpu preset): a pipeline whose condition names no colour-shape pair gets the KL-f4 with its decoder
+# fine-tuned on all 24 pairs (the encoder frozen, so the latents, and the U-Net trained on them, stay valid). The
+# text, class and map models share the decoder trained on the 18 seen pairs, which the held-out 6 measure.
+OWN_DECODER = {
+    "ldm-sr-kl": (
+        "kl-f4-all",
+        [
+            *("--loss", "contrast-l1", "--latents", "mode", "--split", "all", "--lr", "1e-4", "--warmup", "50"),
+            *("--batch", "32", "--threads", "1", "--samples", "12000", "--data-seed", "13", "--max-minutes", "30"),
+        ],
+    ),
+}
+
+
+def decoder_stages(r: str, data: list[str], preset: str) -> list[tuple[str, list[str], tuple[str, ...]]]:
+    """(name, argv, needs) of each OWN_DECODER stage: the embedded KL-f4's decoder fine-tuned (cpu preset)."""
+    if preset != "cpu":
+        return []
+    return [
+        (stage, ["decoder", "--autoencoder", f"{r}/kl-f4/final", "--out", f"{r}/{stage}", *data, *flags], ("kl-f4",))
+        for stage, flags in dict(OWN_DECODER.values()).items()
+    ]
+
+
 PIXEL = ("ddpm-cosine", "ddpm-linear")
 SHIPPED = (*LATENT, *PIXEL)
 # The loss study (README "L_simple vs the bound"): one 32x32 model, three objectives, the same steps and batch
@@ -268,6 +292,7 @@ def commands(
     plan = part_stages(r, p, data, weights)
     pixel = PIXEL if p["pixel"] else ()
     plan += [(n, ["diffusion", "--pipeline", n, "--out", f"{r}/{n}", *data, *p["ddpm"]], ()) for n in pixel]
+    plan += decoder_stages(r, data, preset)
     for name in LATENT:
         plan += [latent_stage(name, r, preset, data), *continuation_stages(name, r, data, preset)]
     plan += [(n, ["diffusion", "--pipeline", n, "--out", f"{r}/{n}", *data, *LOSS_STUDY_ARGS], ()) for n in LOSS_STUDY]
@@ -276,7 +301,11 @@ def commands(
     export = ["export", "--dtype", "int8", "--share"]
     for n in trained:
         box = [n, *boxes(n, preset)][-1]  # the last box holds the final weights
-        plan.append((f"export {n}", [*export, "--run", f"{r}/{box}/final", "--to", f"{weights}/{n}"], (box,)))
+        argv, needs = [*export, "--run", f"{r}/{box}/final", "--to", f"{weights}/{n}"], (box,)
+        if preset == "cpu" and n in OWN_DECODER:
+            decoder = OWN_DECODER[n][0]
+            argv, needs = [*argv, "--part", f"autoencoder={r}/{decoder}/final"], (box, decoder)
+        plan.append((f"export {n}", argv, needs))
     if p["parts"] == "train":
         clip_export = ["export", "--run", f"{r}/clip/final-clip", "--to", f"{weights}/clip-shapes"]
         plan.append(("export clip-shapes", clip_export, ("clip",)))
@@ -285,6 +314,7 @@ def commands(
     if only:
         only = [*only, *(LOSS_STUDY if "loss-study" in only else ())]
         only += [box for n in only for box in boxes(n, preset)]
+        only += [OWN_DECODER[n][0] for n in only if n in OWN_DECODER and preset == "cpu"]
         only += [f"ablation {row}" for row in ABLATION] if "ablation" in only else []
         only += ["kl-f4", "clip"] if asked else []
         plan = [entry for entry in plan if entry[0] in only or entry[0].removeprefix("export ") in only]
