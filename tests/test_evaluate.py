@@ -330,3 +330,35 @@ def test_map_iou_is_one_for_the_maps_own_rendering_and_low_for_another_place():
     assert table["map_match"] == 0.5 and table["map_iou"] == 0.5
     assert "map_match 50%" in evaluate.percent(table) and "map_iou 0.500" in evaluate.percent(table)
     assert "map_iou" not in evaluate.adherence_of([image], [({"prompt": "x"}, {"shape": "triangle"})])
+
+
+def test_the_clip_model_exports_int8_and_reads_back_as_the_float_one_to_within_its_rounding(tmp_path):
+    """zoo/weights/clip-shapes is a transformers CLIPModel folder that `export --dtype int8` stores in the zoo's
+    int8 storage (its large matrices, per-channel scales) and zoo.evaluate.load_clip dequantises; a float folder
+    loads as transformers saved it."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from components import storage
+    from zoo.train.export import export
+
+    torch.manual_seed(0)
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    config = CLIPConfig(
+        text_config={**small, "vocab_size": 600, "max_position_embeddings": 16},  # 600 x 32: quantised
+        vision_config={**small, "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+    model = CLIPModel(config).eval()
+    model.save_pretrained(tmp_path / "float")
+    export(tmp_path / "float", tmp_path / "int8", dtype="int8")
+    weights = tmp_path / "int8" / "model.safetensors"
+    assert storage.is_int8(weights) and not storage.is_int8(tmp_path / "float" / "model.safetensors")
+    assert weights.stat().st_size < 0.6 * (tmp_path / "float" / "model.safetensors").stat().st_size
+    ids, pixels = torch.randint(0, 600, (3, 16)), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = model(input_ids=ids, pixel_values=pixels).logits_per_image
+        same = evaluate.load_clip(tmp_path / "float")(input_ids=ids, pixel_values=pixels).logits_per_image
+        near = evaluate.load_clip(tmp_path / "int8")(input_ids=ids, pixel_values=pixels).logits_per_image
+    torch.testing.assert_close(same, want)
+    torch.testing.assert_close(near, want, atol=0.05 * want.abs().max().item(), rtol=0)
+    assert not torch.equal(near, want)  # it did read the rounded weights

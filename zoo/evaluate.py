@@ -420,11 +420,26 @@ def clip_zero_shot(n: int = 256, seed: int = 777) -> dict[str, float] | None:
     """The shipped CLIP model: among captions differing only in colour (or shape), pick the closest to each image."""
     if not (CLIP_FOLDER / "config.json").is_file():
         return None
-    from transformers import AutoTokenizer, CLIPModel
+    from transformers import AutoTokenizer
 
-    clip = CLIPModel.from_pretrained(CLIP_FOLDER, dtype=torch.float32).eval()
+    clip = load_clip(CLIP_FOLDER)
     tokenizer = AutoTokenizer.from_pretrained(CLIP_FOLDER)
     return zero_shot_on(clip, tokenizer, clip.config.text_config.max_position_embeddings, n, seed, torch.device("cpu"))
+
+
+def load_clip(folder: Path) -> Any:
+    """A transformers CLIPModel folder, in float32: stored as transformers saves it, or in the zoo's int8 storage
+    (components/storage.py; `zoo.train export --dtype int8` writes clip-shapes so), dequantised on reading."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from components import storage
+
+    weights = folder / "model.safetensors"
+    if not (weights.is_file() and storage.is_int8(weights)):
+        return CLIPModel.from_pretrained(folder, dtype=torch.float32).eval()
+    clip = CLIPModel(CLIPConfig.from_pretrained(folder))
+    clip.load_state_dict(storage.read(weights), strict=True)
+    return clip.float().eval()
 
 
 @torch.no_grad()

@@ -113,17 +113,26 @@ def part_interface(pipeline: Path, role: str, config: dict) -> dict:
     return {k: v for k, v in {**defaults, **config}.items() if k not in config_class.internal_fields}
 
 
+def is_clip_model(folder: Path) -> bool:
+    """A transformers CLIPModel folder (config.json's model_type "clip"), such as zoo/weights/clip-shapes."""
+    from components.base import read_json_object
+
+    config = folder / "config.json"
+    return config.is_file() and read_json_object(config).get("model_type") == "clip"
+
+
 def zoo_part_folders(folder: Path) -> set[Path]:
     """The part folders of the pipeline folder `folder` whose classes read int8 storage: the zoo's own modules
-    (components/base.py) and text conditioners (components/conditioners/base.py)."""
+    (components/base.py) and text conditioners (components/conditioners/base.py); for a model folder, itself when it
+    is the CLIP model (zoo.evaluate.load_clip reads it int8)."""
     from components.base import HubModule
     from components.conditioners.base import TextConditioner
     from zoo import catalog
     from zoo.pipeline_io import component_class, read_recipe
 
     catalog.load()
-    if not (folder / "recipe.json").is_file():
-        return set()
+    if not (folder / "recipe.json").is_file():  # a model folder: the CLIP model, which zoo.evaluate.load_clip reads
+        return {folder} if is_clip_model(folder) else set()
     recipe = read_recipe(folder / "recipe.json")
     return {
         folder / role

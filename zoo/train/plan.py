@@ -307,7 +307,7 @@ def commands(
             argv, needs = [*argv, "--part", f"autoencoder={r}/{decoder}/final"], (box, decoder)
         plan.append((f"export {n}", argv, needs))
     if p["parts"] == "train":
-        clip_export = ["export", "--run", f"{r}/clip/final-clip", "--to", f"{weights}/clip-shapes"]
+        clip_export = ["export", "--dtype", "int8", "--run", f"{r}/clip/final-clip", "--to", f"{weights}/clip-shapes"]
         plan.append(("export clip-shapes", clip_export, ("clip",)))
     asked = [o for o in only or [] if o == "ablation" or o.startswith("ablation ")]  # "ablation <row>": one row
     plan += ablation_stages(r, data) if asked else []  # only on request: 2.5 CPU-hours
