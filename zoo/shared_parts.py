@@ -1,6 +1,6 @@
 """Parts that several embedded pipelines share, stored once.
 
-Frozen parts are byte-identical across the embedded pipelines (the KL-f4 autoencoder in six of them, the CLIP
+Frozen parts are byte-identical across the embedded pipelines (the KL-f4 autoencoder in five of them, the CLIP
 text tower in four). In zoo/weights such a part may be stored once: the other pipeline folders hold a small
 `<role>.shared.json` instead of the `<role>/` folder, naming the sibling folder that has it and the SHA-256 of
 each of its files' content, so a part that changed under it is an error, never a silently different model:
