@@ -144,7 +144,7 @@ def test_the_decoder_stage_grows_the_decoder_and_keeps_the_encoder(kl, runs):
     ("flags", "sampled", "split"), [([], True, "train"), (["--latents", "mode", "--split", "all"], False, "all")]
 )
 def test_the_decoder_stage_decodes_posterior_samples_or_the_mean_on_the_pairs_asked(
-    kl, runs, monkeypatch, flags, sampled, split
+    kl, runs, monkeypatch, tmp_path, flags, sampled, split
 ):
     from components.autoencoders.kl import AutoencoderKL
 
@@ -155,7 +155,8 @@ def test_the_decoder_stage_decodes_posterior_samples_or_the_mean_on_the_pairs_as
     )
     monkeypatch.setattr(stages, "cached_dataset", lambda *a, **kw: splits.append(kw.get("split")) or dataset(*a, **kw))
     out = runs / f"decoder-{split}"
-    main(["decoder", "--autoencoder", str(kl / "final"), "--out", str(out), *common(runs / "data"), *flags])
+    cache = tmp_path / "data"  # its own: the module's cache must not gain an all-pairs set before the SR test looks
+    main(["decoder", "--autoencoder", str(kl / "final"), "--out", str(out), *common(cache), *flags])
     assert asked.count(True) == (STEPS if sampled else 0)  # one encode a step; the held-out PSNR encodes the mean
     assert splits[0] == split and splits[1:] == ["all"]  # the training images', then the 512 held-out images'
     assert_run_folder(out, {"autoencoder"})
