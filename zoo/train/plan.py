@@ -92,12 +92,14 @@ CPU_MORE: dict[str, list[list[str]]] = {
         ["--max-minutes", "60", "--data-seed", "8"],
     ],
     "ldm-bert-vq": [["--max-minutes", "45"]],  # session 7: U-Net and BERT
-    # sessions 5 and 7; then session 9's two on all 24 colour-shape pairs (its condition names none: --split all)
+    # sessions 5 and 7; then session 9's two and session 11's one on all 24 colour-shape pairs (its condition names
+    # none: --split all)
     "ldm-sr-kl": [
         ["--max-minutes", "55"],
         ["--max-minutes", "33"],
         ["--max-minutes", "50", "--split", "all", "--data-seed", "11"],
         ["--max-minutes", "25", "--split", "all", "--data-seed", "12"],
+        ["--max-minutes", "40", "--split", "all", "--data-seed", "13"],  # session 11
     ],
 }
 
