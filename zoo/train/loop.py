@@ -263,11 +263,15 @@ class Trainer:
         quiet = None if self.is_main else True  # None: tqdm's own choice (off when not a terminal)
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.out.name, mininterval=5, disable=quiet)
         paused = False
-        while self.step < cfg.steps and not self.out_of_time(started):
-            if paused := self.pause_due(started):
+        while self.step < cfg.steps:
+            seconds = self.elapsed(started)  # one read a step: under a distributed launch it is a broadcast
+            if cfg.max_seconds is not None and seconds > cfg.max_seconds:  # the time box
                 break
+            if paused := cfg.pause_seconds is not None and seconds > cfg.pause_seconds:  # the guard
+                break
+            time_fraction = 0.0 if cfg.max_seconds is None else seconds / cfg.max_seconds
             for group in self.optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(self.step, cfg.warmup, cfg.steps, self.time_fraction(started))
+                group["lr"] = cfg.lr * lr_factor(self.step, cfg.warmup, cfg.steps, time_fraction)
             window.append(self.train_step(step_fn))
             self.step += 1
             for name, ema in self.ema.items():
@@ -311,15 +315,6 @@ class Trainer:
 
             seconds = broadcast(seconds)
         return float(seconds)
-
-    def time_fraction(self, started: float) -> float:
-        return 0.0 if self.config.max_seconds is None else self.elapsed(started) / self.config.max_seconds
-
-    def out_of_time(self, started: float) -> bool:
-        return self.config.max_seconds is not None and self.elapsed(started) > self.config.max_seconds
-
-    def pause_due(self, started: float) -> bool:
-        return self.config.pause_seconds is not None and self.elapsed(started) > self.config.pause_seconds
 
     def pause(self) -> None:
         """The guard's stop: a checkpoint at this step, then exit PAUSED on every process, no final/ written
