@@ -51,11 +51,12 @@ def clip(runs) -> Path:
     return runs / "clip"
 
 
-def assert_run_folder(out: Path, modules: set[str], steps: int = STEPS) -> dict:
-    """checkpoint/ with each module's weights, EMA and the optimiser in safetensors, state.json at `steps`."""
+def assert_run_folder(out: Path, modules: set[str], steps: int = STEPS, vocab: tuple[str, ...] = ()) -> dict:
+    """checkpoint/ with each module's weights, EMA and the optimiser in safetensors, state.json at `steps`; the
+    modules in `vocab` (and a CLIP model) with the vocabulary the run trained or brought (a BERT's)."""
     checkpoint = out / "checkpoint"
     expected = {f"{m}.safetensors" for m in modules} | {f"{m}.ema.safetensors" for m in modules}
-    tokenizers = {f"{m}.tokenizer.json" for m in modules if m == "clip"}  # a vocabulary the run trained itself
+    tokenizers = {f"{m}.tokenizer.json" for m in modules if m == "clip" or m in vocab}
     assert expected | tokenizers | {"optimizer.safetensors", "state.json"} == {f.name for f in checkpoint.iterdir()}
     state = json.loads((checkpoint / "state.json").read_text())
     assert state["step"] == steps
@@ -296,6 +297,47 @@ def test_class_tokens_from_needs_a_class_pipeline(runs, kl, clip):
         train_diffusion(runs, "ldm-clip-kl", *extra, "--class-tokens-from", str(clip / "final"))
 
 
+def test_a_bert_warm_start_trains_the_bert_on_or_keeps_it_fixed_with_freeze_conditioner(runs, kl):
+    """--freeze-conditioner keeps a trained BERT as given (the grid's two BERT models then share one, and the
+    plan's copy of it starts every run the same); without it the BERT trains with the U-Net, as LDM's does."""
+    ae = ("--autoencoder", str(kl / "final"))
+    first = train_diffusion(runs, "ldm-bert-kl", *ae)
+    assert_run_folder(first, {"unet", "conditioner"}, vocab=("conditioner",))
+    given = first / "final" / "conditioner"
+    before = {k: v.clone() for k, v in load_file(given / "model.safetensors").items()}
+    frozen = train_diffusion(runs, "ldm-bert-kl-frozen", *ae, "--conditioner", str(given), "--freeze-conditioner",
+                             "--pipeline", "ldm-bert-kl")
+    assert_run_folder(frozen, {"unet"})  # nothing of the BERT's is trained, so nothing of it is checkpointed
+    kept = load_file(frozen / "final" / "conditioner" / "model.safetensors")
+    assert kept.keys() == before.keys() and all(torch.equal(kept[k], before[k]) for k in before)
+    assert (frozen / "final" / "conditioner" / "tokenizer.json").read_text() == (given / "tokenizer.json").read_text()
+    trained = train_diffusion(runs, "ldm-bert-kl-trained", *ae, "--conditioner", str(given), "--pipeline", "ldm-bert-kl")
+    assert_run_folder(trained, {"unet", "conditioner"}, vocab=("conditioner",))
+    moved = load_file(trained / "final" / "conditioner" / "model.safetensors")
+    assert any(not torch.equal(moved[k], before[k]) for k in before)
+    assert {k: torch.equal(v, before[k]) for k, v in load_file(given / "model.safetensors").items()} == {
+        k: True for k in before
+    }  # the folder it started from is untouched
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "extra", "message"),
+    [
+        ("ldm-clip-kl", ("--conditioner", "CLIP"), "ldm-clip-kl has no BERT conditioner"),
+        ("ldm-bert-kl", (), "give it with --conditioner"),
+    ],
+)
+def test_freeze_conditioner_without_a_trained_bert_is_refused_before_anything_is_written(
+    runs, kl, clip, pipeline, extra, message
+):
+    out = runs / f"refused-{pipeline}"
+    extra = tuple(str(clip / "final") if e == "CLIP" else e for e in extra)
+    argv = ["diffusion", "--pipeline", pipeline, "--out", str(out), "--autoencoder", str(kl / "final"), *extra]
+    with pytest.raises(SystemExit, match=message):
+        main([*argv, "--freeze-conditioner", *common(runs / "data")])
+    assert not out.exists()
+
+
 def test_pixel_pipeline_trains(runs):
     out = train_diffusion(runs, "ddpm-cosine")
     assert_run_folder(out, {"unet"})
@@ -426,8 +468,8 @@ def test_continuation_boxes_each_start_from_the_last_and_the_export_takes_the_fi
         export, needs = entries[f"export {name}"]
         assert export[export.index("--run") + 1] == f"runs/{previous}/final" and needs[0] == previous
         assert needs[1:] == ((plan.OWN_DECODER[name][0],) if name in plan.OWN_DECODER else ())
-    # the shipped ldm-bert-vq started from ldm-clip-vq after its first extra box
-    assert "ldm-clip-vq+1" in entries["ldm-bert-vq"][1]
+    # ldm-bert-vq starts from ldm-clip-vq's U-Net, already on VQ latents
+    assert "ldm-clip-vq" in entries["ldm-bert-vq"][1]
     assert not any("+" in name for name, _, _ in plan.commands("runs", preset="gpu"))  # a cpu-preset history
     only = [name for name, _, _ in plan.commands("runs", only=["ldm-sr-kl"], preset="cpu")]
     boxes = [f"ldm-sr-kl+{k}" for k in range(1, len(plan.CPU_MORE["ldm-sr-kl"]) + 1)]
@@ -441,16 +483,15 @@ def test_a_plan_cut_by_only_copies_the_parts_it_needs_and_stops_on_an_unfinished
     everything = plan.commands(r, preset="cpu")
     pending = {name: (argv, deps) for name, argv, deps in plan.commands(r, only=["ldm-bert-vq"], preset="cpu")}
     before = dict(pending)
-    with pytest.raises(SystemExit, match=r"needs stage ldm-(clip-vq\+1|bert-kl) first.*add .* to --only"):
+    with pytest.raises(SystemExit, match=r"needs stage ldm-clip-vq first.*add .* to --only"):
         plan.outside_needs(pending, everything)
     assert not any(tmp_path.iterdir())  # nothing was started or written
-    for stage in ("ldm-clip-vq+1", "ldm-bert-kl"):  # as if an earlier run of the plan had finished them
-        (tmp_path / stage / "final").mkdir(parents=True)
-        (tmp_path / stage / "metrics.json").write_text("{}")
+    (tmp_path / "ldm-clip-vq" / "final").mkdir(parents=True)  # as if an earlier run of the plan had finished it
+    (tmp_path / "ldm-clip-vq" / "metrics.json").write_text("{}")
     pending = dict(before)
     finished = plan.outside_needs(pending, everything)
-    assert finished == {"ldm-clip-vq+1", "ldm-bert-kl"}
-    assert set(pending) - set(before) == {"vq-f4"}  # the embedded VQ-f4's copy joins: seconds, not a training run
+    assert finished == {"ldm-clip-vq"}
+    assert set(pending) - set(before) == {"vq-f4", "bert"}  # the embedded parts' copies join: seconds each
 
 
 def test_a_unet_warm_start_copies_the_weights_and_refuses_another_architecture(runs, kl, tmp_path):
@@ -660,8 +701,26 @@ def test_the_cpu_presets_from_scratch_stages_are_step_budgets_with_a_guard_not_t
         args = parser().parse_args(entries[name])
         assert args.init is None and args.unet_from is None  # from scratch
         assert args.steps == steps and args.max_minutes == 0 and args.pause_after_minutes > 0
+    for name, steps in plan.CPU_WARM_STEPS.items():  # the warm-started ones too
+        args = parser().parse_args(entries[name])
+        assert (args.init or args.unet_from) and args.steps == steps
+        assert args.max_minutes == 0 and args.pause_after_minutes > 0, name
     loss_study = parser().parse_args(entries["ddpm-simple-32"])
     assert loss_study.max_minutes == 0 and loss_study.pause_after_minutes > 0
+
+
+def test_the_grids_bert_models_share_the_plans_bert_kept_fixed():
+    """ldm-bert-kl and ldm-bert-vq keep the plan's copy of the embedded BERT as it is (--freeze-conditioner), so
+    the two differ only in the autoencoder (and the U-Net trained on it), and the next run starts from the same."""
+    from zoo.train import plan
+    from zoo.train.__main__ import parser
+
+    entries = {name: (argv, needs) for name, argv, needs in plan.commands("runs", preset="cpu")}
+    for name in ("ldm-bert-kl", "ldm-bert-vq"):
+        args = parser().parse_args(entries[name][0])
+        assert args.conditioner == "runs/bert/final" and args.freeze_conditioner and "bert" in entries[name][1]
+    assert parser().parse_args(entries["ldm-bert-vq"][0]).unet_from == "runs/ldm-clip-vq/final/unet"
+    assert plan.EMBEDDED_PARTS["bert"].endswith("/conditioner")
 
 
 def test_only_the_super_resolution_model_gets_a_decoder_trained_on_every_pair():

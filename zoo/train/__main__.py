@@ -108,6 +108,12 @@ def parser() -> argparse.ArgumentParser:
         "--conditioner",
         help="trained CLIP text tower (frozen), or a trained BERT (a warm start, trained on)",
     )
+    diffusion.add_argument(
+        "--freeze-conditioner",
+        action="store_true",
+        help="keep a trained BERT given by --conditioner (or --init) fixed instead of training it on: the 2x2 grid's "
+        "BERT models then share one BERT, and a copy of it starts the plan again as it started before",
+    )
     diffusion.add_argument("--init", help="start from a saved pipeline folder (e.g. zoo/weights/ldm-clip-kl)")
     diffusion.add_argument(
         "--unet-from",

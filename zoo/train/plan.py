@@ -49,30 +49,34 @@ LATENT: dict[str, tuple[str, bool]] = {
 # here, to fit the CPU): the new concatenated inputs start at zero (stages.widened).
 FROM_TEXT_MODEL = ("ldm-inpaint-kl", "ldm-sr-kl")
 # How a stage starts in the cpu preset when not from scratch: the grid's partners (one part away from
-# ldm-clip-kl) and the class model start from its U-Net, the BERT one from ldm-bert-vq's trained BERT too, the
+# ldm-clip-kl) and the class model start from its U-Net, the BERT ones with the BERT kept fixed (so ldm-bert-kl and
+# ldm-bert-vq share it, one part apart as the grid says, and the plan's copy of it starts every run the same), the
 # inpainting model from the whole pipeline (its new mask / masked-latent input channels zero: stages.widened).
 # "root" and "bert" are copies of the embedded weights (EMBEDDED_PARTS), made at the start of the plan.
 CPU_WARM: dict[str, list[str]] = {
     "ldm-clip-vq": ["--unet-from", "{r}/root/final/unet"],
-    "ldm-bert-kl": ["--unet-from", "{r}/root/final/unet", "--conditioner", "{r}/bert/final"],
-    # ldm-clip-vq's U-Net (already on VQ latents) with ldm-bert-kl's BERT: the other two grid neighbours' parts
-    "ldm-bert-vq": [  # ldm-clip-vq after its first continuation box (CPU_MORE), as the shipped one
-        *("--unet-from", "{r}/ldm-clip-vq+1/final/unet", "--conditioner", "{r}/ldm-bert-kl/final/conditioner"),
-        *("--max-minutes", "45"),
+    "ldm-bert-kl": ["--unet-from", "{r}/root/final/unet", "--conditioner", "{r}/bert/final", "--freeze-conditioner"],
+    # ldm-clip-vq's U-Net (already on VQ latents) with the same BERT: its two grid neighbours' parts
+    "ldm-bert-vq": [
+        *("--unet-from", "{r}/ldm-clip-vq/final/unet", "--conditioner", "{r}/bert/final", "--freeze-conditioner"),
     ],
     # the text model's U-Net, each label's tokens starting as the CLIP tower's tokens of its caption (stages.
     # class_tokens_from_text), so it reads labels from the first step; a gentler lr keeps that start
     "ldm-class-kl": [
         *("--unet-from", "{r}/root/final/unet", "--class-tokens-from", "{r}/clip/final"),
-        *("--lr", "1e-4", "--warmup", "50", "--max-minutes", "45"),
+        *("--lr", "1e-4", "--warmup", "50"),
     ],
-    "ldm-inpaint-kl": ["--init", "{r}/root/final", "--max-minutes", "55"],
-    "ldm-sr-kl": ["--init", "{r}/root/final", "--max-minutes", "55"],
+    "ldm-inpaint-kl": ["--init", "{r}/root/final"],
+    "ldm-sr-kl": ["--init", "{r}/root/final", "--max-minutes", "55", "--steps", "8000"],
 }
+# Steps of 32 per warm-started stage (cpu preset), a budget as the from-scratch stages' (CPU_LDM_STEPS): the lr
+# follows the steps, so the result does not depend on the CPU's load; about 0.5 s a step on one thread.
+CPU_WARM_STEPS = {"ldm-clip-vq": 6000, "ldm-bert-kl": 5000, "ldm-bert-vq": 4000, "ldm-class-kl": 4000}
+CPU_WARM_STEPS |= {"ldm-inpaint-kl": 4500}
 # The warm-started stages' settings: batch 32, lr 2e-4, one thread each, so two run at once on 2 cores
-# (--jobs 2); what made the shipped ldm-clip-vq, ldm-bert-kl, ldm-inpaint-kl and ldm-sr-kl (README "Retraining").
+# (--jobs 2); the 90-minute guard pauses a stage that runs long (the next run of the plan continues it).
 CPU_WARM_ARGS = [
-    *("--batch", "32", "--steps", "8000", "--lr", "2e-4", "--warmup", "100", "--max-minutes", "60"),
+    *("--batch", "32", "--lr", "2e-4", "--warmup", "100", "--pause-after-minutes", "90"),
     *("--threads", "1", "--samples", "12000", "--sample-every", "100000", "--checkpoint-every", "100"),
 ]
 # Continuation boxes (cpu preset): past its first box, a shipped model was trained on in further boxes, each
@@ -85,13 +89,6 @@ CPU_MORE_ARGS = [
     *("--samples", "12000", "--sample-every", "100000", "--checkpoint-every", "250"),
 ]
 CPU_MORE: dict[str, list[list[str]]] = {
-    # session 3's 8 minutes (with the warm stages' 100 warm-up steps), then session 7's 60 and session 8's 60
-    "ldm-clip-vq": [
-        ["--warmup", "100", "--max-minutes", "8"],
-        ["--max-minutes", "60"],
-        ["--max-minutes", "60", "--data-seed", "8"],
-    ],
-    "ldm-bert-vq": [["--max-minutes", "45"]],  # session 7: U-Net and BERT
     # sessions 5 and 7; then session 9's two and session 11's one on all 24 colour-shape pairs (its condition names
     # none: --split all)
     "ldm-sr-kl": [
@@ -275,10 +272,11 @@ def latent_stage(name: str, r: str, preset: str, data: list[str]) -> tuple[str, 
     warm = CPU_WARM.get(name) if preset == "cpu" else None
     if preset == "cpu" and not warm:  # from scratch: its step budget
         settings = [*settings, "--steps", str(CPU_LDM_STEPS[name])]
-    if warm:  # its own flags go last: a --max-minutes of its own wins over CPU_WARM_ARGS' (argparse: the last)
+    if warm:  # its own flags go last: a --lr of its own wins over CPU_WARM_ARGS' (argparse: the last)
         if warm[0] == "--init":  # the whole pipeline: its parts come with it
             parts, needs = [], ()
-        settings = CPU_WARM_ARGS + [arg.format(r=r) for arg in warm]
+        budget = ["--steps", str(CPU_WARM_STEPS[name])] if name in CPU_WARM_STEPS else []
+        settings = [*CPU_WARM_ARGS, *budget, *(arg.format(r=r) for arg in warm)]
         needs = tuple(dict.fromkeys((*needs, *(a.split("/")[1] for a in warm if a.startswith("{r}/")))))
     elif name in FROM_TEXT_MODEL:
         parts, needs = ["--init", f"{r}/ldm-clip-kl/final"], ("ldm-clip-kl",)
