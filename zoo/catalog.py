@@ -176,9 +176,11 @@ def latent_name(cond: str, ae: str, factor: int, schedule: str) -> str:
 # DPM-Solver++ 15): ldm-clip-kl 96% / 83% -> 94% / 83%, ldm-bert-kl 90% / 88% -> 94% / 85%, ldm-bert-vq 85% / 71% ->
 # 85% / 71%. Not then on ldm-clip-vq (81% / 71% -> 75% / 62%) nor ldm-class-kl (92% -> 81%); both joined in session 7
 # with retrained U-Nets (96 prompts a split; ldm-class-kl from the text model's U-Net, class right: DDPM 25 97%,
-# DPM-Solver++ 15 99%; ldm-clip-vq 4,839 more steps: DDPM 25 92% / 72%, DPM-Solver++ 15 91% / 78%).
+# DPM-Solver++ 15 99%; ldm-clip-vq 4,839 more steps: DDPM 25 92% / 72%, DPM-Solver++ 15 91% / 78%). ldm-inpaint-kl
+# joined in session 12, retrained from the session-11 root (the shape read inside the mask, 48 seen-pair prompts:
+# DDPM 25 96%, DPM-Solver++ 15 96%).
 FAST_DEFAULT = ("dpmpp", 15)
-FAST_DEFAULT_PIPELINES = ("ldm-clip-kl", "ldm-bert-kl", "ldm-bert-vq", "ldm-class-kl", "ldm-clip-vq")
+FAST_DEFAULT_PIPELINES = ("ldm-clip-kl", "ldm-bert-kl", "ldm-bert-vq", "ldm-class-kl", "ldm-clip-vq", "ldm-inpaint-kl")
 
 
 def fast_default(factory: Callable[[], Recipe]) -> Recipe:
