@@ -462,14 +462,18 @@ def test_continuation_boxes_each_start_from_the_last_and_the_export_takes_the_fi
             argv, needs = entries[f"{name}+{k}"]
             args = parser().parse_args(argv)
             assert args.init == f"runs/{previous}/final" and args.out == f"runs/{name}+{k}" and needs == (previous,)
-            assert args.pipeline == name and args.max_minutes == float(flags[flags.index("--max-minutes") + 1])
+            if "--max-minutes" in flags:  # a time box
+                assert args.max_minutes == float(flags[flags.index("--max-minutes") + 1])
+            else:  # a step budget with its guard
+                assert args.steps == int(flags[flags.index("--steps") + 1]) and args.pause_after_minutes > 0
+            assert args.pipeline == name
             assert args.split == (flags[flags.index("--split") + 1] if "--split" in flags else "train")
             previous = f"{name}+{k}"
         export, needs = entries[f"export {name}"]
         assert export[export.index("--run") + 1] == f"runs/{previous}/final" and needs[0] == previous
         assert needs[1:] == ((plan.OWN_DECODER[name][0],) if name in plan.OWN_DECODER else ())
     # ldm-bert-vq starts from ldm-clip-vq's U-Net, already on VQ latents
-    assert "ldm-clip-vq" in entries["ldm-bert-vq"][1]
+    assert "ldm-clip-vq" in entries["ldm-bert-vq"][1] and "ldm-clip-vq+1" not in entries["ldm-bert-vq"][1]
     assert not any("+" in name for name, _, _ in plan.commands("runs", preset="gpu"))  # a cpu-preset history
     only = [name for name, _, _ in plan.commands("runs", only=["ldm-sr-kl"], preset="cpu")]
     boxes = [f"ldm-sr-kl+{k}" for k in range(1, len(plan.CPU_MORE["ldm-sr-kl"]) + 1)]

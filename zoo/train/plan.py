@@ -90,6 +90,8 @@ CPU_MORE_ARGS = [
     *("--samples", "12000", "--sample-every", "100000", "--checkpoint-every", "250"),
 ]
 CPU_MORE: dict[str, list[list[str]]] = {
+    # session 12: a step budget on top of its first stage (ldm-bert-vq starts from that first stage's U-Net)
+    "ldm-clip-vq": [["--steps", "3000", "--pause-after-minutes", "90"]],
     # sessions 5 and 7; then session 9's two and session 11's one on all 24 colour-shape pairs (its condition names
     # none: --split all)
     "ldm-sr-kl": [
