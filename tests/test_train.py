@@ -311,7 +311,9 @@ def test_a_bert_warm_start_trains_the_bert_on_or_keeps_it_fixed_with_freeze_cond
     kept = load_file(frozen / "final" / "conditioner" / "model.safetensors")
     assert kept.keys() == before.keys() and all(torch.equal(kept[k], before[k]) for k in before)
     assert (frozen / "final" / "conditioner" / "tokenizer.json").read_text() == (given / "tokenizer.json").read_text()
-    trained = train_diffusion(runs, "ldm-bert-kl-trained", *ae, "--conditioner", str(given), "--pipeline", "ldm-bert-kl")
+    trained = train_diffusion(
+        runs, "ldm-bert-kl-trained", *ae, "--conditioner", str(given), "--pipeline", "ldm-bert-kl"
+    )
     assert_run_folder(trained, {"unet", "conditioner"}, vocab=("conditioner",))
     moved = load_file(trained / "final" / "conditioner" / "model.safetensors")
     assert any(not torch.equal(moved[k], before[k]) for k in before)
