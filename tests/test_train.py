@@ -305,8 +305,16 @@ def test_a_bert_warm_start_trains_the_bert_on_or_keeps_it_fixed_with_freeze_cond
     assert_run_folder(first, {"unet", "conditioner"}, vocab=("conditioner",))
     given = first / "final" / "conditioner"
     before = {k: v.clone() for k, v in load_file(given / "model.safetensors").items()}
-    frozen = train_diffusion(runs, "ldm-bert-kl-frozen", *ae, "--conditioner", str(given), "--freeze-conditioner",
-                             "--pipeline", "ldm-bert-kl")
+    frozen = train_diffusion(
+        runs,
+        "ldm-bert-kl-frozen",
+        *ae,
+        "--conditioner",
+        str(given),
+        "--freeze-conditioner",
+        "--pipeline",
+        "ldm-bert-kl",
+    )
     assert_run_folder(frozen, {"unet"})  # nothing of the BERT's is trained, so nothing of it is checkpointed
     kept = load_file(frozen / "final" / "conditioner" / "model.safetensors")
     assert kept.keys() == before.keys() and all(torch.equal(kept[k], before[k]) for k in before)
