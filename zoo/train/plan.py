@@ -72,8 +72,13 @@ CPU_WARM: dict[str, list[str]] = {
 # Steps of 32 per warm-started stage (cpu preset), a budget as the from-scratch stages' (CPU_LDM_STEPS): the lr
 # follows the steps, so the result does not depend on the CPU's load; about 0.5 s a step on one thread, 1.5 s for
 # the inpainting model (each step also encodes the masked images).
-CPU_WARM_STEPS = {"ldm-clip-vq": 6000, "ldm-bert-kl": 5000, "ldm-bert-vq": 4000, "ldm-class-kl": 4000}
-CPU_WARM_STEPS |= {"ldm-inpaint-kl": 1800}
+CPU_WARM_STEPS = {
+    "ldm-clip-vq": 6000,
+    "ldm-bert-kl": 5000,
+    "ldm-bert-vq": 4000,
+    "ldm-class-kl": 4000,
+    "ldm-inpaint-kl": 1800,
+}
 # The warm-started stages' settings: batch 32, lr 2e-4, one thread each, so two run at once on 2 cores
 # (--jobs 2); the 90-minute guard pauses a stage that runs long (the next run of the plan continues it).
 CPU_WARM_ARGS = [

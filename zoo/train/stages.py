@@ -320,14 +320,16 @@ def zero_shot_on(clip: Any, tokenizer: Any, max_length: int, n: int, seed: int, 
 
 
 # ---------------------------------------------------------------------------------------------- diffusion
-def frozen_bert(args: Any, recipe: Any, trained: bool) -> None:
-    """Refuse --freeze-conditioner where there is no trained BERT to keep fixed (a CLIP tower is always frozen)."""
+def frozen_bert(args: Any, recipe: Any, trained: bool) -> bool:
+    """Whether --freeze-conditioner keeps the trained BERT fixed; refused where there is none to keep (a CLIP tower
+    is always frozen)."""
     if not getattr(args, "freeze_conditioner", False):
-        return
+        return False
     if recipe.conditioner is None or recipe.conditioner.name != "bert":
         raise SystemExit(f"--freeze-conditioner keeps a trained BERT fixed; {recipe.name} has no BERT conditioner")
     if not trained:
         raise SystemExit("--freeze-conditioner keeps a trained BERT fixed: give it with --conditioner (or --init)")
+    return True
 
 
 def build_for_training(args: Any) -> Any:
@@ -348,17 +350,17 @@ def build_for_training(args: Any) -> Any:
             pipe.recipe = pipe.recipe.replace(**changes)
         if "schedule" in changes:  # e.g. {"schedule": {"zero_terminal_snr": true}}: train on the new schedule too
             pipe.schedule = SCHEDULES.build(pipe.recipe.schedule.name, **pipe.recipe.schedule.kwargs)
-        frozen_bert(args, pipe.recipe, trained=True)
+        freeze = frozen_bert(args, pipe.recipe, trained=True)
         for role, module in pipe.modules().items():
             bert = role == "conditioner" and pipe.recipe.conditioner.name == "bert"
-            trainable = role == "unet" or (bert and not getattr(args, "freeze_conditioner", False))
+            trainable = role == "unet" or (bert and not freeze)
             module.requires_grad_(trainable)
         return pipe
     recipe = registered_recipe(args.pipeline)
     changes = {**json.loads(args.overrides or "{}"), **({"objective": args.objective} if args.objective else {})}
     if changes:
         recipe = recipe.replace(**changes)  # validated at once: --objective vlb with a learned variance override
-    frozen_bert(args, recipe, trained=bool(args.conditioner))
+    freeze = frozen_bert(args, recipe, trained=bool(args.conditioner))
     trained = {}
     if recipe.autoencoder is not None:
         if not args.autoencoder:
@@ -375,7 +377,7 @@ def build_for_training(args: Any) -> Any:
         # BERT with the U-Net), or kept fixed with --freeze-conditioner, as the CLIP tower always is; it brings
         # its own vocabulary (tokenizer.json)
         trained["conditioner"] = load_part("conditioner", "bert", args.conditioner)
-        trained["conditioner"].requires_grad_(not getattr(args, "freeze_conditioner", False))
+        trained["conditioner"].requires_grad_(not freeze)
     rows = None  # --class-tokens-from: the class table's start (class_tokens_from_text)
     if getattr(args, "class_tokens_from", None):
         if recipe.conditioner is None or recipe.conditioner.name != "class":
