@@ -51,11 +51,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("folders", nargs="+", help="autoencoder folders (config.json + model.safetensors)")
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--name", default="kl-f4", help="the folders' registered autoencoder name (vq-f4: VQ)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     for folder in args.folders:
-        held = read(folder, args.images, IMG2IMG_SEED, "heldout")
-        every = read(folder, args.images, 12345, "all")
+        held = read(folder, args.images, IMG2IMG_SEED, "heldout", args.name)
+        every = read(folder, args.images, 12345, "all", args.name)
         sys.stdout.write(
             f"{folder}: held-out pairs mode {held['mode']:.1%} sample {held['sample']:.1%}; "
             f"all pairs mode {every['mode']:.1%} sample {every['sample']:.1%}\n"

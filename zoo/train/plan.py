@@ -48,6 +48,8 @@ LATENT: dict[str, tuple[str, bool]] = {
 # Fine-tuned from the trained text model in every preset (SD inpainting's recipe; LDM's SR model from a text one
 # here, to fit the CPU): the new concatenated inputs start at zero (stages.widened).
 FROM_TEXT_MODEL = ("ldm-inpaint-kl", "ldm-sr-kl")
+# Its condition names no colour-shape pair, so its U-Net trains on all 24 in every preset (nothing held out to miss).
+ALL_PAIRS = ("ldm-sr-kl",)
 # How a stage starts in the cpu preset when not from scratch: the grid's partners (one part away from
 # ldm-clip-kl) and the class model start from its U-Net, the BERT ones with the BERT kept fixed (so ldm-bert-kl and
 # ldm-bert-vq share it, one part apart as the grid says, and the plan's copy of it starts every run the same), the
@@ -67,7 +69,7 @@ CPU_WARM: dict[str, list[str]] = {
         *("--lr", "1e-4", "--warmup", "50"),
     ],
     "ldm-inpaint-kl": ["--init", "{r}/root/final"],
-    "ldm-sr-kl": ["--init", "{r}/root/final", "--max-minutes", "55", "--steps", "8000"],
+    "ldm-sr-kl": ["--init", "{r}/root/final"],
 }
 # Steps of 32 per warm-started stage (cpu preset), a budget as the from-scratch stages' (CPU_LDM_STEPS): the lr
 # follows the steps, so the result does not depend on the CPU's load; about 0.5 s a step on one thread, 1.5 s for
@@ -78,6 +80,7 @@ CPU_WARM_STEPS = {
     "ldm-bert-vq": 4000,
     "ldm-class-kl": 4000,
     "ldm-inpaint-kl": 1800,
+    "ldm-sr-kl": 5400,
 }
 # The warm-started stages' settings: batch 32, lr 2e-4, one thread each, so two run at once on 2 cores
 # (--jobs 2); the 90-minute guard pauses a stage that runs long (the next run of the plan continues it).
@@ -97,15 +100,8 @@ CPU_MORE_ARGS = [
 CPU_MORE: dict[str, list[list[str]]] = {
     # session 12: a step budget on top of its first stage (ldm-bert-vq starts from that first stage's U-Net)
     "ldm-clip-vq": [["--steps", "3000", "--pause-after-minutes", "90"]],
-    # sessions 5 and 7; then session 9's two and session 11's one on all 24 colour-shape pairs (its condition names
-    # none: --split all)
-    "ldm-sr-kl": [
-        ["--max-minutes", "55"],
-        ["--max-minutes", "33"],
-        ["--max-minutes", "50", "--split", "all", "--data-seed", "11"],
-        ["--max-minutes", "25", "--split", "all", "--data-seed", "12"],
-        ["--max-minutes", "40", "--split", "all", "--data-seed", "13"],  # session 11
-    ],
+    # session 13: the same on top of its stage from the root
+    "ldm-sr-kl": [["--steps", "3000", "--pause-after-minutes", "90"]],
 }
 
 
@@ -121,33 +117,10 @@ def continuation_stages(
     stages, previous = [], name
     for box, flags in zip(boxes(name, preset), CPU_MORE.get(name, []), strict=False):
         argv = ["diffusion", "--pipeline", name, "--init", f"{r}/{previous}/final", "--out", f"{r}/{box}"]
-        stages.append((box, [*argv, *data, *CPU_MORE_ARGS, *flags], (previous,)))
+        pairs = ["--split", "all"] if name in ALL_PAIRS else []
+        stages.append((box, [*argv, *data, *CPU_MORE_ARGS, *pairs, *flags], (previous,)))
         previous = box
     return stages
-
-
-# Own decoders (cpu preset): a pipeline whose condition names no colour-shape pair gets the KL-f4 with its decoder
-# fine-tuned on all 24 pairs (the encoder frozen, so the latents, and the U-Net trained on them, stay valid). The
-# text, class and map models share the decoder trained on the 18 seen pairs, which the held-out 6 measure.
-OWN_DECODER = {
-    "ldm-sr-kl": (
-        "kl-f4-all",
-        [
-            *("--loss", "contrast-l1", "--latents", "mode", "--split", "all", "--lr", "1e-4", "--warmup", "50"),
-            *("--batch", "32", "--threads", "1", "--samples", "12000", "--data-seed", "13", "--max-minutes", "30"),
-        ],
-    ),
-}
-
-
-def decoder_stages(r: str, data: list[str], preset: str) -> list[tuple[str, list[str], tuple[str, ...]]]:
-    """(name, argv, needs) of each OWN_DECODER stage: the embedded KL-f4's decoder fine-tuned (cpu preset)."""
-    if preset != "cpu":
-        return []
-    return [
-        (stage, ["decoder", "--autoencoder", f"{r}/kl-f4/final", "--out", f"{r}/{stage}", *data, *flags], ("kl-f4",))
-        for stage, flags in dict(OWN_DECODER.values()).items()
-    ]
 
 
 PIXEL = ("ddpm-cosine", "ddpm-linear")
@@ -243,7 +216,11 @@ PRESETS: dict[str, dict] = {
     "gpu": {
         "parts": "train",
         "pixel": True,
-        "autoencoder": ["--batch", "64", "--steps", "8000", "--lr", "5e-4", "--max-minutes", "1.6", "--threads", "2"],
+        # every colour-shape pair: an autoencoder reads no caption (README "Which pairs each part sees")
+        "autoencoder": [
+            *("--batch", "64", "--steps", "8000", "--lr", "5e-4", "--max-minutes", "1.6", "--threads", "2"),
+            *("--split", "all"),
+        ],
         "clip": ["--batch", "512", "--steps", "4000", "--lr", "5e-4", "--max-minutes", "1.6", "--threads", "2"],
         "ldm": [
             *("--batch", "256", "--steps", "20000", "--lr", "4e-4", "--max-minutes", "3.3", "--threads", "2"),
@@ -288,6 +265,7 @@ def latent_stage(name: str, r: str, preset: str, data: list[str]) -> tuple[str, 
         needs = tuple(dict.fromkeys((*needs, *(a.split("/")[1] for a in warm if a.startswith("{r}/")))))
     elif name in FROM_TEXT_MODEL:
         parts, needs = ["--init", f"{r}/ldm-clip-kl/final"], ("ldm-clip-kl",)
+    settings = [*settings, "--split", "all"] if name in ALL_PAIRS else settings
     return name, ["diffusion", "--pipeline", name, *parts, "--out", f"{r}/{name}", *data, *settings], needs
 
 
@@ -300,7 +278,6 @@ def commands(
     plan = part_stages(r, p, data, weights)
     pixel = PIXEL if p["pixel"] else ()
     plan += [(n, ["diffusion", "--pipeline", n, "--out", f"{r}/{n}", *data, *p["ddpm"]], ()) for n in pixel]
-    plan += decoder_stages(r, data, preset)
     for name in LATENT:
         plan += [latent_stage(name, r, preset, data), *continuation_stages(name, r, data, preset)]
     plan += [(n, ["diffusion", "--pipeline", n, "--out", f"{r}/{n}", *data, *LOSS_STUDY_ARGS], ()) for n in LOSS_STUDY]
@@ -309,11 +286,7 @@ def commands(
     export = ["export", "--dtype", "int8", "--share"]
     for n in trained:
         box = [n, *boxes(n, preset)][-1]  # the last box holds the final weights
-        argv, needs = [*export, "--run", f"{r}/{box}/final", "--to", f"{weights}/{n}"], (box,)
-        if preset == "cpu" and n in OWN_DECODER:
-            decoder = OWN_DECODER[n][0]
-            argv, needs = [*argv, "--part", f"autoencoder={r}/{decoder}/final"], (box, decoder)
-        plan.append((f"export {n}", argv, needs))
+        plan.append((f"export {n}", [*export, "--run", f"{r}/{box}/final", "--to", f"{weights}/{n}"], (box,)))
     if p["parts"] == "train":
         clip_export = ["export", "--dtype", "int8", "--run", f"{r}/clip/final-clip", "--to", f"{weights}/clip-shapes"]
         plan.append(("export clip-shapes", clip_export, ("clip",)))
@@ -322,7 +295,6 @@ def commands(
     if only:
         only = [*only, *(LOSS_STUDY if "loss-study" in only else ())]
         only += [box for n in only for box in boxes(n, preset)]
-        only += [OWN_DECODER[n][0] for n in only if n in OWN_DECODER and preset == "cpu"]
         only += [f"ablation {row}" for row in ABLATION] if "ablation" in only else []
         only += ["kl-f4", "clip"] if asked else []
         plan = [entry for entry in plan if entry[0] in only or entry[0].removeprefix("export ") in only]

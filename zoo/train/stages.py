@@ -57,7 +57,7 @@ def train_autoencoder(args: Any) -> Path:
 
     catalog.load()
     out = Path(args.out)
-    data = cached_dataset(args.cache, args.samples, seed=args.data_seed)
+    data = cached_dataset(args.cache, args.samples, seed=args.data_seed, split=args.split)
     images = data["images"]
     torch.manual_seed(args.seed)
     ae = AUTOENCODERS.build(args.name, tiny=args.tiny, **json.loads(args.overrides or "{}"))
