@@ -4,13 +4,16 @@ checked against the computation it replaced, written out here as it was (tiny co
 - the cross-attention mask, prepared once per U-Net forward (`cross_mask`) instead of in every transformer;
 - heads split and tokens flattened with view / transpose instead of einops' rearrange;
 - the sampling loop and the decoder under torch.inference_mode instead of torch.no_grad;
-- the opt-in traced U-Net (`enable_traced_unet`): the U-Net's own outputs, whatever its weights.
+- the opt-in traced U-Net (`enable_traced_unet`): the U-Net's own outputs, whatever its weights;
+- the opt-in compiled U-Net (`enable_compiled_unet`, TorchInductor): the same, to float rounding (each compile
+  takes tens of seconds on 2 cores, so two tests compile, once each).
 """
 
 from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,6 +23,7 @@ import zoo
 from components.unets import blocks
 from components.unets import traced as traced_module
 from components.unets.blocks import Attention, SpatialTransformer, TransformerBlock
+from components.unets.compiled import CompiledUNet
 from components.unets.traced import TracedUNet
 from components.unets.unet import TINY, UNet, UNetConfig
 from zoo.pipelines.base import Pipeline
@@ -245,7 +249,7 @@ def test_a_pipeline_samples_the_same_images_through_the_traced_unet(tiny_latent)
     assert [i.tobytes() for i in traced.generate("a red circle", steps=3, seed=3, num_images=2)] == [
         i.tobytes() for i in plain
     ]
-    assert len(traced.traced_unet.graphs) == 1  # batch 4 (2 images x guidance), traced once for the 3 steps
+    assert len(traced.fast_unet.graphs) == 1  # batch 4 (2 images x guidance), traced once for the 3 steps
     with pytest.raises(ValueError, match="model CPU offload needs the eager U-Net"):
         traced.enable_model_cpu_offload("cpu")
 
@@ -272,3 +276,52 @@ def test_threads_sharing_a_traced_unet_trace_each_signature_once_and_get_the_eag
     assert len(traces) == 1  # without the lock, threads arriving together each traced the same signature
     for got in results:
         torch.testing.assert_close(got, eager, rtol=0, atol=1e-6)
+
+
+# --- the compiled U-Net (components/unets/compiled.py) ---------------------------------------------------------
+
+
+def test_the_compiled_unet_computes_what_the_unet_computes_with_its_new_weights_and_runs_eager_for_training():
+    torch.set_num_threads(1)
+    model = randomized(UNet(TINY_LDM))
+    compiled = CompiledUNet(model)
+    calls = []
+    inner = compiled.compiled
+    compiled.compiled = lambda inputs: calls.append(1) or inner(inputs)
+    x_t, t, context = traced_inputs()
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False], [True] * 3 + [False] * 2])
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            compiled(x_t, t, context, context_mask=mask), model(x_t, t, context, context_mask=mask), rtol=0, atol=1e-5
+        )
+        before = compiled(x_t, t, context, context_mask=mask)
+    torch.manual_seed(5)
+    model.load_state_dict({k: torch.randn_like(v) * 0.1 for k, v in model.state_dict().items()})
+    with torch.inference_mode():  # the same signature: no new compile, the new weights
+        after = compiled(x_t, t, context, context_mask=mask)
+        torch.testing.assert_close(after, model(x_t, t, context, context_mask=mask), rtol=0, atol=1e-5)
+    assert (after - before).abs().max() > 1e-3 and len(calls) == 3
+    assert compiled(x_t, t, context).requires_grad and len(calls) == 3  # gradients on: the eager forward
+    model.train()
+    with torch.no_grad():
+        compiled(x_t, t, context)
+    assert len(calls) == 3
+    with torch.inference_mode(), pytest.raises(ValueError, match=r"x_t must have shape \(B, 4, H, W\)"):
+        compiled(torch.randn(1, 3, 8, 8), 0)  # still validated by UNet.prepare, before anything compiles
+    with pytest.raises(TypeError, match="CompiledUNet takes a UNet, got Linear"):
+        CompiledUNet(torch.nn.Linear(2, 2))
+
+
+def test_a_pipeline_samples_the_same_images_through_the_compiled_unet(tiny_latent):
+    torch.set_num_threads(1)
+    plain = tiny_latent.generate("a red circle", steps=3, seed=3, num_images=2)
+    fast = copy.deepcopy(tiny_latent).enable_compiled_unet()
+    calls = []
+    inner = fast.fast_unet.compiled
+    fast.fast_unet.compiled = lambda inputs: calls.append(1) or inner(inputs)
+    for got, want in zip(fast.generate("a red circle", steps=3, seed=3, num_images=2), plain, strict=True):
+        difference = np.abs(np.asarray(got, dtype=int) - np.asarray(want, dtype=int))
+        assert difference.max() <= 1  # float rounding of fused kernels: at most one level of 255
+    assert len(calls) == 3  # every step through the compiled graph
+    with pytest.raises(ValueError, match="model CPU offload needs the eager U-Net"):
+        fast.enable_model_cpu_offload("cpu")

@@ -425,3 +425,17 @@ def test_generate_bench_times_a_batch_of_images_per_image():
     assert "images per call" not in bench.generate_report([one])
     with pytest.raises(SystemExit, match="--images must be at least 1"):
         bench.main(["generate", "--images", "0"])
+
+
+def test_generate_bench_samples_through_the_twin_asked_and_refuses_two(monkeypatch, capsys):
+    from zoo.pipelines.base import Pipeline
+
+    torch.set_num_threads(1)
+    enabled = []
+    monkeypatch.setattr(Pipeline, "enable_compiled_unet", lambda self: enabled.append(self.recipe.name) or self)
+    (result,) = bench.main(["generate", "--steps", "1", "--repeats", "1", "--threads", "1", "--compiled"])
+    assert enabled == ["ldm-clip-kl"] and result.settings["unet"] == "compiled"  # named in the report's line
+    assert "unet compiled" in bench.generate_report([result])
+    with pytest.raises(SystemExit):
+        bench.main(["generate", "--traced", "--compiled"])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 
     python -m zoo.bench unet [--config default] [--repeats 20] [--warmup 3]
     python -m zoo.bench train [--processes 1 2] [--pipeline ldm-seg-kl] [--batch 32] [--steps 12]
-    python -m zoo.bench generate [--pipeline ldm-clip-kl] [--versus ddpm-cosine] [--steps 50] [--threads 2] [--traced]
+    python -m zoo.bench generate [--pipeline ldm-clip-kl] [--versus ddpm-cosine] [--steps 50] [--threads 2]
+        [--traced | --compiled]
     python -m zoo.bench profile [--pipeline ldm-clip-kl] [--guidance 1] [--threads 1]
     python -m zoo.bench soak [--requests 500] [--every 50] [--tiny] [--delete-cache 60,600]
     python -m zoo.bench hostile [--tiny] [--images 50] [--all-pipelines]
@@ -25,7 +26,9 @@ given sampler / steps / guidance), median of the repeats after one warm-up; the 
 U-Net and in the decoder; the U-Net's FLOPs per forward (torch.utils.flop_counter) and the GFLOP/s it reached.
 With `--versus`, the same for a second pipeline at the same steps and the ratio of the two times per image
 (LDM's argument: the latent U-Net step is cheaper than the pixel one). `--traced` samples both through the traced U-Net
-(components/unets/traced.py, `enable_traced_unet`); the FLOPs are counted on the eager one.
+(components/unets/traced.py, `enable_traced_unet`), `--compiled` through the U-Net compiled by TorchInductor
+(components/unets/compiled.py, `enable_compiled_unet`; the warm-up call compiles it, minutes on 2 cores); the FLOPs
+are counted on the eager one.
 
 `profile`: where a U-Net forward's time goes: the CPU time (time.process_time, so other processes' load does
 not count) of one forward with the arguments the pipeline's sampler passes it (batch 2 under classifier-free
@@ -320,7 +323,7 @@ def run_generate(
     sampler: str | None,
     steps: int | None,
     guidance: float | None,
-    traced: bool = False,
+    fast: str | None = None,
     images: int = 1,
 ) -> Any:
     """Median over `repeats` (after a warm-up) of one generate call of `images` images, per image."""
@@ -332,11 +335,11 @@ def run_generate(
         settings["guidance_scale"] = pipe.recipe.guidance_scale if guidance is None else guidance
     kwargs = generate_kwargs(pipe)
     flop, _ = unet_flops(pipe, kwargs, settings, images)  # counted on the eager U-Net
-    if traced:
-        pipe.enable_traced_unet()
-        settings["traced"] = True
-    run = {**{k: v for k, v in settings.items() if k != "traced"}, "num_images": images}
-    pipe.generate(**kwargs, **run, seed=0)  # warm-up (and the trace)
+    run = {**settings, "num_images": images}
+    if fast is not None:  # "traced" or "compiled": the U-Net's twin (enable_traced_unet / enable_compiled_unet)
+        getattr(pipe, f"enable_{fast}_unet")()
+        settings["unet"] = fast
+    pipe.generate(**kwargs, **run, seed=0)  # warm-up (and the trace or the compile)
     runs = []
     for repeat in range(repeats):
         ae = getattr(pipe, "autoencoder", None)
@@ -481,7 +484,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     gen.add_argument("--guidance", type=float, default=None, help="default: the recipe's")
     gen.add_argument("--repeats", type=int, default=5)
     gen.add_argument("--threads", type=int, default=2, help="torch threads (the README's figures: 2)")
-    gen.add_argument("--traced", action="store_true", help="sample through the traced U-Net (enable_traced_unet)")
+    fast = gen.add_mutually_exclusive_group()
+    fast.add_argument("--traced", action="store_true", help="sample through the traced U-Net (enable_traced_unet)")
+    fast.add_argument(
+        "--compiled", action="store_true", help="sample through the compiled U-Net (enable_compiled_unet)"
+    )
     gen.add_argument("--images", type=int, default=1, help="images per call (the U-Net's batch); s / image")
     prof = commands.add_parser("profile", help="CPU time per U-Net forward and per layer kind (convs, linears, norms)")
     prof.add_argument("--pipeline", default="ldm-clip-kl")
@@ -518,10 +525,11 @@ def main(argv: Sequence[str] | None = None) -> UNetBenchResult | list[TrainBench
         torch.set_num_threads(args.threads)
         if args.images < 1:
             raise SystemExit(f"--images must be at least 1, got {args.images}")
-        options = {"repeats": args.repeats, "sampler": args.sampler, "traced": args.traced, "images": args.images}
+        fast = "traced" if args.traced else "compiled" if args.compiled else None
+        options = {"repeats": args.repeats, "sampler": args.sampler, "fast": fast, "images": args.images}
         first = run_generate(args.pipeline, steps=args.steps, guidance=args.guidance, **options)
         results = [first]
-        if args.versus:  # the same steps, and traced or not alike
+        if args.versus:  # the same steps, and eager, traced or compiled alike
             results.append(run_generate(args.versus, steps=first.settings["steps"], guidance=None, **options))
         logger.info(generate_report(results))
         return results
