@@ -210,3 +210,21 @@ def test_exporting_the_same_weights_again_keeps_each_file_byte_for_byte(root, tm
     assert after == before and after[file.relative_to(weights)] == crafted
     kept, source = storage.read(file), storage.read(tmp_path / "run32" / "unet" / "model.safetensors")
     assert kept.keys() == source.keys() and all(torch.equal(kept[k], source[k]) for k in kept)  # and it reads
+
+
+def test_a_part_saved_by_another_library_version_is_still_shared_and_a_real_difference_is_not(root, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    config = run / "conditioner" / "config.json"
+    data = json.loads(config.read_text())
+    data["transformers_version"] = "0.0.1"  # what another transformers release stamps; the tower is the same
+    config.write_text(json.dumps(data, indent=2))
+    weights = copy(root, tmp_path)
+    main(["export", "--run", str(run), "--to", str(weights / "c"), "--dtype", "int8", "--share"])
+    link = json.loads((weights / "c" / "conditioner.shared.json").read_text())
+    assert link == {"same_as": "a/conditioner", "sha256": shared_parts.digests(weights / "a" / "conditioner")}
+    assert zoo.build("ldm-clip-kl", weights=weights / "c").conditioner is not None  # the link verifies and loads
+    data["max_position_embeddings"] = data["max_position_embeddings"] + 1  # a field of the part itself
+    config.write_text(json.dumps(data, indent=2))
+    main(["export", "--run", str(run), "--to", str(weights / "d"), "--dtype", "int8", "--share"])
+    assert (weights / "d" / "conditioner").is_dir() and not (weights / "d" / "conditioner.shared.json").exists()

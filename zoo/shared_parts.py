@@ -49,6 +49,22 @@ def digests(folder: Path) -> dict[str, str]:
     return {f.name: digest(f) for f in sorted(folder.iterdir()) if f.is_file()}
 
 
+# Fields a config.json gets from the library that wrote it, not from the part: transformers stamps its version into
+# the configs of the CLIP and BERT towers, so one tower saved under transformers 5.24 and 5.25 is still one part.
+WRITER_FIELDS = ("transformers_version",)
+
+
+def identity(folder: Path) -> dict[str, str]:
+    """digests(folder), config.json read as a JSON object less WRITER_FIELDS: what makes two part folders one part."""
+    found = digests(folder)
+    config = folder / "config.json"
+    data = json.loads(config.read_text(encoding="utf-8")) if "config.json" in found else None
+    if isinstance(data, dict):
+        kept = {k: v for k, v in data.items() if k not in WRITER_FIELDS}
+        found["config.json"] = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+    return found
+
+
 def part_folder(pipeline: Path, role: str, *, verify: bool = True) -> Path:
     """The folder of `role` in the pipeline folder `pipeline`: its own `<role>/`, or the sibling's that its
     `<role>.shared.json` names (checked: inside the same root, present, and unless `verify` is False, for an
@@ -86,7 +102,8 @@ def materialise(copy: Path, source: Path) -> None:
 
 def share(pipeline: Path, root: Path, *, exclude: str) -> list[str]:
     """In the pipeline folder `pipeline` (about to become root/exclude), replace each part identical, file for
-    file, to a part folder of another pipeline in `root` by a `<role>.shared.json`; returns the roles shared."""
+    file (`identity`: a config's writer version aside), to a part folder of another pipeline in `root` by a
+    `<role>.shared.json`; returns the roles shared."""
     referenced = {  # parts of this pipeline that others already share: they stay where the others look
         read_json_object(link).get("same_as")
         for other in sorted(root.iterdir())
@@ -105,11 +122,12 @@ def share(pipeline: Path, root: Path, *, exclude: str) -> list[str]:
     for part in sorted(p for p in pipeline.iterdir() if p.is_dir()):
         if f"{exclude}/{part.name}" in referenced:
             continue
-        mine = digests(part)
-        match = next((c for c in candidates if c.name == part.name and digests(c) == mine), None)
-        if match is not None:
+        mine = identity(part)
+        match = next((c for c in candidates if c.name == part.name and identity(c) == mine), None)
+        if match is not None:  # the link records the files it will load: the match's
             same_as = f"{match.parent.name}/{match.name}"
-            (pipeline / f"{part.name}{SUFFIX}").write_text(json.dumps({"same_as": same_as, "sha256": mine}, indent=2))
+            link = {"same_as": same_as, "sha256": digests(match)}
+            (pipeline / f"{part.name}{SUFFIX}").write_text(json.dumps(link, indent=2))
             shutil.rmtree(part)
             shared.append(part.name)
     return shared
