@@ -108,7 +108,7 @@ def _register() -> None:
         factory = functools.partial(latent_recipe, cond, ae, factor, schedule)
         PIPELINES.add(
             name,
-            functools.partial(fast_default, factory, name) if name in FAST_DEFAULT_PIPELINES else factory,
+            functools.partial(fast_default, factory, name) if name in FAST_DEFAULTS else factory,
             description=about + LATENT_SCHEDULES[schedule],
         )
 
@@ -187,11 +187,10 @@ FAST_DEFAULTS = {
     **dict.fromkeys(("ldm-clip-kl", "ldm-bert-kl", "ldm-bert-vq", "ldm-clip-vq", "ldm-inpaint-kl"), FAST_DEFAULT),
     "ldm-class-kl": ("ddpm", 15),
 }
-FAST_DEFAULT_PIPELINES = tuple(FAST_DEFAULTS)
 
 
 def fast_default(factory: Callable[[], Recipe], name: str) -> Recipe:
-    """The recipe `factory` builds, sampling as FAST_DEFAULTS says for `name` (a FAST_DEFAULT_PIPELINES entry)."""
+    """The recipe `factory` builds, sampling as FAST_DEFAULTS says for `name` (one of its keys)."""
     sampler, steps = FAST_DEFAULTS[name]
     return factory().replace(sampler=sampler, steps=steps)
 
@@ -222,7 +221,7 @@ def latent_recipe(cond: str, ae: str, factor: int, schedule: str) -> Recipe:
         # the deterministic samplers drew textured non-images on some seeds; fine-tuning to v fixed it (README,
         # "Recipes that converge on this CPU").
         prediction_type="v",
-        sampler="ddpm",  # FAST_DEFAULT_PIPELINES get DPM-Solver++ 15 where they are registered (fast_default)
+        sampler="ddpm",  # FAST_DEFAULTS' pipelines get theirs where they are registered (fast_default)
         steps=25,
         guidance_scale=3.0 if cond != "none" else 1.0,
         cfg_dropout=0.1 if cond != "none" else 0.0,
