@@ -10,6 +10,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.embeddings import get_timestep_embedding
 
 import components.unets.unet  # noqa: F401  (registers the U-Nets)
+from components.base import WeightsError
 from components.unets.blocks import timestep_embedding
 from components.unets.diffusers_compat import (
     config_from_diffusers,
@@ -18,6 +19,7 @@ from components.unets.diffusers_compat import (
 )
 from components.unets.unet import TINY, UNet, UNetConfig
 from zoo import bench
+from zoo.pipeline_io import embedded_weights
 from zoo.registry import UNETS
 
 TINY_LDM = UNetConfig(**{**TINY, "in_channels": 4, "out_channels": 4, "context_dim": 12})
@@ -413,6 +415,22 @@ def test_generate_bench_times_the_unet_and_decoder_and_counts_flops():
     assert first.decoder_share > 0 and second.decoder_share == 0
     # FLOPs per sample: the pixel U-Net at 64x64 costs ~10x the latent one at 16x16 (which runs batch 2 for CFG)
     assert second.unet_gflop > 5 * first.unet_gflop / 2
+
+
+def test_generate_bench_interleaves_the_two_pipelines_and_reads_a_saved_folder(monkeypatch):
+    torch.set_num_threads(1)
+    order = []
+    real_once = bench._GenerateTimer.once
+    monkeypatch.setattr(
+        bench._GenerateTimer, "once", lambda self, seed: order.append(self.name) or real_once(self, seed)
+    )
+    folder = str(embedded_weights("ldm-clip-kl"))
+    args = ["generate", "--weights", folder, "--versus", "ddpm-cosine", "--steps", "1", "--repeats", "2"]
+    first, second = bench.main([*args, "--threads", "1", "--guidance", "1"])
+    assert first.pipeline == f"ldm-clip-kl ({folder})" and second.pipeline == "ddpm-cosine"
+    assert order == [first.pipeline, "ddpm-cosine", first.pipeline, "ddpm-cosine"]  # alternating, not in blocks
+    with pytest.raises(WeightsError, match="/no/such/folder is not a folder"):
+        bench.main(["generate", "--weights", "/no/such/folder", "--steps", "1", "--repeats", "1"])
 
 
 def test_generate_bench_times_a_batch_of_images_per_image():

@@ -24,8 +24,9 @@ the recipe's full-size U-Net on a random (untrained) autoencoder: the cost per s
 `generate`: seconds per 64x64 image of a pipeline with its embedded weights at its recipe's defaults (or the
 given sampler / steps / guidance), median of the repeats after one warm-up; the share of that time spent in the
 U-Net and in the decoder; the U-Net's FLOPs per forward (torch.utils.flop_counter) and the GFLOP/s it reached.
-With `--versus`, the same for a second pipeline at the same steps and the ratio of the two times per image
-(LDM's argument: the latent U-Net step is cheaper than the pixel one). `--traced` samples both through the traced U-Net
+With `--versus`, the same for a second pipeline at the same steps, its calls interleaved with the first's, and the
+ratio of the two times per image (LDM's argument: the latent U-Net step is cheaper than the pixel one); `--weights
+DIR` takes the first pipeline from a saved folder (a run not shipped). `--traced` samples both through the traced U-Net
 (components/unets/traced.py, `enable_traced_unet`), `--compiled` through the U-Net compiled by TorchInductor
 (components/unets/compiled.py, `enable_compiled_unet`; the warm-up call compiles it, minutes on 2 cores); the FLOPs
 are counted on the eager one.
@@ -316,6 +317,47 @@ def unet_flops(pipe: Any, kwargs: dict[str, Any], settings: dict[str, Any], imag
     return total / max(1, watch.calls), watch.calls
 
 
+class _GenerateTimer:
+    """One pipeline of the generate bench: built, its FLOPs counted, warmed up; `once` times one generate call."""
+
+    def __init__(self, name: str, *, sampler, steps, guidance, fast, images: int, weights: str | None = None):
+        import zoo
+
+        pipe = zoo.build(name, device="cpu") if weights is None else zoo.build(weights=weights, device="cpu")
+        self.name = name if weights is None else f"{pipe.recipe.name} ({weights})"
+        settings: dict[str, Any] = {"sampler": sampler or pipe.recipe.sampler, "steps": steps or pipe.recipe.steps}
+        if pipe.recipe.kind == "latent":
+            settings["guidance_scale"] = pipe.recipe.guidance_scale if guidance is None else guidance
+        self.kwargs = generate_kwargs(pipe)
+        self.flop, _ = unet_flops(pipe, self.kwargs, settings, images)  # counted on the eager U-Net
+        self.run = {**settings, "num_images": images}
+        if fast is not None:  # "traced" or "compiled": the U-Net's twin (enable_traced_unet / enable_compiled_unet)
+            getattr(pipe, f"enable_{fast}_unet")()
+            settings["unet"] = fast
+        self.pipe, self.settings, self.images, self.runs = pipe, settings, images, []
+        pipe.generate(**self.kwargs, **self.run, seed=0)  # warm-up (and the trace or the compile)
+
+    def once(self, seed: int) -> None:
+        ae = getattr(self.pipe, "autoencoder", None)
+        with _Stopwatch(self.pipe.network, "forward") as unet, _Stopwatch(ae, "decode") as decoder:
+            start = time.perf_counter()
+            self.pipe.generate(**self.kwargs, **self.run, seed=seed)
+            self.runs.append((time.perf_counter() - start, unet.seconds, unet.calls, decoder.seconds))
+
+    def result(self) -> GenerateBenchResult:
+        total, unet_s, calls, decode_s = (statistics.median(r[i] for r in self.runs) for i in range(4))
+        return GenerateBenchResult(
+            pipeline=self.name,
+            settings=self.settings,
+            seconds_per_image=total / self.images,
+            unet_share=unet_s / total,
+            decoder_share=decode_s / total,
+            unet_gflop=self.flop / 1e9,
+            unet_gflops_per_s=self.flop * calls / unet_s / 1e9,
+            images=self.images,
+        )
+
+
 def run_generate(
     name: str,
     *,
@@ -325,39 +367,21 @@ def run_generate(
     guidance: float | None,
     fast: str | None = None,
     images: int = 1,
-) -> Any:
-    """Median over `repeats` (after a warm-up) of one generate call of `images` images, per image."""
-    import zoo
-
-    pipe = zoo.build(name, device="cpu")
-    settings: dict[str, Any] = {"sampler": sampler or pipe.recipe.sampler, "steps": steps or pipe.recipe.steps}
-    if pipe.recipe.kind == "latent":
-        settings["guidance_scale"] = pipe.recipe.guidance_scale if guidance is None else guidance
-    kwargs = generate_kwargs(pipe)
-    flop, _ = unet_flops(pipe, kwargs, settings, images)  # counted on the eager U-Net
-    run = {**settings, "num_images": images}
-    if fast is not None:  # "traced" or "compiled": the U-Net's twin (enable_traced_unet / enable_compiled_unet)
-        getattr(pipe, f"enable_{fast}_unet")()
-        settings["unet"] = fast
-    pipe.generate(**kwargs, **run, seed=0)  # warm-up (and the trace or the compile)
-    runs = []
+    weights: str | None = None,
+    versus: str | None = None,
+) -> list[GenerateBenchResult]:
+    """Median over `repeats` (after a warm-up) of one generate call of `images` images, per image; `weights`: a
+    saved pipeline's folder instead of `name`'s embedded weights (a run not shipped, e.g. a candidate U-Net).
+    With `versus`, that pipeline too, at the same steps, its calls interleaved with the first's (so a change in
+    the machine's load falls on both alike: the ratio is what the bench is for)."""
+    options = {"sampler": sampler, "fast": fast, "images": images}
+    timers = [_GenerateTimer(name, steps=steps, guidance=guidance, weights=weights, **options)]
+    if versus:  # the same steps, its own recipe's guidance, and eager, traced or compiled alike
+        timers.append(_GenerateTimer(versus, steps=timers[0].settings["steps"], guidance=None, **options))
     for repeat in range(repeats):
-        ae = getattr(pipe, "autoencoder", None)
-        with _Stopwatch(pipe.network, "forward") as unet, _Stopwatch(ae, "decode") as decoder:
-            start = time.perf_counter()
-            pipe.generate(**kwargs, **run, seed=repeat)
-            runs.append((time.perf_counter() - start, unet.seconds, unet.calls, decoder.seconds))
-    total, unet_s, calls, decode_s = (statistics.median(r[i] for r in runs) for i in range(4))
-    return GenerateBenchResult(
-        pipeline=name,
-        settings=settings,
-        seconds_per_image=total / images,
-        unet_share=unet_s / total,
-        decoder_share=decode_s / total,
-        unet_gflop=flop / 1e9,
-        unet_gflops_per_s=flop * calls / unet_s / 1e9,
-        images=images,
-    )
+        for timer in timers:
+            timer.once(seed=repeat)
+    return [timer.result() for timer in timers]
 
 
 def generate_report(results: list[GenerateBenchResult]) -> str:
@@ -478,6 +502,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     train.add_argument("--max-minutes", type=float, default=0, help="time box per run (as zoo.train's)")
     gen = commands.add_parser("generate", help="seconds per image, U-Net / decoder share, GFLOP/s")
     gen.add_argument("--pipeline", default="ldm-clip-kl")
+    gen.add_argument("--weights", default=None, help="the first pipeline from this saved folder (not --pipeline's)")
     gen.add_argument("--versus", default=None, help="a second pipeline at the same steps, e.g. ddpm-cosine")
     gen.add_argument("--sampler", default=None, help="default: each recipe's")
     gen.add_argument("--steps", type=int, default=None, help="default: the first pipeline's recipe's")
@@ -526,11 +551,17 @@ def main(argv: Sequence[str] | None = None) -> UNetBenchResult | list[TrainBench
         if args.images < 1:
             raise SystemExit(f"--images must be at least 1, got {args.images}")
         fast = "traced" if args.traced else "compiled" if args.compiled else None
-        options = {"repeats": args.repeats, "sampler": args.sampler, "fast": fast, "images": args.images}
-        first = run_generate(args.pipeline, steps=args.steps, guidance=args.guidance, **options)
-        results = [first]
-        if args.versus:  # the same steps, and eager, traced or compiled alike
-            results.append(run_generate(args.versus, steps=first.settings["steps"], guidance=None, **options))
+        results = run_generate(
+            args.pipeline,
+            repeats=args.repeats,
+            sampler=args.sampler,
+            steps=args.steps,
+            guidance=args.guidance,
+            fast=fast,
+            images=args.images,
+            weights=args.weights,
+            versus=args.versus,
+        )
         logger.info(generate_report(results))
         return results
     if args.command == "profile":
