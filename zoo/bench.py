@@ -323,7 +323,7 @@ class _GenerateTimer:
     def __init__(self, name: str, *, sampler, steps, guidance, fast, images: int, weights: str | None = None):
         import zoo
 
-        pipe = zoo.build(name, device="cpu") if weights is None else zoo.build(weights=weights, device="cpu")
+        pipe = zoo.build(name, weights=weights, device="cpu")  # a saved folder, when given, wins over the name
         self.name = name if weights is None else f"{pipe.recipe.name} ({weights})"
         settings: dict[str, Any] = {"sampler": sampler or pipe.recipe.sampler, "steps": steps or pipe.recipe.steps}
         if pipe.recipe.kind == "latent":
